@@ -1,0 +1,177 @@
+"""The only place that patches s3prl 0.4.18 and torchaudio 2.9 so they work together.
+
+Each shim is minimal, idempotent, and says why it exists (DESIGN §4). Nothing here
+edits installed files; everything is applied in-process by :func:`apply`.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+from encodecmae_s3prl.upstream.checkpoint import register_safe_globals
+
+_APPLIED = False
+
+
+def s3prl_package_dir() -> Path:
+    """The installed ``s3prl/`` folder, found without importing s3prl (its import needs the shims)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("s3prl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("s3prl is not installed in this environment: run `make setup` (or pip install s3prl==0.4.18).")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# --- torchaudio 2.9 removed its sox/ffmpeg backends -------------------------------------
+
+def _set_audio_backend(_backend=None) -> None:
+    """Reason: s3prl calls torchaudio.set_audio_backend('sox_io') at import; 2.9 removed it (soundfile is used)."""
+
+
+def load_audio(path, frame_offset: int = 0, num_frames: int = -1, normalize: bool = True,
+               channels_first: bool = True, **_ignored) -> tuple[torch.Tensor, int]:
+    """Reason: torchaudio.load in 2.9 needs torchcodec; s3prl's emotion recipe calls it. soundfile does the same job."""
+    stop = None if num_frames is None or num_frames < 0 else frame_offset + num_frames
+    data, sample_rate = soundfile.read(str(path), start=frame_offset, stop=stop, dtype="float32", always_2d=True)
+    wav = torch.from_numpy(np.ascontiguousarray(data.T if channels_first else data))
+    return wav, sample_rate
+
+
+def apply_effects_tensor(wav: torch.Tensor, sample_rate: int, effects: Sequence[Sequence[str]],
+                         channels_first: bool = True) -> tuple[torch.Tensor, int]:
+    """The subset of sox effects s3prl recipes use: channels, rate, gain (dB)."""
+    if not channels_first:
+        wav = wav.transpose(0, 1)
+    for name, *values in effects:
+        if name == "channels":
+            count = int(values[0])
+            if count != 1 and wav.shape[0] != count:
+                raise NotImplementedError(f"sox effect 'channels {count}' is not supported by the shim (only 1)")
+            if count == 1:
+                wav = wav.mean(dim=0, keepdim=True)
+        elif name == "rate":
+            target = int(float(values[0]))
+            if target != sample_rate:
+                wav = torchaudio.functional.resample(wav, sample_rate, target)
+                sample_rate = target
+        elif name == "gain":
+            wav = wav * (10.0 ** (float(values[-1]) / 20.0))
+        else:
+            raise NotImplementedError(
+                f"sox effect {name!r} is not supported by encodecmae_s3prl.compat (supported: channels, rate, gain)"
+            )
+    return (wav if channels_first else wav.transpose(0, 1)), sample_rate
+
+
+def apply_effects_file(path, effects: Sequence[Sequence[str]], normalize: bool = True,
+                       channels_first: bool = True, **_ignored) -> tuple[torch.Tensor, int]:
+    """Reason: torchaudio.sox_effects is gone in 2.9; s3prl's speech_commands dataset reads every file through it."""
+    wav, sample_rate = load_audio(path)
+    return apply_effects_tensor(wav, sample_rate, effects, channels_first=channels_first)
+
+
+def _torchcodec_available() -> bool:
+    try:
+        import torchcodec  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _patch_torchaudio() -> None:
+    if not hasattr(torchaudio, "set_audio_backend"):
+        torchaudio.set_audio_backend = _set_audio_backend
+    if not _torchcodec_available():
+        torchaudio.load = load_audio
+    try:
+        importlib.import_module("torchaudio.sox_effects")
+    except ImportError:
+        module = types.ModuleType("torchaudio.sox_effects")
+        module.__doc__ = "encodecmae_s3prl.compat: soundfile-backed subset of the removed sox_effects API."
+        module.apply_effects_file = apply_effects_file
+        module.apply_effects_tensor = apply_effects_tensor
+        sys.modules["torchaudio.sox_effects"] = module
+        torchaudio.sox_effects = module
+
+
+# --- huggingface_hub ------------------------------------------------------------------
+
+def _patch_huggingface_hub() -> None:
+    """Reason: s3prl's downstream runner imports HfFolder and Repository, removed in huggingface_hub 1.0.
+
+    The pinned 0.36 still has both; this only matters if someone upgrades, and then only
+    the (unused by us) --push_to_hf_hub path would fail, not the import.
+    """
+    import huggingface_hub
+
+    for name in ("HfFolder", "Repository"):
+        if not hasattr(huggingface_hub, name):
+            def _removed(*_args, _name=name, **_kwargs):
+                raise RuntimeError(f"huggingface_hub.{_name} was removed in huggingface_hub 1.0; "
+                                   "--push_to_hf_hub needs huggingface_hub<1.0")
+            setattr(huggingface_hub, name, _removed)
+
+
+def default_device() -> str:
+    """Reason: s3prl defaults --device to cuda even on machines without CUDA."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def apply() -> None:
+    """Apply every shim once. Safe to call many times."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    _patch_torchaudio()
+    _patch_huggingface_hub()
+    # Reason: torch >= 2.6 loads weights_only by default and s3prl checkpoints hold an argparse.Namespace.
+    register_safe_globals()
+    _APPLIED = True
+
+
+def enter_s3prl_script_environment() -> None:
+    """Make the top-level names s3prl's pretrain scripts import (``pretrain``, ``optimizers``,
+    ``schedulers``, ``utility``, ``upstream``) resolve to the installed s3prl package.
+
+    Reason: s3prl's run_pretrain.py and pretrain/runner.py import relative to the s3prl folder
+    (they expect ``cd s3prl``); we put that folder first on sys.path instead of asking the user
+    to change directory. Our own folders are only reachable as ``encodecmae_s3prl.*``.
+    """
+    apply()
+    folder = str(s3prl_package_dir())
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    # our checkout's top-level `upstream/` must not shadow s3prl's `upstream` package here
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != repo_root]
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
+@contextlib.contextmanager
+def pretrain_tasks_listed(extra_tasks: Sequence[str]):
+    """Reason: s3prl's run_pretrain.py builds its ``-u`` choices from ``os.listdir('pretrain/')``
+    relative to the working directory; list s3prl's installed tasks plus ours instead."""
+    real_listdir = os.listdir
+    installed = sorted(p.name for p in (s3prl_package_dir() / "pretrain").iterdir() if p.is_dir()
+                       and not p.name.startswith("__"))
+
+    def listdir(path="."):
+        if os.path.normpath(str(path)) == "pretrain" and not os.path.isdir(path):
+            return installed + [t for t in extra_tasks if t not in installed]
+        return real_listdir(path)
+
+    os.listdir = listdir
+    try:
+        yield
+    finally:
+        os.listdir = real_listdir

@@ -1,0 +1,124 @@
+"""Deterministic synthetic audio and tiny datasets in the official layouts of public corpora.
+
+Used by the tests and the offline demo: no dataset can be downloaded here, so we write
+small ones whose labels are learnable from the audio (tones, harmonic notes, noises).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+
+def harmonic_tone(freq: float, seconds: float, sample_rate: int, rng: np.random.Generator,
+                  harmonics: int = 4, noise: float = 0.01) -> np.ndarray:
+    """A note with decaying harmonics, a random phase and a little noise: (samples,) float32 in [-1, 1]."""
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    wav = np.zeros_like(t)
+    for k in range(1, harmonics + 1):
+        if freq * k < sample_rate / 2:
+            wav += np.sin(2 * np.pi * freq * k * t + rng.uniform(0, 2 * np.pi)) / k
+    envelope = np.minimum(1.0, t / 0.01) * np.exp(-t / max(seconds, 1e-3))
+    wav = 0.5 * wav * envelope / max(np.abs(wav).max(), 1e-6) + noise * rng.standard_normal(t.shape)
+    return np.clip(wav, -1, 1).astype(np.float32)
+
+
+def write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), wav, sample_rate, subtype="PCM_16")
+    return path
+
+
+def _espeak_word(word: str, path: Path, pitch: int, speed: int) -> bool:
+    """Write ``word`` spoken by espeak-ng at 16 kHz; False when espeak-ng or sox is unavailable."""
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        return False
+    raw = path.with_suffix(".raw.wav")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["espeak-ng", "-p", str(pitch), "-s", str(speed), "-w", str(raw), word], check=True,
+                   capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path), "pad", "0", "0.2",
+                    "trim", "0", "1"], check=True, capture_output=True)
+    raw.unlink()
+    return True
+
+
+SPEECH_COMMANDS_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+
+
+def write_speech_commands(root: Path, per_word: int = 12, test_per_word: int = 3, extra_words=("bed", "cat"),
+                          seed: int = 0, spoken: bool = False) -> tuple[Path, Path]:
+    """Speech Commands v0.01 layout: ``train/<word>/<speaker>_nohash_<n>.wav``, ``train/_background_noise_``,
+    ``validation_list.txt``, ``testing_list.txt``, and the separate ``test/<class>/`` root.
+
+    Words are espeak-ng speech when ``spoken`` and available, else one harmonic tone per word.
+    Returns (train_root, test_root).
+    """
+    rng = np.random.default_rng(seed)
+    train_root, test_root = Path(root) / "train", Path(root) / "test"
+    words = list(SPEECH_COMMANDS_WORDS) + list(extra_words)
+    validation, testing = [], []
+
+    def one(path: Path, word_index: int, word: str) -> None:
+        if spoken and _espeak_word(word, path, pitch=int(rng.integers(30, 70)), speed=int(rng.integers(140, 200))):
+            return
+        freq = 220.0 * 2 ** (word_index / 3)  # a minor third apart: easy to tell apart
+        write_wav(path, harmonic_tone(freq * rng.uniform(0.98, 1.02), 1.0, 16000, rng), 16000)
+
+    for index, word in enumerate(words):
+        for n in range(per_word):
+            name = f"{word}/{n:04x}beef_nohash_0.wav"
+            one(train_root / name, index, word)
+            (validation if n % 6 == 1 else testing if n % 6 == 2 else []).append(name)
+        label = word if word in SPEECH_COMMANDS_WORDS else "_unknown_"
+        for n in range(test_per_word):
+            one(test_root / label / f"{word}_{n:04x}cafe_nohash_0.wav", index, word)
+    noise_dir = train_root / "_background_noise_"
+    for n in range(2):
+        write_wav(noise_dir / f"noise_{n}.wav", (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32), 16000)
+    for n in range(test_per_word):
+        write_wav(test_root / "_silence_" / f"silence_{n}.wav",
+                  (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    (train_root / "validation_list.txt").write_text("\n".join(validation) + "\n")
+    (train_root / "testing_list.txt").write_text("\n".join(testing) + "\n")
+    return train_root, test_root
+
+
+IEMOCAP_EMOTIONS = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
+
+
+def write_iemocap(root: Path, sessions: int = 5, per_emotion: int = 4, seed: int = 0) -> tuple[Path, Path]:
+    """IEMOCAP_full_release layout: ``SessionN/sentences/wav/<dialog>/<utt>.wav`` and
+    ``SessionN/dialog/EmoEvaluation/<dialog>.txt``, plus the ``meta_data/SessionN/{train,test}_meta_data.json``
+    that s3prl's ``IEMOCAP_preprocess.py`` writes. Each emotion is a tone band. Returns (root, meta_data)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    entries: dict[int, list[dict]] = {}
+    for s in range(1, sessions + 1):
+        dialog = f"Ses0{s}F_impro01"
+        lines = []
+        entries[s] = []
+        for emotion, index in IEMOCAP_EMOTIONS.items():
+            for n in range(per_emotion):
+                utt = f"{dialog}_F{index}{n:02d}"
+                rel = f"Session{s}/sentences/wav/{dialog}/{utt}.wav"
+                freq = 200.0 * 2 ** (index / 2) * rng.uniform(0.97, 1.03)
+                write_wav(root / rel, harmonic_tone(freq, rng.uniform(0.8, 1.6), 16000, rng), 16000)
+                lines.append(f"[0.0 - 1.0]\t{utt}\t{emotion}\t[2.5, 2.5, 2.5]\n")
+                entries[s].append({"path": rel, "label": emotion, "speaker": f"Ses0{s}F"})
+        label_dir = root / f"Session{s}/dialog/EmoEvaluation"
+        label_dir.mkdir(parents=True, exist_ok=True)
+        (label_dir / f"{dialog}.txt").write_text("".join(lines))
+    meta = root / "meta_data"
+    for s in entries:
+        folder = meta / f"Session{s}"
+        folder.mkdir(parents=True, exist_ok=True)
+        train = [e for other, items in entries.items() if other != s for e in items]
+        (folder / "train_meta_data.json").write_text(json.dumps({"labels": IEMOCAP_EMOTIONS, "meta_data": train}))
+        (folder / "test_meta_data.json").write_text(json.dumps({"labels": IEMOCAP_EMOTIONS,
+                                                                "meta_data": entries[s]}))
+    return root, meta

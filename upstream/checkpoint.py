@@ -1,0 +1,94 @@
+"""Checkpoint I/O that never runs code from a file and never leaves a half-written file.
+
+Every checkpoint is a pickle (DESIGN §7). We load with ``weights_only=True`` plus an
+explicit allow-list of the plain classes that s3prl and Lightning store; anything else
+is refused with a message that names the class and the opt-in for trusted files.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TRUST_ENV = "ENCODECMAE_TRUST_CHECKPOINT"
+
+# The only non-tensor, non-builtin classes found in checkpoints we load:
+# s3prl stores its CLI args as an argparse.Namespace; Lightning-era files store pathlib paths.
+SAFE_GLOBALS = [argparse.Namespace, Path, type(Path("."))]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, unsafe or of the wrong kind."""
+
+
+def register_safe_globals() -> None:
+    """Allow-list SAFE_GLOBALS for every ``torch.load(weights_only=True)`` in the process."""
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+def _trusted_by_env() -> bool:
+    return os.environ.get(TRUST_ENV, "") not in ("", "0", "false", "False")
+
+
+def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = "cpu") -> Any:
+    """Load a torch checkpoint without executing code from it.
+
+    ``trust=True`` (or ``ENCODECMAE_TRUST_CHECKPOINT=1``) is the explicit opt-in for a file
+    that needs other classes; it is never taken silently.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}. Check the path given with -k / --ckpt.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file is truncated, copy or download it again.")
+    register_safe_globals()
+    if trust or _trusted_by_env():
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it needs a class outside the safe allow-list ({_first_line(err)}). "
+            f"Loading it would run code stored in the file. If you trust who wrote it, set {TRUST_ENV}=1 "
+            f"(or pass --trust-checkpoint where the command offers it)."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {_first_line(err)}. The file is probably truncated or not a "
+            f"torch checkpoint; copy or download it again."
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if "Unsupported global" in line or "GLOBAL" in line:
+            return line
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

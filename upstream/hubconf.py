@@ -1,0 +1,70 @@
+"""s3prl entry points for EnCodecMAE (``-u NAME``), one small function each.
+
+``encodecmae_local`` takes ``-k`` (our pretraining checkpoint or a published v1 ``model.pt``);
+the published ones download and cache when online, or take ``-k`` a local copy.
+"""
+from __future__ import annotations
+
+ENTRIES = (
+    "encodecmae",
+    "encodecmae_local",
+    "encodecmae_small",
+    "encodecmae_base",
+    "encodecmae_base_st",
+    "encodecmae_large",
+    "encodecmae_large_st",
+    "encodec_features",
+    "encodecmae_random",
+)
+
+
+def _expert(*args, **kwargs):
+    from encodecmae_s3prl.upstream.expert import UpstreamExpert
+
+    return UpstreamExpert(*args, **kwargs)
+
+
+def _published(variant: str, ckpt=None, refresh: bool = False, **kwargs):
+    from encodecmae_s3prl.upstream.published import published_checkpoint
+
+    return _expert(published_checkpoint(variant, ckpt, refresh=refresh), **kwargs)
+
+
+def encodecmae_local(ckpt, *args, **kwargs):
+    """-k: a states-N.ckpt from run_pretrain.py -u encodecmae, or a published v1 model.pt."""
+    return _expert(ckpt, *args, **kwargs)
+
+
+def encodecmae_small(ckpt=None, refresh=False, **kwargs):
+    return _published("small", ckpt, refresh, **kwargs)
+
+
+def encodecmae_base(ckpt=None, refresh=False, **kwargs):
+    return _published("base", ckpt, refresh, **kwargs)
+
+
+def encodecmae_base_st(ckpt=None, refresh=False, **kwargs):
+    return _published("base-st", ckpt, refresh, **kwargs)
+
+
+def encodecmae_large(ckpt=None, refresh=False, **kwargs):
+    return _published("large", ckpt, refresh, **kwargs)
+
+
+def encodecmae_large_st(ckpt=None, refresh=False, **kwargs):
+    return _published("large-st", ckpt, refresh, **kwargs)
+
+
+def encodecmae(ckpt=None, refresh=False, **kwargs):
+    """The best default of the paper's Table 1 overall: base + self-training."""
+    return encodecmae_base_st(ckpt, refresh, **kwargs)
+
+
+def encodec_features(ckpt=None, model_config=None, **kwargs):
+    """The paper's EC baseline: the frozen EnCodec encoder's 128-dim output at 75 frames/s."""
+    return _expert(ckpt, model_config, variant="encodec_features", **kwargs)
+
+
+def encodecmae_random(ckpt=None, model_config=None, **kwargs):
+    """The paper's ECMAE-R baseline: a random-init base EnCodecMAE (seeded) on the frozen EnCodec."""
+    return _expert(ckpt, model_config, variant="random", **kwargs)
