@@ -1,0 +1,292 @@
+"""The pretraining corpus: manifests, random 4 s crops at 24 kHz mono, and the batch pipeline.
+
+A corpus is a list of folders and/or manifest files. A manifest is fairseq's TSV format:
+the first line is a root folder, then one ``relative/path<TAB>num_frames[<TAB>sample_rate]``
+line per file (``num_frames`` at the file's own rate). Build one with::
+
+    python -m encodecmae_s3prl.pretrain_task.corpus FOLDER [FOLDER ...] --out train.tsv
+
+Batches are a pure function of (seed, batch index): file choice (in proportion to duration),
+crop offset, and nothing else. Resuming at step N therefore continues with exactly the data
+an uninterrupted run would have seen, and every DDP rank draws its own slice.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+from tqdm import tqdm
+
+SAMPLE_RATE = 24_000
+AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
+
+
+class CorpusError(ValueError):
+    """The corpus configuration or its files cannot give training data."""
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    path: str
+    num_frames: int
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.sample_rate
+
+
+# --- building the file list -------------------------------------------------------------
+
+def _probe(path: Path) -> AudioFile | None:
+    try:
+        info = soundfile.info(str(path))
+    except Exception:
+        return None
+    if info.frames <= 0 or info.samplerate <= 0:
+        return None
+    return AudioFile(str(path), int(info.frames), int(info.samplerate))
+
+
+def scan_folder(folder: Path, progress: bool = True) -> tuple[list[AudioFile], list[str]]:
+    """Every readable audio file under ``folder`` (recursive); also returns the unreadable ones."""
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    files, bad = [], []
+    for path in tqdm(paths, desc=f"scan {folder}", disable=not progress, dynamic_ncols=True):
+        probed = _probe(path)
+        (files.append(probed) if probed else bad.append(str(path)))
+    return files, bad
+
+
+def read_manifest(path: Path) -> list[AudioFile]:
+    lines = Path(path).read_text().splitlines()
+    if not lines:
+        raise CorpusError(f"manifest {path} is empty: its first line must be the root folder.")
+    root = Path(lines[0].strip())
+    files = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[1].strip().isdigit():
+            raise CorpusError(f"{path}:{number}: expected 'relative/path<TAB>num_frames[<TAB>sample_rate]', "
+                              f"got {line!r}")
+        rate = int(fields[2]) if len(fields) > 2 and fields[2].strip() else None
+        file_path = root / fields[0]
+        if rate is None:  # plain fairseq manifest: ask the header once
+            probed = _probe(file_path)
+            rate = probed.sample_rate if probed else SAMPLE_RATE
+        files.append(AudioFile(str(file_path), int(fields[1]), rate))
+    return files
+
+
+def write_manifest(files: Sequence[AudioFile], root: Path, out: Path) -> None:
+    root = Path(root).resolve()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(f"{root}\n")
+        for f in files:
+            handle.write(f"{os.path.relpath(Path(f.path).resolve(), root)}\t{f.num_frames}\t{f.sample_rate}\n")
+    os.replace(tmp, out)
+
+
+def load_corpus(entries: Sequence[str] | str, progress: bool = True) -> list[AudioFile]:
+    """Resolve a corpus spec (folders and/or ``.tsv`` manifests) to its files."""
+    if isinstance(entries, (str, os.PathLike)):
+        entries = [entries]
+    if not entries:
+        raise CorpusError("pretrain_expert.datarc.corpus is empty: give a list of audio folders and/or "
+                          "manifest .tsv files (override with -o config.pretrain_expert.datarc.corpus=[...]).")
+    files: list[AudioFile] = []
+    for entry in entries:
+        path = Path(str(entry)).expanduser()
+        if path.is_dir():
+            found, bad = scan_folder(path, progress)
+            if bad:
+                print(f"[corpus] skipped {len(bad)} unreadable file(s) in {path} (first: {bad[0]})", file=sys.stderr)
+            files += found
+        elif path.is_file():
+            files += read_manifest(path)
+        else:
+            raise CorpusError(f"corpus entry {path} is neither a folder nor a manifest file: fix "
+                              f"pretrain_expert.datarc.corpus in the runner config (or -o).")
+    if not files:
+        raise CorpusError(f"the corpus {list(map(str, entries))} holds no readable audio file "
+                          f"(formats: {', '.join(sorted(AUDIO_EXTENSIONS))}).")
+    return files
+
+
+# --- reading crops ----------------------------------------------------------------------
+
+class _Resamplers:
+    """One cached polyphase kernel per source rate: corpora mix a handful of rates."""
+
+    def __init__(self):
+        self._cache: dict[int, torchaudio.transforms.Resample] = {}
+
+    def __call__(self, wav: torch.Tensor, rate: int) -> torch.Tensor:
+        if rate == SAMPLE_RATE:
+            return wav
+        if rate not in self._cache:
+            self._cache[rate] = torchaudio.transforms.Resample(rate, SAMPLE_RATE)
+        return self._cache[rate](wav)
+
+
+def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
+              resample: _Resamplers) -> torch.Tensor | None:
+    """A random crop of at most ``crop_seconds`` as 24 kHz mono float32 (samples,), or None if unreadable."""
+    want = int(math.ceil(crop_seconds * file.sample_rate))
+    start = int(rng.integers(0, file.num_frames - want + 1)) if file.num_frames > want else 0
+    try:
+        data, rate = soundfile.read(file.path, start=start, stop=start + want, dtype="float32", always_2d=True)
+    except Exception:
+        return None
+    if data.shape[0] == 0 or not np.isfinite(data).all():
+        return None
+    wav = torch.from_numpy(data.mean(axis=1))
+    wav = resample(wav, rate)
+    return wav[: int(round(crop_seconds * SAMPLE_RATE))]
+
+
+@dataclass
+class CropBatch:
+    wavs: torch.Tensor      # (batch, samples) float32, zero-padded, 24 kHz mono
+    lengths: torch.Tensor   # (batch,) valid samples per row
+    batch_index: int
+
+
+class CropSampler:
+    """Batches of random crops, a pure function of (seed, batch_index, rank).
+
+    Files are drawn with probability proportional to their duration (long files give
+    proportionally more crops); unreadable files are skipped, counted, reported once each.
+    """
+
+    def __init__(self, files: Sequence[AudioFile], batch_size: int, crop_seconds: float = 4.0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size <= 0:
+            raise CorpusError(f"train_batch_size must be positive, got {batch_size}")
+        self.files = list(files)
+        self.batch_size = batch_size
+        self.crop_seconds = crop_seconds
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        seconds = np.array([f.seconds for f in self.files], dtype=np.float64)
+        self.probabilities = seconds / seconds.sum()
+        self.bad_files: set[str] = set()
+        self._resample = _Resamplers()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def total_seconds(self) -> float:
+        return float(sum(f.seconds for f in self.files))
+
+    def _rng(self, batch_index: int, slot: int, attempt: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, batch_index, self.rank, slot, attempt])
+
+    def example(self, batch_index: int, slot: int) -> torch.Tensor:
+        for attempt in range(100):
+            rng = self._rng(batch_index, slot, attempt)
+            file = self.files[int(rng.choice(len(self.files), p=self.probabilities))]
+            if file.path in self.bad_files:
+                continue
+            wav = read_crop(file, self.crop_seconds, rng, self._resample)
+            if wav is not None and wav.numel() > 0:
+                return wav
+            self.bad_files.add(file.path)
+            print(f"[corpus] skipping unreadable or invalid audio file {file.path} "
+                  f"({len(self.bad_files)} skipped so far)", file=sys.stderr)
+        raise CorpusError(f"100 draws in a row gave no readable audio ({len(self.bad_files)} bad files of "
+                          f"{len(self.files)}): check the corpus.")
+
+    def batch(self, batch_index: int) -> CropBatch:
+        return collate([self.example(batch_index, slot) for slot in range(self.batch_size)], batch_index)
+
+
+def collate(wavs: Sequence[torch.Tensor], batch_index: int) -> CropBatch:
+    lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
+    padded = torch.zeros(len(wavs), int(lengths.max()))
+    for row, wav in enumerate(wavs):
+        padded[row, : wav.numel()] = wav
+    return CropBatch(padded, lengths, batch_index)
+
+
+class CropLoader:
+    """What s3prl's pretrain runner iterates: endless batches starting at ``start_batch``.
+
+    Reading and decoding run on fairseq2's data pipeline (a C++ thread pool, GIL released in
+    libsndfile and torch), ``num_workers`` crops in flight, ``prefetch`` batches ahead.
+    ``dataset`` and ``len()`` are what the runner reads to report epochs.
+    """
+
+    def __init__(self, sampler: CropSampler, start_batch: int = 0, num_workers: int = 2, prefetch: int = 2,
+                 batches_per_epoch: int | None = None):
+        self.dataset = sampler
+        self.start_batch = start_batch
+        self.num_workers = max(1, num_workers)
+        self.prefetch = prefetch
+        per_epoch = sampler.total_seconds() / (sampler.crop_seconds * sampler.batch_size)
+        self._len = batches_per_epoch or max(1, int(math.ceil(per_epoch)))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[CropBatch]:
+        from fairseq2.data.data_pipeline import DataPipeline  # late: fairseq2 needs the system libsndfile
+
+        sampler, size = self.dataset, self.dataset.batch_size
+
+        def load(example_index: int) -> tuple[int, torch.Tensor]:
+            batch_index, slot = divmod(example_index, size)
+            return batch_index, sampler.example(batch_index, slot)
+
+        pipeline = (
+            DataPipeline.count(start=self.start_batch * size)
+            .map(load, num_parallel_calls=self.num_workers)
+            .bucket(size)
+            .map(lambda items: collate([wav for _, wav in items], items[0][0]))
+            .prefetch(self.prefetch)
+            .and_return()
+        )
+        for batch in pipeline:
+            self.start_batch = batch.batch_index + 1  # a new iteration continues, never repeats
+            yield batch
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build a fairseq-style manifest (root, then path<TAB>frames"
+                                                 "<TAB>rate) of every readable audio file under the folders.")
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="manifest file to write (TSV)")
+    parser.add_argument("--root", type=Path, help="root folder of the relative paths (default: common parent)")
+    args = parser.parse_args(argv)
+    files, bad = [], []
+    for folder in args.folders:
+        if not folder.is_dir():
+            parser.error(f"{folder} is not a folder")
+        found, skipped = scan_folder(folder)
+        files += found
+        bad += skipped
+    if not files:
+        parser.error(f"no readable audio under {', '.join(map(str, args.folders))}")
+    root = args.root or Path(os.path.commonpath([str(Path(f.path).resolve().parent) for f in files]))
+    write_manifest(files, root, args.out)
+    hours = sum(f.seconds for f in files) / 3600
+    print(f"wrote {args.out}: {len(files)} files, {hours:.2f} h; skipped {len(bad)} unreadable file(s)"
+          + (f", e.g. {bad[0]}" if bad else ""))
+
+
+if __name__ == "__main__":
+    _main()

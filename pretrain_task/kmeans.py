@@ -1,0 +1,56 @@
+"""Batched k-means in torch (the self-training stage's quantizer): no Python loop over points.
+
+k-means++-style seeding is replaced by a seeded random subset (the ST stage has 10k+ points
+and k = 1024; Lloyd iterations fix a mediocre start quickly). Distances are computed in
+chunks so memory stays O(chunk × k).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _nearest(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of, and squared distance to, the nearest centroid: points (N, D), centroids (K, D) -> (N,), (N,)."""
+    centroid_norms = (centroids * centroids).sum(dim=1)
+    indices, distances = [], []
+    for start in range(0, points.shape[0], chunk):
+        block = points[start:start + chunk]
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2 ; |x|^2 is constant per row for the argmin
+        scores = centroid_norms[None, :] - 2.0 * block @ centroids.T
+        best, index = scores.min(dim=1)
+        indices.append(index)
+        distances.append((best + (block * block).sum(dim=1)).clamp_min(0))
+    return torch.cat(indices), torch.cat(distances)
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0, tolerance: float = 1e-6
+           ) -> torch.Tensor:
+    """Lloyd's algorithm. points (N, D) float -> centroids (k, D) float32. Empty clusters are re-seeded
+    with the points farthest from their centroid, so all k codes stay in use."""
+    points = points.float()
+    n = points.shape[0]
+    if n < k:
+        raise ValueError(f"k-means needs at least k={k} points, got {n}: extract more clips (--num-clips) "
+                         f"or lower --k.")
+    generator = torch.Generator().manual_seed(seed)
+    centroids = points[torch.randperm(n, generator=generator)[:k]].clone()
+    previous = float("inf")
+    for _ in range(iterations):
+        assignment, distance = _nearest(points, centroids)
+        counts = torch.bincount(assignment, minlength=k)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None].float()
+        empty = int((~filled).sum())
+        if empty:
+            centroids[~filled] = points[distance.topk(empty).indices]
+        inertia = float(distance.mean())
+        if empty == 0 and abs(previous - inertia) <= tolerance * max(previous, 1e-12):
+            break
+        previous = inertia
+    return centroids
+
+
+def assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest-centroid index of each point: (N, D) -> (N,) long."""
+    return _nearest(points.float(), centroids.float())[0]
