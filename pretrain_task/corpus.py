@@ -144,8 +144,9 @@ class _Resamplers:
 
 
 def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
-              resample: _Resamplers) -> torch.Tensor | None:
-    """A random crop of at most ``crop_seconds`` as 24 kHz mono float32 (samples,), or None if unreadable."""
+              resample: _Resamplers) -> tuple[torch.Tensor, float] | None:
+    """A random crop of at most ``crop_seconds`` as 24 kHz mono float32 (samples,) and its start in
+    seconds, or None if the file is unreadable, empty or not finite."""
     want = int(math.ceil(crop_seconds * file.sample_rate))
     start = int(rng.integers(0, file.num_frames - want + 1)) if file.num_frames > want else 0
     try:
@@ -156,7 +157,14 @@ def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
         return None
     wav = torch.from_numpy(data.mean(axis=1))
     wav = resample(wav, rate)
-    return wav[: int(round(crop_seconds * SAMPLE_RATE))]
+    return wav[: int(round(crop_seconds * SAMPLE_RATE))], start / file.sample_rate
+
+
+@dataclass
+class Crop:
+    wav: torch.Tensor       # (samples,) float32, 24 kHz mono
+    path: str
+    start_seconds: float
 
 
 @dataclass
@@ -164,6 +172,7 @@ class CropBatch:
     wavs: torch.Tensor      # (batch, samples) float32, zero-padded, 24 kHz mono
     lengths: torch.Tensor   # (batch,) valid samples per row
     batch_index: int
+    extra_targets: torch.Tensor | None = None  # (batch, frames) long, -100 where unknown (self-training)
 
 
 class CropSampler:
@@ -196,31 +205,36 @@ class CropSampler:
     def _rng(self, batch_index: int, slot: int, attempt: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, batch_index, self.rank, slot, attempt])
 
-    def example(self, batch_index: int, slot: int) -> torch.Tensor:
+    def example(self, batch_index: int, slot: int) -> Crop:
         for attempt in range(100):
             rng = self._rng(batch_index, slot, attempt)
             file = self.files[int(rng.choice(len(self.files), p=self.probabilities))]
             if file.path in self.bad_files:
                 continue
-            wav = read_crop(file, self.crop_seconds, rng, self._resample)
-            if wav is not None and wav.numel() > 0:
-                return wav
+            crop = read_crop(file, self.crop_seconds, rng, self._resample)
+            if crop is not None and crop[0].numel() > 0:
+                return Crop(crop[0], file.path, crop[1])
             self.bad_files.add(file.path)
             print(f"[corpus] skipping unreadable or invalid audio file {file.path} "
                   f"({len(self.bad_files)} skipped so far)", file=sys.stderr)
         raise CorpusError(f"100 draws in a row gave no readable audio ({len(self.bad_files)} bad files of "
                           f"{len(self.files)}): check the corpus.")
 
-    def batch(self, batch_index: int) -> CropBatch:
-        return collate([self.example(batch_index, slot) for slot in range(self.batch_size)], batch_index)
+    def batch(self, batch_index: int, targets=None) -> CropBatch:
+        return collate([self.example(batch_index, slot) for slot in range(self.batch_size)], batch_index, targets)
 
 
-def collate(wavs: Sequence[torch.Tensor], batch_index: int) -> CropBatch:
-    lengths = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
-    padded = torch.zeros(len(wavs), int(lengths.max()))
-    for row, wav in enumerate(wavs):
-        padded[row, : wav.numel()] = wav
-    return CropBatch(padded, lengths, batch_index)
+def collate(crops: Sequence[Crop], batch_index: int, targets=None) -> CropBatch:
+    """Pad crops into a batch; with a self-training ``targets`` store, attach each crop's aligned codes."""
+    lengths = torch.tensor([c.wav.numel() for c in crops], dtype=torch.long)
+    padded = torch.zeros(len(crops), int(lengths.max()))
+    for row, crop in enumerate(crops):
+        padded[row, : crop.wav.numel()] = crop.wav
+    extra = None
+    if targets is not None:
+        frames = int(math.ceil(int(lengths.max()) / 320))
+        extra = torch.stack([targets.slice(c.path, c.start_seconds, frames) for c in crops])
+    return CropBatch(padded, lengths, batch_index, extra)
 
 
 class CropLoader:
@@ -232,8 +246,9 @@ class CropLoader:
     """
 
     def __init__(self, sampler: CropSampler, start_batch: int = 0, num_workers: int = 2, prefetch: int = 2,
-                 batches_per_epoch: int | None = None):
+                 batches_per_epoch: int | None = None, targets=None):
         self.dataset = sampler
+        self.targets = targets
         self.start_batch = start_batch
         self.num_workers = max(1, num_workers)
         self.prefetch = prefetch
@@ -248,7 +263,9 @@ class CropLoader:
 
         sampler, size = self.dataset, self.dataset.batch_size
 
-        def load(example_index: int) -> tuple[int, torch.Tensor]:
+        targets = self.targets
+
+        def load(example_index: int) -> tuple[int, Crop]:
             batch_index, slot = divmod(example_index, size)
             return batch_index, sampler.example(batch_index, slot)
 
@@ -256,7 +273,7 @@ class CropLoader:
             DataPipeline.count(start=self.start_batch * size)
             .map(load, num_parallel_calls=self.num_workers)
             .bucket(size)
-            .map(lambda items: collate([wav for _, wav in items], items[0][0]))
+            .map(lambda items: collate([crop for _, crop in items], items[0][0], targets))
             .prefetch(self.prefetch)
             .and_return()
         )

@@ -1,8 +1,8 @@
 """Batched k-means in torch (the self-training stage's quantizer): no Python loop over points.
 
-k-means++-style seeding is replaced by a seeded random subset (the ST stage has 10k+ points
-and k = 1024; Lloyd iterations fix a mediocre start quickly). Distances are computed in
-chunks so memory stays O(chunk × k).
+Seeding is k-means++ on a random subsample (at most 32 points per cluster), so its k passes
+stay cheap for the ST stage's millions of frames; Lloyd iterations then use every point.
+Distances are computed in chunks so memory stays O(chunk × k).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0, to
         raise ValueError(f"k-means needs at least k={k} points, got {n}: extract more clips (--num-clips) "
                          f"or lower --k.")
     generator = torch.Generator().manual_seed(seed)
-    centroids = points[torch.randperm(n, generator=generator)[:k]].clone()
+    centroids = _kmeans_plus_plus(points[torch.randperm(n, generator=generator)[: min(n, 32 * k)]], k, generator)
     previous = float("inf")
     for _ in range(iterations):
         assignment, distance = _nearest(points, centroids)
@@ -49,6 +49,20 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0, to
             break
         previous = inertia
     return centroids
+
+
+def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centre drawn with probability proportional to squared distance."""
+    first = int(torch.randint(points.shape[0], (1,), generator=generator))
+    centroids = [points[first]]
+    closest = ((points - points[first]) ** 2).sum(dim=1)
+    for _ in range(1, k):
+        weights = closest.clamp_min(0)
+        index = int(torch.multinomial(weights / weights.sum(), 1, generator=generator)) if weights.sum() > 0 else \
+            int(torch.randint(points.shape[0], (1,), generator=generator))
+        centroids.append(points[index])
+        closest = torch.minimum(closest, ((points - points[index]) ** 2).sum(dim=1))
+    return torch.stack(centroids).clone()
 
 
 def assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

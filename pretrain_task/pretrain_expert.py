@@ -1,0 +1,154 @@
+"""s3prl's UpstreamPretrainExpert for EnCodecMAE (``run_pretrain.py -u encodecmae``).
+
+s3prl's pretrain runner owns the loop (optimizer, accumulation, clipping, logging, saving,
+resume); this class owns the model, the data and what a checkpoint must hold so that a
+resumed run continues exactly: model weights, and the position in the data stream.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+
+from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
+from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, load_checkpoint, model_config_from_yaml
+
+DATARC_KEYS = {"corpus", "train_batch_size", "crop_seconds", "num_workers", "prefetch_batches", "precision", "seed",
+               "target_store", "codec_init_clips", "init_from"}
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check_datarc(datarc: dict) -> None:
+    unknown = set(datarc) - DATARC_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in pretrain_expert.datarc; valid keys: "
+                          f"{sorted(DATARC_KEYS)}")
+    if datarc.get("precision", "bf16") not in PRECISIONS:
+        raise ConfigError(f"pretrain_expert.datarc.precision must be one of {sorted(PRECISIONS)}, "
+                          f"got {datarc['precision']!r}")
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class UpstreamPretrainExpert(nn.Module):
+    def __init__(self, datarc: dict, upstream_config, device: str = "cuda", multi_gpu: bool = False, **kwargs):
+        """
+        Args:
+            datarc: ``pretrain_expert.datarc`` of the runner config (corpus, batch size, precision...).
+            upstream_config: path of a ``config_model*.yaml``, or on resume the dict saved in the checkpoint.
+        """
+        super().__init__()
+        _check_datarc(datarc)
+        self.datarc = datarc
+        self.device = device
+        self.multi_gpu = multi_gpu
+        if isinstance(upstream_config, (str, os.PathLike)):
+            with open(upstream_config) as handle:
+                upstream_config = yaml.safe_load(handle) or {}
+        self.upstream_config = dict(upstream_config)
+        self.model_config = model_config_from_yaml(self.upstream_config)
+
+        self.rank, self.world_size = _distributed()
+        files = load_corpus(datarc["corpus"], progress=self.rank == 0)
+        self.seed = int(datarc.get("seed", 0))
+        self.sampler = CropSampler(files, int(datarc["train_batch_size"]), float(datarc.get("crop_seconds", 4.0)),
+                                   seed=self.seed, rank=self.rank, world_size=self.world_size)
+        self.targets = None
+        if datarc.get("target_store"):
+            from encodecmae_s3prl.pretrain_task.self_training import TargetStore
+
+            self.targets = TargetStore.open(datarc["target_store"])
+            self.targets.check(files, self.model_config.extra_targets)
+
+        self.model = build_model(self.model_config, seed=self.seed)
+        if datarc.get("init_from"):
+            self._init_from(datarc["init_from"])
+        elif self.model.codec.needs_corpus_init():
+            # a random-init EnCodec only means something once standardised and with codebooks fitted to the corpus
+            clips = int(datarc.get("codec_init_clips", 64))
+            wavs = [self.sampler.example(-1, slot).wav for slot in range(clips)]
+            self.model.codec.init_from_audio(wavs, seed=self.seed)
+        self.next_batch = 0
+        self._dtype = PRECISIONS[datarc.get("precision", "bf16")]
+        self._last_time = None
+
+    def _init_from(self, path: str) -> None:
+        """Start from another run's weights (the self-training stage 2 starts from stage 1): every tensor
+        of the same name and shape is copied; the new target head keeps its fresh initialisation."""
+        source = load_checkpoint(path)
+        own = self.model.state_dict()
+        copied = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(copied, strict=False)
+        fresh = sorted(set(own) - set(copied))
+        print(f"[encodecmae] initialised {len(copied)} tensors from {path}; fresh: {fresh}")
+
+    # --- s3prl interface --------------------------------------------------------------
+    def load_model(self, init_ckpt: dict) -> None:
+        if CHECKPOINT_KEY not in init_ckpt:
+            raise KeyError(f"the checkpoint has no {CHECKPOINT_KEY!r} entry: it was not written by "
+                           f"run_pretrain.py -u encodecmae")
+        self._unwrapped().load_state_dict(init_ckpt[CHECKPOINT_KEY]["state_dict"])
+        self.next_batch = int(init_ckpt.get("DataPosition", 0))
+
+    def add_state_to_save(self, all_states: dict) -> dict:
+        model = self._unwrapped()
+        all_states[CHECKPOINT_KEY] = {"config": asdict(model.config), "state_dict": model.state_dict()}
+        all_states["Upstream_Config"] = self.upstream_config
+        all_states["DataPosition"] = self.next_batch
+        return all_states
+
+    def get_train_dataloader(self) -> CropLoader:
+        return CropLoader(self.sampler, start_batch=self.next_batch, num_workers=int(self.datarc.get("num_workers", 2)),
+                          prefetch=int(self.datarc.get("prefetch_batches", 2)), targets=self.targets)
+
+    def on_before_zero_grad(self) -> None:
+        pass
+
+    def forward(self, data: CropBatch, records=None, global_step: int = 0, log_step: int = 1000, **kwargs):
+        records = defaultdict(list) if records is None else records
+        wavs, lengths = data.wavs.to(self.device), data.lengths.to(self.device)
+        extra = data.extra_targets.to(self.device) if data.extra_targets is not None else None
+        # the masks are a function of (seed, batch): a resumed run draws the same ones
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + data.batch_index * (self.world_size or 1)
+                                                  + self.rank)
+        device_type = torch.device(self.device).type
+        autocast = (torch.autocast(device_type, dtype=self._dtype) if self._dtype is not None else nullcontext())
+        with autocast:
+            output = self.model(wavs, lengths, extra_targets=extra, generator=generator)
+        self.next_batch = data.batch_index + 1
+
+        now = time.perf_counter()
+        if self._last_time is not None:
+            records["audio_seconds_per_second"].append(float(lengths.sum()) / 24_000 / (now - self._last_time))
+        self._last_time = now
+        records["masked_loss"].append(float(output.masked_loss.sum()))
+        records["unmasked_loss"].append(float(output.unmasked_loss.sum()))
+        records["masked_accuracy"].append(float(output.masked_accuracy))
+        for q, (m, u) in enumerate(zip(output.masked_loss.tolist(), output.unmasked_loss.tolist())):
+            name = f"q{q}" if q < self.model_config.num_codebooks else "st"
+            records[f"masked_loss_{name}"].append(m)
+            records[f"unmasked_loss_{name}"].append(u)
+        return output.loss, records
+
+    def log_records(self, records, logger, prefix, global_step, **kwargs) -> None:
+        for key, values in records.items():
+            if values:
+                logger.add_scalar(f"{prefix}{key}", sum(values) / len(values), global_step=global_step)
+
+    def _unwrapped(self) -> nn.Module:
+        return self.model.module if hasattr(self.model, "module") else self.model

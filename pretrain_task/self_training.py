@@ -1,0 +1,188 @@
+"""The paper's self-training stage (+ST): k-means targets from a stage-1 model's last encoder layer.
+
+    python -m encodecmae_s3prl.pretrain_task.self_training -k result/pretrain/stage1/states-500000.ckpt \\
+        --corpus /data/train.tsv --out result/st_targets [--num-clips 10000] [--k 1024]
+
+1. embeds ``--num-clips`` random 4 s crops with the stage-1 model (no masking), last layer;
+2. fits k-means (torch, batched) on those frames;
+3. quantizes every corpus file, whole, into a target store aligned to the 75 Hz frames;
+4. writes ``config_model_st.yaml`` (stage-1 model + one extra stream of k classes, weight Σγ_q).
+
+Stage 2 continues from the stage-1 weights:
+
+    python run_pretrain.py -u encodecmae -n stage2 -g result/st_targets/config_model_st.yaml \\
+        -o "config.pretrain_expert.datarc.target_store=result/st_targets,,config.runner.total_steps=150000,,\\
+config.pretrain_expert.datarc.init_from=result/pretrain/stage1/states-500000.ckpt"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, load_corpus, _Resamplers
+from encodecmae_s3prl.pretrain_task.kmeans import assign, kmeans
+from encodecmae_s3prl.upstream.checkpoint import atomic_save
+from encodecmae_s3prl.upstream.loading import load_checkpoint
+
+FRAME_RATE = 75
+HOP = 320
+IGNORE = -100
+
+
+class TargetStoreError(ValueError):
+    pass
+
+
+class TargetStore:
+    """Per-file k-means codes at 75 Hz: ``codes.npy`` (all files concatenated, int16) + ``index.json``."""
+
+    def __init__(self, folder: Path, codes: np.ndarray, index: dict):
+        self.folder, self.codes, self.index = folder, codes, index
+        self.k = int(index["k"])
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> "TargetStore":
+        folder = Path(folder)
+        try:
+            index = json.loads((folder / "index.json").read_text())
+            codes = np.load(folder / "codes.npy", mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise TargetStoreError(f"{folder} is not a complete target store ({err}); rerun "
+                                   f"python -m encodecmae_s3prl.pretrain_task.self_training") from None
+        if codes.shape[0] != index["total_frames"]:
+            raise TargetStoreError(f"{folder}: codes.npy has {codes.shape[0]} frames, index.json says "
+                                   f"{index['total_frames']}: the store is corrupt, rebuild it")
+        return cls(folder, codes, index)
+
+    def check(self, files: Sequence[AudioFile], k: int) -> None:
+        """Every corpus file is in the store with the right length, and k matches the model's extra head."""
+        if k != self.k:
+            raise TargetStoreError(f"target store {self.folder} has k={self.k} but the model config has "
+                                   f"extra_targets={k}: use the config_model_st.yaml written with the store")
+        missing = [f.path for f in files if f.path not in self.index["files"]]
+        if missing:
+            raise TargetStoreError(f"{len(missing)} corpus file(s) have no targets in {self.folder} "
+                                   f"(first: {missing[0]}): the store was built from another corpus")
+        for f in files:
+            expected = math.ceil(f.seconds * FRAME_RATE)
+            stored = self.index["files"][f.path][1]
+            if abs(stored - expected) > 1:
+                raise TargetStoreError(f"{f.path}: {stored} target frames stored, {expected} expected from its "
+                                       f"length; the file changed since the store was built")
+
+    def slice(self, path: str, start_seconds: float, frames: int) -> torch.Tensor:
+        """(frames,) long codes of a crop starting at ``start_seconds``, -100 past the file's end."""
+        offset, length = self.index["files"][path]
+        first = int(round(start_seconds * FRAME_RATE))
+        out = np.full(frames, IGNORE, dtype=np.int64)
+        take = max(0, min(frames, length - first))
+        out[:take] = self.codes[offset + first: offset + first + take]
+        return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def embed_file_frames(model, wav: torch.Tensor) -> torch.Tensor:
+    """Last-encoder-layer features of one 24 kHz clip: (frames, dim)."""
+    output = model.encode(wav[None], torch.tensor([wav.numel()]))
+    return output.output[0, : int(output.frame_lengths[0])].float()
+
+
+def _read_whole(file: AudioFile, resample: _Resamplers) -> torch.Tensor | None:
+    import soundfile
+
+    try:
+        data, rate = soundfile.read(file.path, dtype="float32", always_2d=True)
+    except Exception:
+        return None
+    if data.shape[0] == 0 or not np.isfinite(data).all():
+        return None
+    return resample(torch.from_numpy(data.mean(axis=1)), rate)
+
+
+def build_store(model, files: Sequence[AudioFile], centroids: torch.Tensor, out: Path) -> dict:
+    """Quantize every file and write the store atomically (a temp folder renamed into place)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    resample = _Resamplers()
+    chunks, index, offset, skipped = [], {}, 0, []
+    for file in tqdm(files, desc="quantize corpus", dynamic_ncols=True):
+        wav = _read_whole(file, resample)
+        if wav is None or wav.numel() < HOP:
+            skipped.append(file.path)
+            continue
+        codes = assign(embed_file_frames(model, wav), centroids).to(torch.int16).numpy()
+        index[file.path] = [offset, int(codes.shape[0])]
+        chunks.append(codes)
+        offset += codes.shape[0]
+    np.save(tmp / "codes.npy", np.concatenate(chunks) if chunks else np.zeros(0, np.int16))
+    meta = {"k": int(centroids.shape[0]), "frame_rate": FRAME_RATE, "total_frames": offset, "files": index,
+            "skipped": skipped}
+    (tmp / "index.json").write_text(json.dumps(meta))
+    atomic_save({"centroids": centroids}, tmp / "kmeans.pt")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return meta
+
+
+def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = 10_000, k: int = 1024,
+        iterations: int = 50, seed: int = 0, batch_size: int = 16) -> Path:
+    model = load_checkpoint(checkpoint).eval()
+    files = load_corpus(corpus)
+    sampler = CropSampler(files, batch_size, crop_seconds=4.0, seed=seed + 7919)
+    frames = []
+    for batch_index in tqdm(range(math.ceil(num_clips / batch_size)), desc="embed clips", dynamic_ncols=True):
+        batch = sampler.batch(batch_index)
+        with torch.no_grad():
+            encoded = model.encode(batch.wavs, batch.lengths)
+        valid = torch.arange(encoded.output.shape[1])[None, :] < encoded.frame_lengths[:, None]
+        frames.append(encoded.output[valid].float())
+    points = torch.cat(frames)
+    print(f"[self-training] k-means: {points.shape[0]} frames x {points.shape[1]} dims, k={k}")
+    centroids = kmeans(points, k, iterations=iterations, seed=seed)
+    meta = build_store(model, files, centroids, out)
+    config = {"model": "base", **_config_fields(model.config), "extra_targets": k}
+    config.pop("extra_target_weight", None)  # defaults to sum of codebook weights, as the paper
+    (Path(out) / "config_model_st.yaml").write_text(
+        "# Stage-2 (self-training) model config written by self_training.py: the stage-1 model plus one\n"
+        f"# extra target stream of k={k} k-means classes weighted sum(gamma_q).\n" + yaml.safe_dump(config))
+    print(f"[self-training] wrote {out}: {len(meta['files'])} files, {meta['total_frames']} frames, "
+          f"{len(meta['skipped'])} skipped")
+    return Path(out)
+
+
+def _config_fields(config) -> dict:
+    from dataclasses import asdict
+
+    fields = asdict(config)
+    fields["codebook_weights"] = list(fields["codebook_weights"])
+    return fields
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="EnCodecMAE self-training stage: k-means targets store")
+    parser.add_argument("-k", "--ckpt", required=True, help="stage-1 states-N.ckpt")
+    parser.add_argument("--corpus", nargs="+", required=True, help="folders and/or manifest .tsv files")
+    parser.add_argument("--out", required=True, type=Path, help="target store folder to write")
+    parser.add_argument("--num-clips", type=int, default=10_000)
+    parser.add_argument("--clusters", "--k-classes", dest="k", type=int, default=1024)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed)
+
+
+if __name__ == "__main__":
+    main()

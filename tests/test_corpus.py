@@ -1,0 +1,102 @@
+"""Pretraining corpus: mixed formats/rates/channels, bad files skipped and counted, deterministic crops."""
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from encodecmae_s3prl.pretrain_task import corpus as corpus_module
+from encodecmae_s3prl.pretrain_task.corpus import (CorpusError, CropLoader, CropSampler, load_corpus, read_manifest)
+from encodecmae_s3prl.pretrain_task.kmeans import assign, kmeans
+from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+
+
+@pytest.fixture
+def mixed_corpus(tmp_path):
+    """Mono/stereo, 8/16/44.1/48 kHz, wav/flac, one long file, one corrupt, one empty, one NaN, one silent."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "audio"
+    for i, (rate, seconds) in enumerate([(8000, 2.0), (16000, 5.0), (44100, 3.0), (48000, 20.0)]):
+        write_wav(root / f"tone{i}.wav", harmonic_tone(110 * (i + 2), seconds, rate, rng), rate)
+    stereo = np.stack([harmonic_tone(330, 3.0, 22050, rng)] * 2, axis=1)
+    soundfile.write(root / "sub" / "stereo.flac" if (root / "sub").mkdir() is None else None, stereo, 22050)
+    soundfile.write(root / "silent.wav", np.zeros(24000, np.float32), 24000)
+    (root / "corrupt.wav").write_bytes(b"RIFF\x00\x00junk")
+    soundfile.write(root / "empty.wav", np.zeros(0, np.float32), 16000)
+    nan = np.full(16000, np.nan, np.float32)
+    soundfile.write(root / "nan.wav", nan, 16000, subtype="FLOAT")
+    return root
+
+
+def test_folder_scan_skips_unreadable_and_empty(mixed_corpus, capsys):
+    files = load_corpus([str(mixed_corpus)], progress=False)
+    names = sorted(f.path.split("/")[-1] for f in files)
+    assert names == ["nan.wav", "silent.wav", "stereo.flac", "tone0.wav", "tone1.wav", "tone2.wav", "tone3.wav"]
+    assert "skipped 2 unreadable" in capsys.readouterr().err
+
+
+def test_manifest_roundtrip_via_cli(mixed_corpus, tmp_path):
+    out = tmp_path / "train.tsv"
+    corpus_module._main([str(mixed_corpus), "--out", str(out)])
+    files = read_manifest(out)
+    assert len(files) == 7
+    tone3 = next(f for f in files if f.path.endswith("tone3.wav"))
+    assert tone3.sample_rate == 48000 and tone3.num_frames == 20 * 48000
+
+
+def test_crops_are_24k_mono_4s_padded_and_deterministic(mixed_corpus, capsys):
+    files = load_corpus([str(mixed_corpus)], progress=False)
+    sampler = CropSampler(files, batch_size=16, seed=3)
+    batch = sampler.batch(5)
+    assert batch.wavs.shape[0] == 16 and batch.wavs.shape[1] <= 96000
+    assert (batch.lengths <= 96000).all() and (batch.lengths > 0).all()
+    for row, length in enumerate(batch.lengths.tolist()):
+        assert torch.all(batch.wavs[row, length:] == 0)
+    assert torch.isfinite(batch.wavs).all()  # the NaN file is skipped, never batched
+    assert torch.equal(sampler.batch(5).wavs, batch.wavs)
+    assert not torch.equal(sampler.batch(6).wavs, batch.wavs)
+    # the NaN file is reported once, not once per draw
+    err = capsys.readouterr().err
+    assert err.count("nan.wav") <= 1
+
+
+def test_long_files_are_drawn_in_proportion_to_duration(mixed_corpus):
+    files = load_corpus([str(mixed_corpus)], progress=False)
+    sampler = CropSampler(files, batch_size=1, seed=0)
+    share = sampler.probabilities[[i for i, f in enumerate(files) if f.path.endswith("tone3.wav")][0]]
+    total = sum(f.seconds for f in files)
+    assert share == pytest.approx(20.0 / total)
+
+
+def test_loader_streams_the_same_batches_as_the_sampler_and_resumes(mixed_corpus):
+    files = load_corpus([str(mixed_corpus)], progress=False)
+    sampler = CropSampler(files, batch_size=4, seed=1)
+    loader = CropLoader(sampler, start_batch=0, num_workers=2)
+    stream = iter(loader)
+    first = [next(stream) for _ in range(3)]
+    assert [b.batch_index for b in first] == [0, 1, 2]
+    resumed = next(iter(CropLoader(sampler, start_batch=2, num_workers=2)))
+    assert resumed.batch_index == 2 and torch.equal(resumed.wavs, first[2].wavs)
+
+
+def test_empty_corpus_is_a_clear_error(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(CorpusError, match="no readable audio"):
+        load_corpus([str(tmp_path / "nothing")], progress=False)
+    with pytest.raises(CorpusError, match="neither a folder nor a manifest"):
+        load_corpus([str(tmp_path / "missing")], progress=False)
+    with pytest.raises(CorpusError, match="empty"):
+        load_corpus([], progress=False)
+
+
+def test_kmeans_recovers_separated_clusters():
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.randn(8, 5, generator=generator) * 10
+    labels = torch.arange(8).repeat_interleave(50)
+    points = centers[labels] + 0.1 * torch.randn(400, 5, generator=generator)
+    centroids = kmeans(points, 8, seed=0)
+    found = assign(points, centroids)
+    # each true cluster maps to exactly one code and vice versa
+    pairs = set(zip(labels.tolist(), found.tolist()))
+    assert len(pairs) == 8 and len({c for _, c in pairs}) == 8
+    with pytest.raises(ValueError, match="at least k"):
+        kmeans(points[:4], 8)
