@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import torch.nn as nn
 import yaml
 
 from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
+from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, load_checkpoint, model_config_from_yaml
 
 DATARC_KEYS = {"corpus", "train_batch_size", "crop_seconds", "num_workers", "prefetch_batches", "precision", "seed",
-               "target_store", "codec_init_clips", "init_from"}
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+               "target_store", "codec_init_clips", "init_from", "loader"}
 
 
 class ConfigError(ValueError):
@@ -34,8 +33,8 @@ def _check_datarc(datarc: dict) -> None:
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in pretrain_expert.datarc; valid keys: "
                           f"{sorted(DATARC_KEYS)}")
-    if datarc.get("precision", "bf16") not in PRECISIONS:
-        raise ConfigError(f"pretrain_expert.datarc.precision must be one of {sorted(PRECISIONS)}, "
+    if datarc.get("precision", "auto") not in PRECISIONS:
+        raise ConfigError(f"pretrain_expert.datarc.precision must be one of {PRECISIONS}, "
                           f"got {datarc['precision']!r}")
 
 
@@ -81,10 +80,10 @@ class UpstreamPretrainExpert(nn.Module):
         elif self.model.codec.needs_corpus_init():
             # a random-init EnCodec only means something once standardised and with codebooks fitted to the corpus
             clips = int(datarc.get("codec_init_clips", 64))
-            wavs = [self.sampler.example(-1, slot).wav for slot in range(clips)]
+            wavs = [self.sampler.example(0, slot, CropSampler.CODEC_INIT).wav for slot in range(clips)]
             self.model.codec.init_from_audio(wavs, seed=self.seed)
         self.next_batch = 0
-        self._dtype = PRECISIONS[datarc.get("precision", "bf16")]
+        self.precision = datarc.get("precision", "auto")
         self._last_time = None
 
     def _init_from(self, path: str) -> None:
@@ -114,7 +113,8 @@ class UpstreamPretrainExpert(nn.Module):
 
     def get_train_dataloader(self) -> CropLoader:
         return CropLoader(self.sampler, start_batch=self.next_batch, num_workers=int(self.datarc.get("num_workers", 2)),
-                          prefetch=int(self.datarc.get("prefetch_batches", 2)), targets=self.targets)
+                          prefetch=int(self.datarc.get("prefetch_batches", 2)), targets=self.targets,
+                          backend=self.datarc.get("loader", "torch"))
 
     def on_before_zero_grad(self) -> None:
         pass
@@ -126,9 +126,7 @@ class UpstreamPretrainExpert(nn.Module):
         # the masks are a function of (seed, batch): a resumed run draws the same ones
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + data.batch_index * (self.world_size or 1)
                                                   + self.rank)
-        device_type = torch.device(self.device).type
-        autocast = (torch.autocast(device_type, dtype=self._dtype) if self._dtype is not None else nullcontext())
-        with autocast:
+        with autocast(self.device, self.precision):
             output = self.model(wavs, lengths, extra_targets=extra, generator=generator)
         self.next_batch = data.batch_index + 1
 

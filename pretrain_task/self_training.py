@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, load_corpus, _Resamplers
-from encodecmae_s3prl.pretrain_task.kmeans import assign, kmeans
+from encodecmae_s3prl.upstream.kmeans import assign, kmeans
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
 from encodecmae_s3prl.upstream.loading import load_checkpoint
 
@@ -141,10 +141,10 @@ def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = 10_0
         iterations: int = 50, seed: int = 0, batch_size: int = 16) -> Path:
     model = load_checkpoint(checkpoint).eval()
     files = load_corpus(corpus)
-    sampler = CropSampler(files, batch_size, crop_seconds=4.0, seed=seed + 7919)
+    sampler = CropSampler(files, batch_size, crop_seconds=4.0, seed=seed)
     frames = []
     for batch_index in tqdm(range(math.ceil(num_clips / batch_size)), desc="embed clips", dynamic_ncols=True):
-        batch = sampler.batch(batch_index)
+        batch = sampler.batch(batch_index, stream=CropSampler.SELF_TRAINING)
         with torch.no_grad():
             encoded = model.encode(batch.wavs, batch.lengths)
         valid = torch.arange(encoded.output.shape[1])[None, :] < encoded.frame_lengths[:, None]

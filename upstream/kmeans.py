@@ -1,4 +1,4 @@
-"""Batched k-means in torch (the self-training stage's quantizer): no Python loop over points.
+"""Batched k-means in torch, for the self-training targets and the random codec's codebooks.
 
 Seeding is k-means++ on a random subsample (at most 32 points per cluster), so its k passes
 stay cheap for the ST stage's millions of frames; Lloyd iterations then use every point.
@@ -23,17 +23,30 @@ def _nearest(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) 
     return torch.cat(indices), torch.cat(distances)
 
 
-def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0, tolerance: float = 1e-6
-           ) -> torch.Tensor:
-    """Lloyd's algorithm. points (N, D) float -> centroids (k, D) float32. Empty clusters are re-seeded
-    with the points farthest from their centroid, so all k codes stay in use."""
+def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0, tolerance: float = 1e-6,
+           init: str = "kmeans++", allow_repeats: bool = False) -> torch.Tensor:
+    """Lloyd's algorithm. points (N, D) float -> centroids (k, D) float32.
+
+    ``init``: 'kmeans++' (better optimum, k passes over a subsample) or 'random' (k distinct points,
+    instant). Empty clusters are re-seeded with the points farthest from their centroid, so all k
+    codes stay in use. ``allow_repeats``: with fewer than k points, repeat some as centroids instead
+    of failing (a codebook fitted to a small corpus).
+    """
     points = points.float()
     n = points.shape[0]
+    generator = torch.Generator(device=points.device).manual_seed(seed)
     if n < k:
-        raise ValueError(f"k-means needs at least k={k} points, got {n}: extract more clips (--num-clips) "
-                         f"or lower --k.")
-    generator = torch.Generator().manual_seed(seed)
-    centroids = _kmeans_plus_plus(points[torch.randperm(n, generator=generator)[: min(n, 32 * k)]], k, generator)
+        if not allow_repeats:
+            raise ValueError(f"k-means needs at least k={k} points, got {n}: extract more clips (--num-clips) "
+                             f"or lower --k.")
+        return points[torch.randint(n, (k,), generator=generator, device=points.device)].clone()
+    order = torch.randperm(n, generator=generator, device=points.device)
+    if init == "kmeans++":
+        centroids = _kmeans_plus_plus(points[order[: min(n, 32 * k)]], k, generator)
+    elif init == "random":
+        centroids = points[order[:k]].clone()
+    else:
+        raise ValueError(f"k-means init must be 'kmeans++' or 'random', got {init!r}")
     previous = float("inf")
     for _ in range(iterations):
         assignment, distance = _nearest(points, centroids)
@@ -53,13 +66,13 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0, to
 
 def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """k-means++ seeding: each next centre drawn with probability proportional to squared distance."""
-    first = int(torch.randint(points.shape[0], (1,), generator=generator))
+    first = int(torch.randint(points.shape[0], (1,), generator=generator, device=points.device))
     centroids = [points[first]]
     closest = ((points - points[first]) ** 2).sum(dim=1)
     for _ in range(1, k):
         weights = closest.clamp_min(0)
         index = int(torch.multinomial(weights / weights.sum(), 1, generator=generator)) if weights.sum() > 0 else \
-            int(torch.randint(points.shape[0], (1,), generator=generator))
+            int(torch.randint(points.shape[0], (1,), generator=generator, device=points.device))
         centroids.append(points[index])
         closest = torch.minimum(closest, ((points - points[index]) ** 2).sum(dim=1))
     return torch.stack(centroids).clone()

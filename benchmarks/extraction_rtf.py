@@ -1,0 +1,57 @@
+"""Feature-extraction real-time factor of the EnCodecMAE upstream (s3prl path: 16 kHz list in, all layers out).
+
+    .venv/bin/python benchmarks/extraction_rtf.py [--sizes small,base] [--seconds 10] [--batch 4] [--device cpu]
+
+RTF = compute seconds / audio seconds (lower is better; 0.01 = 100x faster than real time).
+Random-init weights (sizes are what matter); the EnCodec is random-init when offline, same cost.
+Prints one markdown row per size for benchmarks/RESULTS.md.
+"""
+import argparse
+import os
+import platform
+import time
+
+import torch
+
+os.environ.setdefault("ENCODEC_CKPT", "random")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="small,base")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    args = parser.parse_args()
+
+    from encodecmae_s3prl.upstream.expert import UpstreamExpert
+    from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
+
+    device = torch.device(args.device)
+    wavs = [torch.randn(int(args.seconds * 16000), device=device) * 0.1 for _ in range(args.batch)]
+    for size in args.sizes.split(","):
+        expert = UpstreamExpert.__new__(UpstreamExpert)
+        torch.nn.Module.__init__(expert)
+        expert.model = build_model(model_config_from_yaml({"model": size}), seed=0).eval()
+        expert.to(device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+        with torch.inference_mode(), autocast:
+            expert(wavs)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(args.repeats):
+                expert(wavs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = (time.perf_counter() - start) / args.repeats
+        audio = args.seconds * args.batch
+        name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+        print(f"| extraction RTF {size} ({args.precision}) | {elapsed / audio:.4f} | {audio / elapsed:.1f}x real time | "
+              f"{name} | batch {args.batch} x {args.seconds:.0f} s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The frozen EnCodec 24 kHz front end: SEANet encoder (features) and residual VQ (targets).
+
+EnCodecMAE reads EnCodec's 128-dim encoder output at 75 frames/s as its input and the first
+Q codes of its residual vector quantizer as its targets. Both stay frozen for real (DESIGN §3,
+"EnCodec pitfalls"): no gradients, and eval mode whatever the parent's mode, because encodec's
+RVQ in train mode moves its codebooks (EMA updates, dead-code replacement) and the targets
+would drift. Everything that decides the targets (encoder weights, codebooks, the
+standardisation statistics) lives in this module's state dict, so a checkpoint always
+reproduces its own targets.
+
+Weights come from ``build_encodec(source)``: 'pretrained' (the encodec package's file, from
+$ENCODEC_CKPT, the torch hub cache or a download), a local path, or 'random' (seeded random
+init; then fit the codebooks and the standardisation to a corpus with ``init_from_corpus``).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from encodecmae_s3prl.upstream.checkpoint import safe_load
+from encodecmae_s3prl.upstream.kmeans import assign, kmeans
+
+SAMPLE_RATE = 24_000
+HOP = 320                    # samples per frame: 75 frames/s
+FEATURE_DIM = 128
+CODEBOOK_SIZE = 1024         # bins of every RVQ stage
+ENCODEC_FILE = "encodec_24khz-d7cc33bc.th"  # the name the encodec package downloads to the torch hub cache
+ENCODEC_URL = f"https://dl.fbaipublicfiles.com/encodec/v0/{ENCODEC_FILE}"
+ENCODEC_ENV = "ENCODEC_CKPT"
+RANDOM_CODEC_SEED = 20230914  # one fixed random EnCodec for every 'random' build
+
+
+class EncodecWeightsError(RuntimeError):
+    """EnCodec weights could not be found or do not fit the 24 kHz model."""
+
+
+class FrozenEncodec(nn.Module):
+    """EnCodec's encoder and quantizer, frozen, with per-channel feature standardisation.
+
+    Args:
+        encoder: ``encodec.modules.SEANetEncoder`` of the 24 kHz model (hop 320, 128 channels).
+        quantizer: its ``ResidualVectorQuantizer`` (32 stages of 1024 codes).
+        num_codebooks: Q, the default number of RVQ stages used as targets.
+        standardise: whether ``init_from_corpus`` sets the standardisation statistics (the
+            statistics themselves are identity until it does).
+    """
+
+    def __init__(self, encoder: nn.Module, quantizer: nn.Module, num_codebooks: int = 8, standardise: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.quantizer = quantizer
+        stages = len(quantizer.vq.layers)
+        if not 1 <= num_codebooks <= stages:
+            raise ValueError(f"FrozenEncodec: num_codebooks must be in 1..{stages} (RVQ stages), got {num_codebooks}")
+        self.num_codebooks = num_codebooks
+        self.standardise_on_init = standardise
+        self.register_buffer("feature_mean", torch.zeros(FEATURE_DIM))
+        self.register_buffer("feature_std", torch.ones(FEATURE_DIM))
+        # whether the weights are random (then the model needs corpus statistics and codebooks)
+        self.register_buffer("random_weights", torch.tensor(False))
+        self.register_buffer("corpus_initialised", torch.tensor(False))
+        self.requires_grad_(False)
+        super().train(False)
+
+    # --- frozen for real -------------------------------------------------------------
+    def train(self, mode: bool = True) -> "FrozenEncodec":
+        """Always eval: the parent's ``train()`` must not put encodec's RVQ into its updating mode."""
+        return super().train(False)
+
+    @property
+    def stages(self) -> int:
+        return len(self.quantizer.vq.layers)
+
+    def needs_corpus_init(self) -> bool:
+        """True for random weights whose codebooks and statistics were never fitted to a corpus."""
+        return bool(self.random_weights) and not bool(self.corpus_initialised)
+
+    # --- features and targets ----------------------------------------------------------
+    @staticmethod
+    def frame_lengths(wav_lengths: Tensor) -> Tensor:
+        """Frames EnCodec gives for a clip of that many samples: ceil(samples / 320)."""
+        return torch.div(wav_lengths + HOP - 1, HOP, rounding_mode="floor")
+
+    def features(self, wav: Tensor) -> Tensor:
+        """wav (B, S) float at 24 kHz, all S samples valid -> (B, ceil(S / 320), 128) float32.
+
+        Runs in float32 without gradients whatever the surrounding autocast. Clips must be
+        cut to their own length before (zero padding changes the frames near the end).
+        """
+        if wav.dim() != 2 or wav.shape[1] == 0:
+            raise ValueError(f"FrozenEncodec.features expects (batch, samples>0) 24 kHz audio, got {tuple(wav.shape)}")
+        with torch.no_grad(), torch.autocast(wav.device.type, enabled=False):
+            out = self.encoder(wav.float()[:, None, :])  # (B, 128, T)
+        return out.transpose(1, 2).contiguous()
+
+    def standardise(self, features: Tensor) -> Tensor:
+        """Per-channel (features - mean) / std; identity unless ``init_from_corpus`` set them."""
+        return (features - self.feature_mean) / self.feature_std
+
+    def codes(self, features: Tensor, num_codebooks: Optional[int] = None) -> Tensor:
+        """RVQ codes of raw (un-standardised) features: (B, T, 128) -> (B, Q, T) long in [0, 1024)."""
+        q = self._check_q(num_codebooks)
+        with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+            codes = self.quantizer.vq.encode(features.float().transpose(1, 2), n_q=q)  # (Q, B, T)
+        return codes.permute(1, 0, 2)
+
+    def quantization_errors(self, features: Tensor, num_codebooks: Optional[int] = None) -> Tensor:
+        """Mean Euclidean distance between each stage's input residual and its chosen codeword.
+
+        features: (..., 128) raw valid frames (select them before; padding would count) -> (Q,).
+        Normalised to sum 1, these are the γ_q loss weights of the paper.
+        """
+        q = self._check_q(num_codebooks)
+        residual = features.reshape(-1, FEATURE_DIM).float()
+        errors = []
+        with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+            for layer in self.quantizer.vq.layers[:q]:
+                codeword = layer._codebook.embed[assign(residual, layer._codebook.embed)]
+                errors.append((residual - codeword).norm(dim=1).mean())
+                residual = residual - codeword
+        return torch.stack(errors)
+
+    def _check_q(self, num_codebooks: Optional[int]) -> int:
+        q = self.num_codebooks if num_codebooks is None else int(num_codebooks)
+        if not 1 <= q <= self.stages:
+            raise ValueError(f"num_codebooks must be in 1..{self.stages}, got {q}")
+        return q
+
+    # --- fitting a random codec to a corpus ----------------------------------------------
+    @torch.no_grad()
+    def init_from_corpus(self, features: Tensor, seed: int = 0, num_codebooks: Optional[int] = None,
+                         iterations: int = 10) -> None:
+        """Fit the standardisation (if enabled) and the first Q RVQ codebooks to corpus frames.
+
+        Stage q's codebook is k-means (k = 1024, ``iterations`` Lloyd steps, seeded) on the
+        residual left by stages < q, exactly the residual it will quantise.
+
+        Args:
+            features: (N, 128) raw valid frames of the corpus. With N < 1024 some codewords repeat.
+        """
+        q = self._check_q(num_codebooks)
+        features = features.reshape(-1, FEATURE_DIM).float().to(self.feature_mean.device)
+        if features.shape[0] < 2:
+            raise ValueError(f"init_from_corpus needs at least 2 frames, got {features.shape[0]}")
+        if self.standardise_on_init:
+            self.feature_mean.copy_(features.mean(dim=0))
+            # a random-init encoder varies ~1 % around its bias: keep tiny stds, only guard zeros
+            self.feature_std.copy_(features.std(dim=0).clamp_min(1e-8))
+        residual = features
+        for stage, layer in enumerate(self.quantizer.vq.layers[:q]):
+            centroids = kmeans(residual, CODEBOOK_SIZE, iterations, seed=seed + stage, init="random",
+                               allow_repeats=True)
+            nearest = assign(residual, centroids)
+            _set_codebook(layer._codebook, centroids, torch.bincount(nearest, minlength=CODEBOOK_SIZE).float())
+            residual = residual - centroids[nearest]
+        self.corpus_initialised.fill_(True)
+
+    @torch.no_grad()
+    def init_from_audio(self, wavs: Sequence[Tensor], seed: int = 0, num_codebooks: Optional[int] = None,
+                        iterations: int = 10) -> None:
+        """``init_from_corpus`` on the frames of a few 24 kHz clips (1-D tensors of any lengths)."""
+        device = self.feature_mean.device
+        by_length: Dict[int, List[Tensor]] = {}
+        for wav in wavs:
+            by_length.setdefault(int(wav.numel()), []).append(wav.reshape(-1).to(device))
+        frames = [self.features(torch.stack(group)).reshape(-1, FEATURE_DIM) for group in by_length.values()]
+        self.init_from_corpus(torch.cat(frames), seed=seed, num_codebooks=num_codebooks, iterations=iterations)
+
+
+def _set_codebook(codebook: nn.Module, centroids: Tensor, counts: Tensor) -> None:
+    """Write an encodec ``EuclideanCodebook``'s buffers as if it had been trained to ``centroids``."""
+    codebook.embed.copy_(centroids)
+    codebook.embed_avg.copy_(centroids)
+    codebook.cluster_size.copy_(counts)
+    codebook.inited.fill_(1.0)  # 0 would make encodec's forward path re-run its own k-means
+
+
+# --- where the weights come from --------------------------------------------------------------
+def _encodec_24khz():
+    """The 24 kHz EncodecModel, random init (callers keep its encoder and quantizer, never the decoder)."""
+    from encodec import EncodecModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm deprecation
+        return EncodecModel.encodec_model_24khz(pretrained=False)
+
+
+def build_encodec(source: str = "pretrained", num_codebooks: int = 8, standardise: bool = False) -> FrozenEncodec:
+    """A ``FrozenEncodec`` with weights from ``source``.
+
+    Args:
+        source: 'pretrained' ($ENCODEC_CKPT if it names a file, else the torch hub cache, else a
+            download by the encodec package), a path to an EnCodec 24 kHz state dict (``.th``),
+            or 'random' (a fixed seeded random init, codebooks seeded Gaussian; fit them with
+            ``init_from_corpus`` before training on its targets).
+        num_codebooks, standardise: see ``FrozenEncodec``.
+    """
+    if source == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_CODEC_SEED)
+            model = _encodec_24khz()
+        codec = FrozenEncodec(model.encoder, model.quantizer, num_codebooks, standardise)
+        # encodec leaves codebooks at zero with inited = 0 (every code would be 0): seed them instead
+        generator = torch.Generator().manual_seed(RANDOM_CODEC_SEED)
+        for layer in codec.quantizer.vq.layers:
+            centroids = torch.randn(CODEBOOK_SIZE, FEATURE_DIM, generator=generator)
+            _set_codebook(layer._codebook, centroids, torch.ones(CODEBOOK_SIZE))
+        codec.random_weights.fill_(True)
+        return codec
+    if source == "pretrained":
+        state = _pretrained_state()
+        where = "the pretrained EnCodec 24 kHz weights"
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise EncodecWeightsError(
+                f"encodec_source {source!r} is neither 'pretrained', 'random' nor an existing file; give the "
+                f"path of {ENCODEC_FILE} (EnCodec 24 kHz weights).")
+        state = safe_load(path)
+        where = str(path)
+    model = _encodec_24khz()
+    codec = FrozenEncodec(model.encoder, model.quantizer, num_codebooks, standardise)
+    load_encodec_state(codec, state, where)
+    return codec
+
+
+def load_encodec_state(codec: FrozenEncodec, state: dict, where: str = "the state dict") -> None:
+    """Copy an ``EncodecModel`` 24 kHz state dict (``encoder.*``, ``quantizer.*``; ``decoder.*`` ignored)."""
+    if not isinstance(state, dict):
+        raise EncodecWeightsError(f"{where}: expected an EnCodec state dict, got {type(state).__name__}")
+    for part in ("encoder", "quantizer"):
+        module = getattr(codec, part)
+        sub = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+        expected = set(module.state_dict())
+        missing, unexpected = sorted(expected - set(sub)), sorted(set(sub) - expected)
+        if missing or unexpected:
+            raise EncodecWeightsError(
+                f"{where} is not an EnCodec 24 kHz state dict: {part}.* keys missing {missing[:4]} "
+                f"({len(missing)} in all), unexpected {unexpected[:4]} ({len(unexpected)} in all). Expected the "
+                f"file {ENCODEC_FILE} of the encodec package (keys encoder.*, quantizer.*, decoder.*).")
+        try:
+            module.load_state_dict(sub)
+        except RuntimeError as err:
+            raise EncodecWeightsError(f"{where}: {part} weights do not fit the 24 kHz model: {err}") from None
+    codec.random_weights.fill_(False)
+
+
+def _pretrained_state() -> dict:
+    """The encodec package's 24 kHz weights: $ENCODEC_CKPT, then the torch hub cache, then a download."""
+    env = os.environ.get(ENCODEC_ENV, "")
+    if env and env not in ("pretrained", "random"):
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise EncodecWeightsError(f"${ENCODEC_ENV}={env}: no such file; point it at {ENCODEC_FILE}.")
+        return safe_load(path)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_FILE
+    if cached.is_file():
+        return safe_load(cached)
+    try:
+        return torch.hub.load_state_dict_from_url(ENCODEC_URL, map_location="cpu", check_hash=True,
+                                                   weights_only=True)
+    except Exception as err:  # offline, proxy, hash mismatch...
+        raise EncodecWeightsError(
+            f"could not get the pretrained EnCodec 24 kHz weights ({type(err).__name__}: {err}). Three ways out: "
+            f"(1) be online once (the file is cached afterwards); (2) put {ENCODEC_FILE} (from {ENCODEC_URL}) "
+            f"into the torch hub cache as {cached}; (3) set {ENCODEC_ENV}=/path/to/{ENCODEC_FILE}, or the model "
+            f"config key encodec_source: /path/to/{ENCODEC_FILE} (or encodec_source: random for a random-init "
+            f"codec, tests and offline demos only).") from None

@@ -1,0 +1,164 @@
+"""Transformer building blocks of EnCodecMAE, one job per module.
+
+The numbers follow the published v1 checkpoints (DESIGN §3): attention without biases and
+a head_dim^-0.5 scale, a ReLU feed-forward, and the ResiDual norm scheme (Xie et al. 2023),
+in which every layer carries two streams: ``a`` (post-norm, what the layer computes on) and
+``b`` (the un-normalised sum of every sub-layer output, normalised once at the end).
+
+Shapes use B = batch, T = frames, D = model width, H = heads.
+Padding masks are bool with True = padding, as in fairseq2 and PyTorch's key_padding_mask.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal position table times one learnable scalar ``scale``.
+
+    Channel 2i holds sin(t / 10000^(2i/D)), channel 2i+1 holds cos of the same angle.
+    v1 keeps one instance for the encoder input and the decoder input, so both share ``scale``.
+    """
+
+    def __init__(self, dim: int, scale: float = 1.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"SinusoidalPositions: dim must be even (sin/cos channel pairs), got {dim}")
+        self.dim = dim
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def table(self, length: int, device: Optional[torch.device] = None) -> Tensor:
+        """The scaled table: (length, D) float32."""
+        # built in float32 whatever the autocast dtype: bf16 cannot tell positions apart past ~256
+        position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+        inverse_frequency = torch.exp(
+            torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / self.dim))
+        angle = position * inverse_frequency  # (T, D/2)
+        # stack then flatten interleaves the channels: [sin0, cos0, sin1, cos1, ...]
+        table = torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(length, self.dim)
+        return self.scale * table
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, D) -> x + scale * table[:T]."""
+        return x + self.table(x.shape[1], x.device)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, no biases, scale head_dim^-0.5, padded keys masked out.
+
+    ``interleaved_heads=True`` is the v1 layout: the D projected channels are viewed as
+    (head_dim, H), so channel c belongs to head c mod H. ``False`` is the usual (H, head_dim).
+    """
+
+    def __init__(self, dim: int, heads: int, interleaved_heads: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"SelfAttention: dim ({dim}) must be a multiple of heads ({heads})")
+        self.dim = dim
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.interleaved_heads = interleaved_heads
+        self.dropout = dropout
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(dim, dim, bias=False)
+        self.wv = nn.Linear(dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+
+    def _split(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, H, T, head_dim)."""
+        batch, frames, _ = x.shape
+        if self.interleaved_heads:
+            return x.view(batch, frames, self.head_dim, self.heads).permute(0, 3, 1, 2)
+        return x.view(batch, frames, self.heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:
+        """(B, H, T, head_dim) -> (B, T, D), the inverse of ``_split``."""
+        batch, _, frames, _ = x.shape
+        if self.interleaved_heads:
+            return x.permute(0, 2, 3, 1).reshape(batch, frames, self.dim)
+        return x.transpose(1, 2).reshape(batch, frames, self.dim)
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        """
+        Args:
+            x: (B, T, D).
+            padding_mask: (B, T) bool, True = padding; those keys get no attention.
+        Returns:
+            (B, T, D). Rows at padded query positions are finite but meaningless.
+        """
+        q, k, v = self._split(self.wq(x)), self._split(self.wk(x)), self._split(self.wv(x))
+        attend = None
+        if padding_mask is not None:
+            attend = ~padding_mask
+            # a row with no valid key at all (an empty clip) would give NaN (softmax of all -inf);
+            # let such a row attend everywhere instead: its output is padding anyway
+            attend = attend | ~attend.any(dim=-1, keepdim=True)
+            attend = attend[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=self.head_dim ** -0.5,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.wo(self._merge(out))
+
+
+class FeedForward(nn.Sequential):
+    """Linear D -> ff, ReLU, Linear ff -> D (then optional dropout).
+
+    A Sequential so that the state-dict keys are ``0.*`` and ``2.*``, as in v1.
+    """
+
+    def __init__(self, dim: int, ff_dim: int, dropout: float = 0.0):
+        super().__init__(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Linear(ff_dim, dim), nn.Dropout(dropout))
+
+
+class TransformerLayer(nn.Module):
+    """One ResiDual layer over the pair (a, b):
+
+        o = Attn(a):  a <- LN1(a + o),  b <- b + o
+        f = FF(a):    a <- LN2(a + f),  b <- b + f
+    """
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, interleaved_heads: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.attention = SelfAttention(dim, heads, interleaved_heads, dropout)
+        self.feed_forward = FeedForward(dim, ff_dim, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, a: Tensor, b: Tensor, padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """a, b (B, T, D); padding_mask (B, T) bool True = padding -> new (a, b)."""
+        o = self.attention(a, padding_mask)
+        a, b = self.norm1(a + o), b + o
+        f = self.feed_forward(a)
+        return self.norm2(a + f), b + f
+
+
+class TransformerStack(nn.Module):
+    """N ResiDual layers and the final norm; the output is a + LN_final(b)."""
+
+    def __init__(self, layers: int, dim: int, heads: int, ff_dim: int, interleaved_heads: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [TransformerLayer(dim, heads, ff_dim, interleaved_heads, dropout) for _ in range(layers)])
+        self.final_norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
+        """
+        Args:
+            x: (B, T, D), positions already added.
+            padding_mask: (B, T) bool, True = padding.
+        Returns:
+            output: (B, T, D) = a + LN_final(b) after the last layer.
+            per_layer: the ``a`` stream after each layer, N tensors (B, T, D) (v1's hidden states).
+        """
+        a = b = x
+        per_layer = []
+        for layer in self.layers:
+            a, b = layer(a, b, padding_mask)
+            per_layer.append(a)
+        return a + self.final_norm(b), per_layer

@@ -1,0 +1,80 @@
+"""s3prl's UpstreamExpert for EnCodecMAE: adapts s3prl's calling convention to the model, nothing more.
+
+s3prl hands a list of 16 kHz mono waveforms; the model runs at 24 kHz with 75 frames/s,
+which is 213.33 input samples per frame — not an integer, while s3prl's Featurizer expects
+``round(len(wav) / get_downsample_rates())`` frames (±5) for clips of any length. We report
+213 and place output frame j at input sample j·213, i.e. we read the model's frame
+floor(j·213·1.5/320): the model's own frames, one repeated every 640 frames (8.5 s).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Union
+
+import torch
+import torch.nn as nn
+import torchaudio
+from torch import Tensor
+
+from encodecmae_s3prl.upstream.loading import load_model_for_inference
+
+INPUT_RATE = 16_000
+MODEL_RATE = 24_000
+HOP = 320  # EnCodec 24 kHz: samples per frame
+DOWNSAMPLE_RATE = 213  # input samples per output frame, see the module docstring
+MIN_INPUT_SAMPLES = DOWNSAMPLE_RATE + 1  # one full frame
+
+
+class UpstreamExpert(nn.Module):
+    def __init__(self, ckpt: str = None, model_config: str = None, variant: str = None, **kwargs):
+        """
+        Args:
+            ckpt: our pretraining ``states-N.ckpt`` or a published v1 ``model.pt`` (config.gin beside it);
+                optional for ``variant`` in ("random", "encodec_features").
+            model_config: optional YAML overriding model settings (e.g. ``encodec_source``).
+            variant: None (load ``ckpt``), "random" (ECMAE-R) or "encodec_features" (EC baseline).
+        """
+        super().__init__()
+        self.model = load_model_for_inference(ckpt, model_config, variant)
+        self.model.eval()
+
+    def get_downsample_rates(self, key: str) -> int:
+        return DOWNSAMPLE_RATE
+
+    def forward(self, wavs: List[Tensor]) -> Dict[str, Union[Tensor, List[Tensor]]]:
+        wavs_24k, lengths_24k, lengths_16k = self._prepare(wavs)
+        encoded = self.model.encode(wavs_24k, lengths_24k)
+        index = self._output_index(lengths_16k, encoded.frame_lengths)  # (batch, out_frames)
+        gather = index[:, :, None]
+        hidden_states = [h.gather(1, gather.expand(-1, -1, h.shape[-1])) for h in encoded.hidden_states]
+        return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
+
+    def _prepare(self, wavs: List[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Validate, pad and resample to 24 kHz: (batch, samples_24k), its lengths, and the 16 kHz lengths."""
+        if not isinstance(wavs, (list, tuple)) or len(wavs) == 0:
+            raise ValueError("UpstreamExpert expects a non-empty list of 1-D waveform tensors (16 kHz mono)")
+        for i, wav in enumerate(wavs):
+            if not isinstance(wav, Tensor) or wav.dim() != 1:
+                shape = tuple(wav.shape) if isinstance(wav, Tensor) else type(wav).__name__
+                raise ValueError(f"waveform {i}: expected a 1-D tensor (samples,) of 16 kHz mono audio, got {shape}; "
+                                 f"mix channels down and pass one tensor per clip")
+            if not wav.is_floating_point():
+                raise ValueError(f"waveform {i}: expected float samples in [-1, 1], got dtype {wav.dtype}")
+            if wav.numel() < MIN_INPUT_SAMPLES:
+                raise ValueError(f"waveform {i}: {wav.numel()} samples is shorter than one 75 Hz frame "
+                                 f"({MIN_INPUT_SAMPLES} samples at 16 kHz); pad or drop the clip")
+            if not torch.isfinite(wav).all():
+                raise ValueError(f"waveform {i}: contains NaN or infinite samples")
+        lengths_16k = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
+        padded = nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
+        # zero padding is exactly what the resampler sees at a clip's end alone, so batching is exact
+        resampled = torchaudio.functional.resample(padded, INPUT_RATE, MODEL_RATE)
+        lengths_24k = torch.div(lengths_16k * MODEL_RATE + INPUT_RATE - 1, INPUT_RATE, rounding_mode="floor")
+        return resampled[:, : int(lengths_24k.max())], lengths_24k, lengths_16k
+
+    @staticmethod
+    def _output_index(lengths_16k: Tensor, model_frames: Tensor) -> Tensor:
+        """Model frame shown at each output frame: (batch, max round(len/213)), clamped per clip."""
+        out_frames = torch.div(lengths_16k * 2 + DOWNSAMPLE_RATE, 2 * DOWNSAMPLE_RATE, rounding_mode="floor")
+        j = torch.arange(int(out_frames.max()), device=lengths_16k.device)
+        index = torch.div(j * DOWNSAMPLE_RATE * MODEL_RATE, INPUT_RATE * HOP, rounding_mode="floor")
+        return torch.minimum(index[None, :], (model_frames - 1)[:, None].to(index.device))

@@ -1,0 +1,101 @@
+"""Build or load an EncodecMAE from what users hand us: a model YAML, our checkpoint, a published v1 file.
+
+One place decides which file is which, so pretraining, the upstream and the converters agree.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
+from encodecmae_s3prl.upstream.codec import ENCODEC_ENV  # a local EnCodec weights file, or "random"
+from encodecmae_s3prl.upstream.model import EncodecMAE, EncodecMAEConfig, get_config
+
+CHECKPOINT_KEY = "EncodecMAE"  # where run_pretrain.py -u encodecmae stores {"config", "state_dict"}
+
+
+def model_config_from_yaml(spec: dict | str | os.PathLike | None) -> EncodecMAEConfig:
+    """A ``config_model*.yaml`` (or its dict): ``model: <tiny|small|base|large>`` plus any
+    EncodecMAEConfig field to override. ``ENCODEC_CKPT=random`` (tests, offline demos) switches a config
+    that would load the real EnCodec to the seeded random one, with corpus standardisation."""
+    if spec is None:
+        spec = {}
+    if isinstance(spec, (str, os.PathLike)):
+        with open(spec) as handle:
+            spec = yaml.safe_load(handle) or {}
+    spec = dict(spec)
+    name = spec.pop("model", "base")
+    valid = {f.name for f in fields(EncodecMAEConfig)}
+    unknown = sorted(set(spec) - valid)
+    if unknown:
+        raise ValueError(f"unknown model config key(s) {unknown}; valid keys: 'model' and {sorted(valid)}")
+    if "codebook_weights" in spec:
+        spec["codebook_weights"] = tuple(spec["codebook_weights"])
+    config = replace(get_config(name), **spec)
+    if os.environ.get(ENCODEC_ENV) == "random" and config.encodec_source == "pretrained":
+        config = replace(config, encodec_source="random", standardise_features=True)
+    return config
+
+
+def build_model(config: EncodecMAEConfig, seed: int = 0, codec=None) -> EncodecMAE:
+    """A freshly initialised model (the same seed gives the same weights), on ``codec`` when given."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return EncodecMAE(config, codec=codec)
+
+
+def _is_v1(checkpoint: dict) -> bool:
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    return isinstance(state, dict) and any(k.startswith("visible_encoder.") for k in state)
+
+
+def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> EncodecMAE:
+    """Our ``states-N.ckpt`` or a published v1 ``model.pt`` (``config.gin`` beside it) -> EncodecMAE."""
+    checkpoint = safe_load(path)
+    if isinstance(checkpoint, dict) and CHECKPOINT_KEY in checkpoint:
+        entry = checkpoint[CHECKPOINT_KEY]
+        config = EncodecMAEConfig.from_dict(entry["config"])
+        if overrides:
+            config = replace(config, **overrides)
+        return EncodecMAE.from_state_dict(config, entry["state_dict"])  # the codec comes from the file
+    if _is_v1(checkpoint):
+        from encodecmae_s3prl.upstream.import_v1 import load_v1
+
+        gin = Path(path).with_name("config.gin")
+        return load_v1(path, gin if gin.is_file() else None, checkpoint=checkpoint)
+    keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    raise CheckpointError(
+        f"{path} is not an EnCodecMAE checkpoint (top-level keys: {keys}). Accepted: a states-N.ckpt written by "
+        f"run_pretrain.py -u encodecmae (key {CHECKPOINT_KEY!r}), or a published v1 model.pt "
+        f"({{'state_dict': {{'visible_encoder.*', ...}}}})."
+    )
+
+
+def load_model_for_inference(ckpt: str | None, model_config: str | None, variant: str | None) -> EncodecMAE:
+    """What the upstream expert runs: a checkpoint, the random-init base (ECMAE-R), or EnCodec alone (EC)."""
+    overrides = {}
+    if model_config:
+        spec = yaml.safe_load(Path(model_config).read_text()) or {}
+        overrides = {k: v for k, v in spec.items() if k != "model"}
+    if variant in (None, "local"):
+        if not ckpt:
+            raise ValueError("encodecmae_local needs a checkpoint: pass -k /path/to/states-N.ckpt or model.pt")
+        return load_checkpoint(ckpt, overrides if model_config else None)
+    if variant in ("random", "encodec_features"):
+        if ckpt:  # a pretraining checkpoint carries the codec state (random codebooks, standardisation)
+            model = load_checkpoint(ckpt)
+            config = model.config
+        else:
+            config = model_config_from_yaml({"model": "base", **overrides})
+            model = None
+        if variant == "random" or model is None:
+            # ECMAE-R: a checkpoint only lends its codec (weights, codebooks, standardisation)
+            model = build_model(config, seed=0, codec=model.codec if model is not None else None)
+        if variant == "encodec_features":
+            model.features_only = True
+        return model
+    raise ValueError(f"unknown upstream variant {variant!r}")

@@ -1,0 +1,465 @@
+"""EnCodecMAE: a masked autoencoder over frozen EnCodec features that predicts EnCodec's RVQ codes.
+
+Data flow (DESIGN §2-3), readable top to bottom in ``EncodecMAE.forward``:
+
+    wav (24 kHz) -> frozen EnCodec encoder -> features (B, T, 128) at 75 frames/s
+        features -> RVQ codes (B, T, Q): the targets
+        features -> [standardise] -> Linear 128->D -> + positions -> span mask, drop masked frames
+        -> encoder (visible frames only) -> Linear D->D -> mask token at the dropped frames
+        -> + positions (the same module, one shared scale) -> decoder (2 layers) -> head -> (B, T, Q, 1024)
+
+``encode`` is the inference path (no masking, long audio in 4 s chunks); its ``hidden_states``
+are what s3prl's Featurizer weighs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from encodecmae_s3prl.upstream.codec import (CODEBOOK_SIZE, FEATURE_DIM, HOP, SAMPLE_RATE, FrozenEncodec,
+                                             build_encodec)
+from encodecmae_s3prl.upstream.components import SinusoidalPositions, TransformerStack
+from encodecmae_s3prl.upstream.masking import gather_visible, scatter_back, span_mask
+
+FRAME_RATE = SAMPLE_RATE // HOP  # 75 frames/s
+IGNORE = -100                    # target value that no loss or accuracy counts (padding, missing ST codes)
+
+# γ_q of the published v1 models: mean quantization error of each of the first 8 codebooks, summed to 1
+V1_CODEBOOK_WEIGHTS = (0.22407463, 0.1759858, 0.14499009, 0.12150037, 0.10315603, 0.08831368, 0.07608274,
+                       0.06589669)
+MASK_TOKENS = ("learned", "zeros")
+
+
+@dataclass(frozen=True)
+class EncodecMAEConfig:
+    """Sizes and training settings of one EnCodecMAE. Defaults are the paper's base model."""
+
+    dim: int = 768                      # D, model width
+    encoder_layers: int = 10
+    decoder_layers: int = 2
+    heads: int = 12                     # encoder attention heads
+    decoder_heads: Optional[int] = None  # None: same as ``heads`` (v1 sets both in its config.gin)
+    ff_dim: int = 4096                  # feed-forward width (ReLU)
+    num_codebooks: int = 8              # Q, first RVQ stages predicted (8 = 6 kbps)
+    codebook_size: int = CODEBOOK_SIZE  # codes per stage; EnCodec's RVQ has 1024
+    mask_prop: float = 0.5              # proportion of each clip's frames masked
+    mask_span: int = 15                 # frames per masked span
+    delta: float = 0.9                  # δ: weight of the masked-frame loss, 1-δ for the visible frames
+    codebook_weights: Tuple[float, ...] = V1_CODEBOOK_WEIGHTS  # γ_q, one per codebook
+    interleaved_heads: bool = True      # v1 head split (channel c -> head c mod H)
+    mask_token: str = "learned"         # 'learned' (paper) or 'zeros' (what v1 checkpoints do)
+    extra_targets: int = 0              # k of an extra self-training target stream; 0 = none
+    extra_target_weight: Optional[float] = None  # weight of that stream; None = sum(codebook_weights)
+    encodec_source: str = "pretrained"  # 'pretrained', 'random' or a path (see codec.build_encodec)
+    standardise_features: bool = False  # per-channel corpus standardisation of the input (random codec)
+    chunk_seconds: float = 4.0          # inference chunk length (encode); 4 s = 300 frames
+    dropout: float = 0.0                # attention and feed-forward dropout
+
+    def __post_init__(self):
+        object.__setattr__(self, "codebook_weights", tuple(float(w) for w in self.codebook_weights))
+        rules = [
+            (self.dim > 0 and self.dim % 2 == 0, "dim", self.dim, "a positive even number (sin/cos pairs)"),
+            (self.heads > 0 and self.dim % self.heads == 0, "heads", self.heads, f"a divisor of dim={self.dim}"),
+            (self.decoder_heads is None or (self.decoder_heads > 0 and self.dim % self.decoder_heads == 0),
+             "decoder_heads", self.decoder_heads, f"None or a divisor of dim={self.dim}"),
+            (self.encoder_layers >= 1, "encoder_layers", self.encoder_layers, ">= 1"),
+            (self.decoder_layers >= 1, "decoder_layers", self.decoder_layers, ">= 1"),
+            (self.ff_dim >= 1, "ff_dim", self.ff_dim, ">= 1"),
+            (1 <= self.num_codebooks <= 32, "num_codebooks", self.num_codebooks, "in 1..32 (EnCodec 24 kHz stages)"),
+            (self.codebook_size == CODEBOOK_SIZE, "codebook_size", self.codebook_size,
+             f"{CODEBOOK_SIZE} (EnCodec's RVQ bins)"),
+            (0.0 <= self.mask_prop < 1.0, "mask_prop", self.mask_prop, "in [0, 1)"),
+            (self.mask_span >= 1, "mask_span", self.mask_span, ">= 1"),
+            (0.0 <= self.delta <= 1.0, "delta", self.delta, "in [0, 1]"),
+            (len(self.codebook_weights) == self.num_codebooks, "codebook_weights", self.codebook_weights,
+             f"one weight per codebook ({self.num_codebooks})"),
+            (self.mask_token in MASK_TOKENS, "mask_token", self.mask_token, f"one of {MASK_TOKENS}"),
+            (self.extra_targets >= 0, "extra_targets", self.extra_targets, ">= 0 (0 = no extra stream)"),
+            (round(self.chunk_seconds * FRAME_RATE) >= 1, "chunk_seconds", self.chunk_seconds,
+             f">= 1 frame (1/{FRAME_RATE} s)"),
+            (0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)"),
+        ]
+        for ok, name, value, rule in rules:
+            if not ok:
+                raise ValueError(f"EncodecMAEConfig.{name} = {value!r}: must be {rule}")
+
+    @property
+    def extra_weight(self) -> float:
+        """Weight of the extra stream: as the paper, Σ γ_q unless set."""
+        if self.extra_target_weight is None:
+            return float(sum(self.codebook_weights))
+        return float(self.extra_target_weight)
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames per inference chunk (300 for 4 s); chunks are a whole number of EnCodec hops."""
+        return int(round(self.chunk_seconds * FRAME_RATE))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EncodecMAEConfig":
+        """Build from a plain dict (a YAML, a checkpoint); unknown keys are an error, not ignored."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(f"EncodecMAEConfig: unknown key(s) {unknown}; valid keys: {valid}")
+        return cls(**values)
+
+
+CONFIGS: Dict[str, EncodecMAEConfig] = {
+    # for tests and the offline demo on a laptop CPU; not a paper size. Random EnCodec, so its
+    # input is standardised with corpus statistics (DESIGN §3, "EnCodec pitfalls")
+    "tiny": EncodecMAEConfig(dim=64, encoder_layers=2, decoder_layers=2, heads=2, ff_dim=128,
+                             encodec_source="random", standardise_features=True),
+    "small": EncodecMAEConfig(dim=768, encoder_layers=5, heads=12),
+    "base": EncodecMAEConfig(dim=768, encoder_layers=10, heads=12),
+    # the paper gives no head count for large; v1's config.gin of encodecmae-large says 16
+    "large": EncodecMAEConfig(dim=1024, encoder_layers=20, heads=16),
+}
+
+
+def get_config(name: str) -> EncodecMAEConfig:
+    """A named configuration: tiny, small, base or large (dataclasses.replace to change fields)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown EnCodecMAE config {name!r}; known: {', '.join(CONFIGS)}")
+    return CONFIGS[name]
+
+
+@dataclass
+class EncoderOutput:
+    """What ``EncodecMAE.encode`` returns.
+
+    hidden_states: L + 2 tensors (B, T, D): the embedding (projection + positions), the ``a``
+        stream after each of the L encoder layers, and the encoder output a + LN_final(b).
+        With ``features_only`` it is [features (B, T, 128)] alone.
+    output: (B, T, D), the last of ``hidden_states`` (the paper's "last encoder layer").
+    frame_lengths: (B,) long, ceil(samples / 320); frames past it are zeros.
+    padding_mask: (B, T) bool, True = padding.
+    """
+
+    hidden_states: List[Tensor]
+    output: Tensor
+    frame_lengths: Tensor
+    padding_mask: Tensor
+
+
+@dataclass
+class PretrainOutput:
+    """What ``EncodecMAE.forward`` returns (S = Q codebook streams, plus 1 with an extra stream).
+
+    loss: scalar float32, Σ_s w_s [δ masked_loss_s + (1-δ) unmasked_loss_s].
+    masked_loss, unmasked_loss: (S,) mean cross-entropy per stream over masked / visible valid frames.
+    masked_accuracy: scalar, top-1 accuracy over masked valid frames, averaged over the Q codebooks.
+    mask: (B, T) bool, True = masked.
+    logits: (B, T, Q, 1024), the codebook predictions.
+    frame_lengths: (B,) long.
+    """
+
+    loss: Tensor
+    masked_loss: Tensor
+    unmasked_loss: Tensor
+    masked_accuracy: Tensor
+    mask: Tensor
+    logits: Tensor
+    frame_lengths: Tensor
+
+
+class EncodecMAE(nn.Module):
+    """EnCodecMAE on a frozen EnCodec.
+
+    Args:
+        config: sizes and settings.
+        codec: a ready ``FrozenEncodec``; None builds one from ``config.encodec_source``.
+    """
+
+    def __init__(self, config: EncodecMAEConfig, codec: Optional[FrozenEncodec] = None):
+        super().__init__()
+        self.config = config
+        if codec is None:
+            codec = build_encodec(config.encodec_source, config.num_codebooks, config.standardise_features)
+        # the config decides how many codebooks are targets and whether corpus init standardises
+        codec.num_codebooks = config.num_codebooks
+        codec.standardise_on_init = config.standardise_features
+        self.codec = codec
+        dim = config.dim
+        self.feature_projection = nn.Linear(FEATURE_DIM, dim)
+        self.positions = SinusoidalPositions(dim)  # one module, one scale: encoder and decoder inputs
+        self.encoder = TransformerStack(config.encoder_layers, dim, config.heads, config.ff_dim,
+                                        config.interleaved_heads, config.dropout)
+        self.decoder_projection = nn.Linear(dim, dim)
+        if config.mask_token == "learned":
+            self.mask_token = nn.Parameter(torch.zeros(dim))
+        else:
+            self.register_parameter("mask_token", None)  # v1: dropped frames are zeros
+        self.decoder = TransformerStack(config.decoder_layers, dim, config.decoder_heads or config.heads,
+                                        config.ff_dim, config.interleaved_heads, config.dropout)
+        self.head = nn.Linear(dim, config.num_codebooks * config.codebook_size)
+        self.extra_head = nn.Linear(dim, config.extra_targets) if config.extra_targets else None
+        weights = list(config.codebook_weights) + ([config.extra_weight] if config.extra_targets else [])
+        self.register_buffer("stream_weights", torch.tensor(weights), persistent=False)
+        # True turns ``encode`` into the paper's EC baseline: EnCodec features, no transformer
+        self.features_only = False
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # as v1 (after the official JAX ViT): xavier-uniform linear weights, zero biases
+        for name, module in self.named_modules():
+            if name.startswith("codec"):
+                continue
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    @classmethod
+    def from_state_dict(cls, config: EncodecMAEConfig, state_dict: Dict[str, Tensor]) -> "EncodecMAE":
+        """Rebuild a saved model. The state dict holds the codec too, so no EnCodec weights are
+        fetched (the codec is built random and overwritten)."""
+        codec = build_encodec("random", config.num_codebooks, config.standardise_features)
+        model = cls(config, codec=codec)
+        model.load_state_dict(state_dict)
+        return model
+
+    # --- lengths, chunks and codec features --------------------------------------------------
+    @staticmethod
+    def frame_lengths(wav_lengths: Tensor) -> Tensor:
+        """Frames of a clip of that many 24 kHz samples: ceil(samples / 320)."""
+        return FrozenEncodec.frame_lengths(wav_lengths)
+
+    @staticmethod
+    def _check_audio(wav: Tensor, wav_lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        if wav.dim() == 1:
+            wav = wav[None]
+        if wav.dim() != 2 or not wav.is_floating_point():
+            raise ValueError(f"EncodecMAE expects wav (batch, samples) float at 24 kHz, got {tuple(wav.shape)} "
+                             f"{wav.dtype}")
+        if wav_lengths is None:
+            wav_lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long)
+        wav_lengths = torch.as_tensor(wav_lengths).to(device=wav.device, dtype=torch.long)
+        if wav_lengths.shape != (wav.shape[0],):
+            raise ValueError(f"wav_lengths must be ({wav.shape[0]},), got {tuple(wav_lengths.shape)}")
+        if int(wav_lengths.min()) < 1 or int(wav_lengths.max()) > wav.shape[1]:
+            raise ValueError(f"wav_lengths must lie in [1, {wav.shape[1]}] samples, got {wav_lengths.tolist()}")
+        return wav, wav_lengths
+
+    def _codec_features(self, wav: Tensor, clip: Tensor, start: Tensor, length: Tensor) -> Tuple[Tensor, Tensor]:
+        """EnCodec features of N segments ``wav[clip[i], start[i] : start[i] + length[i]]``.
+
+        EnCodec runs on each segment at its own length (zero padding would change the frames near
+        its end), batching the segments of equal length together.
+        Returns features (N, F, 128) float32 zero-padded, frames (N,).
+        """
+        frames = self.frame_lengths(length)
+        out = wav.new_zeros(len(length), int(frames.max()), FEATURE_DIM, dtype=torch.float32)
+        for size in torch.unique(length).tolist():
+            group = (length == size).nonzero().squeeze(1)
+            samples = start[group, None] + torch.arange(size, device=wav.device)
+            features = self.codec.features(wav[clip[group, None], samples])
+            out[group, : features.shape[1]] = features
+        return out, frames
+
+    def embed(self, features: Tensor, frame_lengths: Optional[Tensor] = None) -> Tensor:
+        """Raw features (B, T, 128) -> standardise -> projection -> + positions: (B, T, D).
+        Frames at or past ``frame_lengths`` are zeroed."""
+        x = self.positions(self.feature_projection(self.codec.standardise(features)))
+        if frame_lengths is not None:
+            x = x.masked_fill(_padding_mask(frame_lengths, x.shape[1])[:, :, None], 0.0)
+        return x
+
+    # --- inference ---------------------------------------------------------------------------
+    def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None) -> EncoderOutput:
+        """Every encoder layer, no masking.
+
+        Args:
+            wav: (B, S) float, 24 kHz mono, zero-padded past each clip's length.
+            wav_lengths: (B,) samples per clip; None = all S.
+        Returns:
+            ``EncoderOutput``, T = ceil(max length / 320). Clips longer than ``chunk_seconds`` are
+            cut into chunks of ``chunk_frames`` frames (4 s = 300) that the encoder sees as
+            separate clips (positions restart), the last one at its own length; the chunks'
+            frames are concatenated in time. Each clip gives the frames it gives alone.
+        """
+        wav, lengths = self._check_audio(wav, wav_lengths)
+        batch = wav.shape[0]
+        chunk_samples = self.config.chunk_frames * HOP
+        # the chunk table: chunk i is wav[clip[i], start[i] : start[i] + size[i]]
+        chunks = torch.div(lengths + chunk_samples - 1, chunk_samples, rounding_mode="floor")  # (B,)
+        first = chunks.cumsum(0) - chunks                                                   # (B,)
+        clip = torch.repeat_interleave(torch.arange(batch, device=wav.device), chunks)      # (N,)
+        start = (torch.arange(len(clip), device=wav.device) - first[clip]) * chunk_samples
+        size = torch.minimum(lengths[clip] - start, torch.full_like(start, chunk_samples))
+
+        features, chunk_frames = self._codec_features(wav, clip, start, size)
+        chunk_padding = _padding_mask(chunk_frames, features.shape[1])
+        if self.features_only:
+            hidden = [self.codec.standardise(features)]
+        else:
+            x = self.embed(features, chunk_frames)
+            output, per_layer = self.encoder(x, chunk_padding)
+            hidden = [x, *per_layer, output]
+
+        frame_lengths = self.frame_lengths(lengths)
+        padding = _padding_mask(frame_lengths, int(frame_lengths.max()))
+        if len(clip) == batch:  # no clip was cut: chunks are the clips
+            hidden = [h.masked_fill(padding[:, :, None], 0.0) for h in hidden]
+        else:
+            hidden = [self._join_chunks(h, first, padding) for h in hidden]
+        return EncoderOutput(hidden_states=hidden, output=hidden[-1], frame_lengths=frame_lengths,
+                             padding_mask=padding)
+
+    def _join_chunks(self, chunked: Tensor, first: Tensor, padding: Tensor) -> Tensor:
+        """(N, F, D) per chunk -> (B, T, D) per clip, frame t of clip b from chunk
+        first[b] + t // chunk_frames at t % chunk_frames; padding frames are zeros."""
+        count, width, dim = chunked.shape
+        t = torch.arange(padding.shape[1], device=chunked.device)[None, :]
+        chunk = (first[:, None] + torch.div(t, self.config.chunk_frames, rounding_mode="floor")).clamp_max(count - 1)
+        frame = (t % self.config.chunk_frames).clamp_max(width - 1)
+        flat = (chunk * width + frame).masked_fill(padding, 0)  # (B, T)
+        joined = chunked.reshape(count * width, dim)[flat.reshape(-1)].reshape(*flat.shape, dim)
+        return joined.masked_fill(padding[:, :, None], 0.0)
+
+    # --- pretraining -------------------------------------------------------------------------
+    def forward(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, extra_targets: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None) -> PretrainOutput:
+        """One masked-prediction step.
+
+        Args:
+            wav: (B, S) float, 24 kHz, zero-padded; wav_lengths: (B,) samples (None = all S).
+            extra_targets: (B, T') long self-training codes in [0, extra_targets), IGNORE (-100)
+                where unknown; cropped or padded to T. Required iff config.extra_targets > 0.
+            generator: randomness of the span mask.
+            mask: (B, T) bool to use instead of drawing one (True = masked; padding is ignored).
+        Returns:
+            ``PretrainOutput``; the loss is float32 whatever the autocast.
+
+        Clips are not cut into chunks here (pretraining crops are 4 s); each is seen whole.
+        """
+        config = self.config
+        wav, lengths = self._check_audio(wav, wav_lengths)
+        batch = wav.shape[0]
+        # one codec pass feeds both the input and the targets
+        features, frame_lengths = self._codec_features(wav, torch.arange(batch, device=wav.device),
+                                                       torch.zeros_like(lengths), lengths)
+        frames = features.shape[1]
+        padding = _padding_mask(frame_lengths, frames)
+        targets = self.codec.codes(features, config.num_codebooks).transpose(1, 2)  # (B, T, Q)
+        targets = targets.masked_fill(padding[:, :, None], IGNORE)
+
+        if mask is None:
+            mask = span_mask(frame_lengths, frames, config.mask_prop, config.mask_span, generator)
+        elif mask.shape != (batch, frames):
+            raise ValueError(f"mask must be (batch, frames) = {(batch, frames)}, got {tuple(mask.shape)}")
+        mask = mask.to(wav.device, torch.bool) & ~padding
+
+        # encoder: visible frames only (MAE: dropped frames never reach it)
+        x = self.embed(features, frame_lengths)
+        visible, visible_padding, visible_index = gather_visible(x, mask, frame_lengths)
+        encoded, _ = self.encoder(visible, visible_padding)
+
+        # decoder: every frame, mask token (or zeros) where dropped, positions added again
+        decoder_in = scatter_back(self.decoder_projection(encoded), visible_index, visible_padding, frames,
+                                  self.mask_token)
+        decoded, _ = self.decoder(self.positions(decoder_in), padding)
+        logits = self.head(decoded).view(batch, frames, config.num_codebooks, config.codebook_size)
+
+        ce, valid = frame_cross_entropy(logits, targets)
+        if config.extra_targets:
+            if extra_targets is None:
+                raise ValueError(f"this model predicts an extra target stream (extra_targets={config.extra_targets}):"
+                                 f" pass extra_targets (batch, frames) long")
+            extra = self._align_extra_targets(extra_targets, padding)
+            extra_ce, extra_valid = frame_cross_entropy(self.extra_head(decoded)[:, :, None, :], extra[:, :, None])
+            ce, valid = torch.cat([ce, extra_ce], dim=2), torch.cat([valid, extra_valid], dim=2)
+        elif extra_targets is not None:
+            raise ValueError("extra_targets given, but this model has no extra head (config.extra_targets = 0)")
+
+        loss, masked_loss, unmasked_loss = masked_prediction_loss(ce, valid, mask, self.stream_weights,
+                                                                  config.delta)
+        with torch.no_grad():
+            hits = (logits.argmax(dim=-1) == targets) & mask[:, :, None]
+            masked_accuracy = hits.sum() / (mask.sum() * config.num_codebooks).clamp_min(1)
+        return PretrainOutput(loss=loss, masked_loss=masked_loss.detach(), unmasked_loss=unmasked_loss.detach(),
+                              masked_accuracy=masked_accuracy, mask=mask, logits=logits,
+                              frame_lengths=frame_lengths)
+
+    def _align_extra_targets(self, extra: Tensor, padding: Tensor) -> Tensor:
+        """(B, T') -> (B, T): cropped or IGNORE-padded to T, IGNORE at padding, values checked."""
+        batch, frames = padding.shape
+        if extra.dim() != 2 or extra.shape[0] != batch:
+            raise ValueError(f"extra_targets must be (batch={batch}, frames), got {tuple(extra.shape)}")
+        extra = extra.to(padding.device, torch.long)[:, :frames]
+        if extra.shape[1] < frames:
+            extra = F.pad(extra, (0, frames - extra.shape[1]), value=IGNORE)
+        extra = extra.masked_fill(padding, IGNORE)
+        bad = (extra != IGNORE) & ((extra < 0) | (extra >= self.config.extra_targets))
+        if bad.any():
+            raise ValueError(f"extra_targets must be in [0, {self.config.extra_targets}) or {IGNORE}, "
+                             f"got {extra[bad][:5].tolist()}")
+        return extra
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def parameter_counts(self) -> Dict[str, int]:
+        """Parameters: codec (frozen EnCodec encoder), encoder_side (codec + projection + positions +
+        encoder, the paper's count), decoder_side (the rest), trainable, total."""
+        def count(*modules):
+            return sum(p.numel() for m in modules for p in m.parameters())
+
+        codec = count(self.codec)
+        encoder_side = codec + count(self.feature_projection, self.positions, self.encoder)
+        total = count(self)
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"codec": codec, "encoder_side": encoder_side, "decoder_side": total - encoder_side,
+                "trainable": trainable, "total": total}
+
+    def trainable_parameters(self):
+        """What an optimizer should get: everything but the frozen codec."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+# --- loss ------------------------------------------------------------------------------------------
+def frame_cross_entropy(logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+    """Cross-entropy per frame and stream, in float32.
+
+    Args:
+        logits: (B, T, S, K); targets: (B, T, S) long, IGNORE (-100) where nothing is to be predicted.
+    Returns:
+        ce: (B, T, S) float32, 0 where ignored; valid: (B, T, S) bool.
+    """
+    batch, frames, streams, classes = logits.shape
+    valid = targets != IGNORE
+    ce = F.cross_entropy(logits.float().reshape(-1, classes), targets.reshape(-1), ignore_index=IGNORE,
+                         reduction="none").view(batch, frames, streams)
+    return ce.masked_fill(~valid, 0.0), valid
+
+
+def masked_prediction_loss(ce: Tensor, valid: Tensor, mask: Tensor, weights: Tensor, delta: float
+                           ) -> Tuple[Tensor, Tensor, Tensor]:
+    """L = Σ_s w_s [ α Σ_{t∈M} CE + β Σ_{t∉M} CE ],  α = δ/|M|,  β = (1-δ)/(T-|M|).
+
+    Normalisation: |M| and T-|M| are totals over the whole batch (masked, resp. visible, valid
+    frames of all clips), counted per stream (a stream's ignored targets do not count); this is
+    what v1's loss does. A stream with no masked (visible) frames contributes 0 to that term.
+
+    Args:
+        ce, valid: (B, T, S) from ``frame_cross_entropy``; mask: (B, T) bool, True = masked;
+        weights: (S,) the γ_q (and the extra stream's weight); delta: δ.
+    Returns:
+        loss (scalar), masked_loss (S,), unmasked_loss (S,) (the per-stream means, unweighted).
+    """
+    masked = valid & mask[:, :, None]
+    unmasked = valid & ~mask[:, :, None]
+    masked_loss = (ce * masked).sum(dim=(0, 1)) / masked.sum(dim=(0, 1)).clamp_min(1)
+    unmasked_loss = (ce * unmasked).sum(dim=(0, 1)) / unmasked.sum(dim=(0, 1)).clamp_min(1)
+    loss = (weights.to(ce) * (delta * masked_loss + (1.0 - delta) * unmasked_loss)).sum()
+    return loss, masked_loss, unmasked_loss
+
+
+def _padding_mask(lengths: Tensor, frames: int) -> Tensor:
+    """(B,) lengths -> (B, frames) bool, True at and past each length."""
+    return torch.arange(frames, device=lengths.device)[None, :] >= lengths[:, None]

@@ -1,0 +1,43 @@
+"""Which autocast dtype is worth using on a device: one decision, used by training and extraction.
+
+bf16 autocast is the lever on GPUs and on CPUs with native bf16 matmuls (AVX-512 BF16 / AMX);
+on a CPU without them torch emulates bf16 matmuls and they run ~400x slower than fp32
+(measured: 0.3 GFLOP/s vs 125 GFLOP/s on an AVX2-only EPYC VM, benchmarks/RESULTS.md).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: str | torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype to autocast to (None = plain fp32). 'auto' picks bf16 only where it is fast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device_type = torch.device(device).type
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device_type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None  # fp16 would need a GradScaler
+    return torch.bfloat16 if device_type == "cpu" and cpu_has_fast_bf16() else None
+
+
+def autocast(device: str | torch.device, precision: str = "auto"):
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
