@@ -3,8 +3,8 @@
 s3prl hands a list of 16 kHz mono waveforms; the model runs at 24 kHz with 75 frames/s,
 which is 213.33 input samples per frame — not an integer, while s3prl's Featurizer expects
 ``round(len(wav) / get_downsample_rates())`` frames (±5) for clips of any length. We report
-213 and place output frame j at input sample j·213, i.e. we read the model's frame
-floor(j·213·1.5/320): the model's own frames, one repeated every 640 frames (8.5 s).
+213 and place output frame j at input sample j·213, i.e. at model frame j·639/640 rounded up:
+the model's own frames in order, identical for the first 640 (8.5 s), then one repeated per 640.
 """
 from __future__ import annotations
 
@@ -76,5 +76,7 @@ class UpstreamExpert(nn.Module):
         """Model frame shown at each output frame: (batch, max round(len/213)), clamped per clip."""
         out_frames = torch.div(lengths_16k * 2 + DOWNSAMPLE_RATE, 2 * DOWNSAMPLE_RATE, rounding_mode="floor")
         j = torch.arange(int(out_frames.max()), device=lengths_16k.device)
-        index = torch.div(j * DOWNSAMPLE_RATE * MODEL_RATE, INPUT_RATE * HOP, rounding_mode="floor")
+        # j * 213 * 24000 / (16000 * 320) = j * 639 / 640, rounded up
+        ratio_num, ratio_den = DOWNSAMPLE_RATE * MODEL_RATE, INPUT_RATE * HOP
+        index = torch.div(j * ratio_num + ratio_den - 1, ratio_den, rounding_mode="floor")
         return torch.minimum(index[None, :], (model_frames - 1)[:, None].to(index.device))

@@ -1,0 +1,196 @@
+"""The s3prl upstream: hub entries, Featurizer lengths, batch/alone equality, v1 files via -k, bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+import encodecmae_s3prl  # noqa: F401  (registers the hub entries)
+from encodecmae_s3prl.extract import main as extract_main
+from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+from encodecmae_s3prl.upstream.checkpoint import CheckpointError, atomic_save
+from encodecmae_s3prl.upstream.expert import DOWNSAMPLE_RATE, UpstreamExpert
+from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
+from encodecmae_s3prl.upstream.published import PublishedCheckpointError
+from s3prl import hub
+from s3prl.upstream.interfaces import Featurizer
+from test_model import V1_DIM, V1_LAYERS, make_v1_checkpoint, ref_positions, ref_stack
+
+torch.set_num_threads(2)
+
+
+def clip(seconds, freq=220.0, seed=0):
+    return torch.from_numpy(harmonic_tone(freq, seconds, 16000, np.random.default_rng(seed)))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint as run_pretrain.py -u encodecmae writes it: tiny model, random codec fitted to tones."""
+    from dataclasses import asdict
+
+    model = build_model(model_config_from_yaml({"model": "tiny"}), seed=0)
+    model.codec.init_from_audio([torch.from_numpy(harmonic_tone(f, 2.0, 24000, np.random.default_rng(0)))
+                                 for f in (110, 220, 330, 440)], seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "states-1.ckpt"
+    atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()},
+                 "Step": 1}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_upstream(tiny_ckpt):
+    return hub.encodecmae_local(ckpt=str(tiny_ckpt)).eval()
+
+
+def test_hidden_states_shapes_and_downsample_rate(tiny_upstream):
+    wavs = [clip(1.0), clip(0.5, 330)]
+    with torch.no_grad():
+        out = tiny_upstream(wavs)
+    layers = tiny_upstream.model.config.encoder_layers
+    assert len(out["hidden_states"]) == layers + 2
+    assert out["last_hidden_state"] is out["hidden_states"][-1]
+    assert out["hidden_states"][0].shape == (2, round(16000 / DOWNSAMPLE_RATE), 64)
+    assert tiny_upstream.get_downsample_rates("hidden_states") == DOWNSAMPLE_RATE
+
+
+@pytest.mark.parametrize("selection", ["hidden_states", "last_hidden_state"])
+def test_featurizer_lengths_from_a_tenth_of_a_second_to_ten_minutes(tiny_upstream, selection):
+    featurizer = Featurizer(tiny_upstream, feature_selection=selection, upstream_device="cpu")
+    for seconds in (0.1, 1.0, 4.01, 30.0):
+        wavs = [clip(seconds), clip(seconds / 2 + 0.1, 330)]
+        with torch.no_grad():
+            features = featurizer(wavs, tiny_upstream(wavs))
+        assert [f.shape[0] for f in features] == [round(len(w) / DOWNSAMPLE_RATE) for w in wavs]
+        assert features[0].shape[1] == 64 and all(torch.isfinite(f).all() for f in features)
+
+
+def test_featurizer_ten_minute_clip(tiny_upstream):
+    featurizer = Featurizer(tiny_upstream, feature_selection="hidden_states", upstream_device="cpu")
+    wav = clip(600.0)
+    with torch.no_grad():
+        features = featurizer([wav], tiny_upstream([wav]))
+    assert features[0].shape == (round(len(wav) / DOWNSAMPLE_RATE), 64) == (45070, 64)
+
+
+def test_output_frames_follow_the_model_frames():
+    """Output frame j shows model frame ceil(j*639/640): identity up to 640 frames, then one repeat per 640."""
+    index = UpstreamExpert._output_index(torch.tensor([16000 * 600]), torch.tensor([45000]))[0]
+    assert torch.equal(index[:640], torch.arange(640))
+    steps = index[1:] - index[:-1]
+    assert set(steps.tolist()) == {0, 1} and int(index[-1]) == 44999
+    assert abs(index.shape[0] * DOWNSAMPLE_RATE / 16000 - 600) < 0.02
+
+
+@pytest.mark.parametrize("standardise", [False, True])
+def test_padded_batch_gives_each_clip_its_alone_features(tmp_path, standardise):
+    """Exact up to float rounding. The random codec's standardisation divides by per-channel stds of ~1e-2
+    (DESIGN §3), which scales conv rounding differences between batch shapes by ~100: looser atol there."""
+    from dataclasses import asdict
+
+    model = build_model(model_config_from_yaml({"model": "tiny", "standardise_features": standardise}), seed=0)
+    model.codec.init_from_audio([clip(2.0, 110), clip(2.0, 440)], seed=0)
+    path = tmp_path / "m.ckpt"
+    atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()}}, path)
+    upstream = hub.encodecmae_local(ckpt=str(path)).eval()
+    atol = 1e-3 if standardise else 1e-5
+    wavs = [clip(5.3, 220, 1), clip(0.7, 330, 2), clip(2.0, 440, 3)]
+    with torch.no_grad():
+        batch = upstream(wavs)["hidden_states"]
+        for i, wav in enumerate(wavs):
+            alone = upstream([wav])["hidden_states"]
+            frames = alone[0].shape[1]
+            for layer_batch, layer_alone in zip(batch, alone):
+                torch.testing.assert_close(layer_batch[i, :frames], layer_alone[0], atol=atol, rtol=1e-5)
+
+
+def test_v1_checkpoint_through_encodecmae_local_matches_reference(tmp_path):
+    path, state, encodec = make_v1_checkpoint(tmp_path)
+    upstream = hub.encodecmae_local(ckpt=str(path)).eval()
+    wav = clip(2.0)
+    with torch.no_grad():
+        out = upstream([wav])["hidden_states"]
+        wav_24k = torchaudio.functional.resample(wav, 16000, 24000)
+        features = encodec.encoder(wav_24k[None, None])[0].T  # (T, 128)
+        frames = math.ceil(wav_24k.numel() / 320)
+        x = features @ state["feat_projector.weight"].T + state["feat_projector.bias"] + \
+            ref_positions(frames, V1_DIM, 0.7)
+        output, per_layer = ref_stack(x, state, "visible_encoder")
+    assert len(out) == V1_LAYERS + 2
+    shown = out[0].shape[1]  # round(32000/213) = 150 = frames: identity mapping below 640 frames
+    for ours, ref in zip(out, [x, *per_layer, output]):
+        torch.testing.assert_close(ours[0], ref[:shown], atol=1e-5, rtol=1e-5)
+    # a published entry takes the same file with -k (config.gin beside it)
+    published = hub.encodecmae_base_st(ckpt=str(path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(published([wav])["last_hidden_state"], out[-1])
+
+
+def test_published_entry_offline_without_k_says_what_to_do(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(PublishedCheckpointError, match="-k /path/to/model.pt"):
+        hub.encodecmae_small()
+
+
+def test_baselines_encodec_features_and_random_mae(tiny_ckpt):
+    wavs = [clip(1.0)]
+    ec = hub.encodec_features(ckpt=str(tiny_ckpt)).eval()  # the checkpoint's codec (offline)
+    random_mae = hub.encodecmae_random(ckpt=str(tiny_ckpt)).eval()
+    with torch.no_grad():
+        ec_out = ec(wavs)["hidden_states"]
+        r_out = random_mae(wavs)["hidden_states"]
+    assert len(ec_out) == 1 and ec_out[0].shape == (1, 75, 128)
+    assert len(r_out) == random_mae.model.config.encoder_layers + 2
+    # ECMAE-R: same codec as the checkpoint, freshly drawn transformer
+    trained = hub.encodecmae_local(ckpt=str(tiny_ckpt)).model
+    assert torch.equal(random_mae.model.codec.feature_mean, trained.codec.feature_mean)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(0), "shorter than one"),
+    (torch.full((16000,), float("nan")), "NaN"),
+    (torch.zeros(100), "shorter than one"),
+    (torch.zeros(16000, dtype=torch.int16), "float"),
+    (torch.zeros(2, 16000), "1-D"),
+])
+def test_bad_waveforms_get_clear_errors(tiny_upstream, bad, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_upstream([bad])
+
+
+def test_silent_audio_works(tiny_upstream):
+    with torch.no_grad():
+        out = tiny_upstream([torch.zeros(16000)])
+    assert torch.isfinite(out["last_hidden_state"]).all()
+
+
+def test_wrong_and_truncated_checkpoints(tmp_path, tiny_ckpt):
+    other = tmp_path / "other.ckpt"
+    atomic_save({"Transformer": {}, "Args": None}, other)
+    with pytest.raises(CheckpointError, match="not an EnCodecMAE checkpoint"):
+        hub.encodecmae_local(ckpt=str(other))
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(tiny_ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        hub.encodecmae_local(ckpt=str(cut))
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        hub.encodecmae_local(ckpt=None)
+
+
+def test_extract_cli_writes_npy_and_manifest(tmp_path, tiny_ckpt):
+    rng = np.random.default_rng(0)
+    write_wav(tmp_path / "in" / "a.wav", harmonic_tone(220, 1.0, 44100, rng), 44100)
+    write_wav(tmp_path / "in" / "sub" / "b.wav", harmonic_tone(330, 0.5, 16000, rng), 16000)
+    (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF....")
+    extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
+                  str(tmp_path / "out"), "--all-layers", "--device", "cpu"])
+    a = np.load(tmp_path / "out" / "a.npy")
+    b = np.load(tmp_path / "out" / "sub" / "b.npy")
+    assert a.shape == (4, round(16000 / DOWNSAMPLE_RATE), 64) and b.shape[1] == round(8000 / DOWNSAMPLE_RATE)
+    manifest = (tmp_path / "out" / "manifest.tsv").read_text().splitlines()
+    assert len(manifest) == 3 and "broken" not in "".join(manifest)
