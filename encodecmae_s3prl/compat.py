@@ -155,6 +155,33 @@ def enter_s3prl_script_environment() -> None:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != repo_root]
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    _atomic_runner_checkpoints(importlib.import_module("pretrain.runner"))
+
+
+class _TorchWithAtomicSave(types.ModuleType):
+    """``torch`` as one s3prl module sees it: identical, except ``save`` writes atomically and only on rank 0."""
+
+    def __init__(self):
+        super().__init__("torch")
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def save(obj, path, *args, **kwargs):
+        from encodecmae_s3prl.upstream.checkpoint import atomic_save
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_rank() != 0:
+            return
+        atomic_save(obj, path)
+
+
+def _atomic_runner_checkpoints(runner_module) -> None:
+    """Reason: s3prl's pretrain runner writes states-N.ckpt with a plain torch.save (a kill mid-write leaves a
+    truncated file that -e then cannot load) from every DDP rank at once; route it through atomic_save."""
+    if not isinstance(getattr(runner_module, "torch", None), _TorchWithAtomicSave):
+        runner_module.torch = _TorchWithAtomicSave()
 
 
 @contextlib.contextmanager

@@ -109,6 +109,9 @@ class UpstreamPretrainExpert(nn.Module):
         all_states[CHECKPOINT_KEY] = {"config": asdict(model.config), "state_dict": model.state_dict()}
         all_states["Upstream_Config"] = self.upstream_config
         all_states["DataPosition"] = self.next_batch
+        # s3prl's runner saves 'Step': pbar.n before counting the step it just took, so -e would redo that
+        # step; the number of completed optimizer steps is one more.
+        all_states["Step"] = all_states.get("Step", 0) + 1
         return all_states
 
     def get_train_dataloader(self) -> CropLoader:

@@ -1,0 +1,114 @@
+"""Pretraining through s3prl's runner: loss goes down, checkpoints load upstream, resume is exact, ST, DDP."""
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from conftest import run_script
+from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+
+# tiny model, 1 s crops: a step costs ~0.3 s on 2 CPU cores
+FAST = ("config.pretrain_expert.datarc.train_batch_size=4,,config.pretrain_expert.datarc.crop_seconds=1.0,,"
+        "config.pretrain_expert.datarc.num_workers=1,,config.pretrain_expert.datarc.codec_init_clips=16,,"
+        "config.pretrain_expert.datarc.precision=fp32,,config.optimizer.lr=1.0e-3")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Mixed rates and channels, one corrupt file, one empty file."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        rate = [16000, 22050, 44100, 48000, 8000, 24000][i % 6]
+        wav = harmonic_tone(110 * 2 ** (i / 4), 3.0, rate, rng)
+        if i % 3 == 0:
+            soundfile.write(root / f"note{i}.flac", np.stack([wav, 0.5 * wav], axis=1), rate)
+        else:
+            write_wav(root / f"note{i}.wav", wav, rate)
+    (root / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunkjunk")
+    soundfile.write(root / "empty.wav", np.zeros(0, np.float32), 16000)
+    return root
+
+
+def _pretrain(tmp_path, name, corpus, *extra, steps=20, save=10, overrides=""):
+    override = (f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps={steps},,"
+                f"config.runner.log_step=1,,config.runner.save_step={save}" + (f",,{overrides}" if overrides else ""))
+    return run_script("run_pretrain.py", "-u", "encodecmae", "-g", "tiny", "-n", name, "-o", override, *extra,
+                      cwd=tmp_path)
+
+
+def _scalars(expdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(expdir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def test_tiny_pretraining_lowers_masked_loss_and_loads_upstream(tmp_path, corpus):
+    out = _pretrain(tmp_path, "run", corpus, steps=50, save=25)
+    expdir = tmp_path / "result" / "pretrain" / "run"
+    assert "skipped 2 unreadable" in out  # corrupt + empty, reported once at scan time
+    masked = _scalars(expdir, "encodecmae/train-masked_loss")
+    first, last = np.mean([masked[s] for s in range(1, 6)]), np.mean([masked[s] for s in range(46, 51)])
+    assert last < 0.9 * first, (first, last)
+    for tag in ("masked_loss_q0", "unmasked_loss_q7", "masked_accuracy", "audio_seconds_per_second", "loss"):
+        assert _scalars(expdir, f"encodecmae/train-{tag}"), tag
+    checkpoints = sorted(expdir.glob("states-*.ckpt"))
+    assert checkpoints and not list(expdir.glob(".*.tmp"))
+
+    import encodecmae_s3prl  # noqa: F401
+    from s3prl import hub
+
+    upstream = hub.encodecmae_local(ckpt=str(checkpoints[-1])).eval()
+    with torch.no_grad():
+        out = upstream([torch.randn(16000) * 0.1])
+    assert out["last_hidden_state"].shape == (1, 75, 64)
+
+
+def _latest_events(expdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    latest = max(expdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    events = EventAccumulator(str(latest), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def test_killed_run_resumes_exactly(tmp_path, corpus):
+    """SIGKILL right after the step-8 checkpoint; -e continues with the same losses as an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    _pretrain(tmp_path, "full", corpus, steps=16, save=8)
+    full = _scalars(tmp_path / "result/pretrain/full", "encodecmae/train-loss")
+
+    override = (f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps=16,,"
+                "config.runner.log_step=1,,config.runner.save_step=8")
+    cut = tmp_path / "result/pretrain/cut"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", "tiny",
+                             "-n", "cut", "-o", override], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (cut / "states-8.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (cut / "states-8.ckpt").exists() and not (cut / "states-16.ckpt").exists()
+    run_script("run_pretrain.py", "-e", str(cut / "states-8.ckpt"), cwd=tmp_path)
+    resumed = _latest_events(cut, "encodecmae/train-loss")
+    assert sorted(resumed) == list(range(9, 17))
+    for step in range(9, 17):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
+
+
+def test_bad_config_keys_and_empty_corpus_are_clear(tmp_path, corpus):
+    with pytest.raises(AssertionError, match="unknown key"):
+        _pretrain(tmp_path, "bad", corpus, overrides="config.pretrain_expert.datarc.batchsize=3")
+    (tmp_path / "silence").mkdir()
+    with pytest.raises(AssertionError, match="no readable audio"):
+        _pretrain(tmp_path, "empty", tmp_path / "silence")
