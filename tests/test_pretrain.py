@@ -112,3 +112,54 @@ def test_bad_config_keys_and_empty_corpus_are_clear(tmp_path, corpus):
     (tmp_path / "silence").mkdir()
     with pytest.raises(AssertionError, match="no readable audio"):
         _pretrain(tmp_path, "empty", tmp_path / "silence")
+
+
+def test_self_training_stage_end_to_end(tmp_path, corpus):
+    """Stage 1 -> k-means over last-layer embeddings -> target store -> stage 2 with Q+1 target streams."""
+    from encodecmae_s3prl.pretrain_task.self_training import TargetStore, TargetStoreError, main as st_main
+    from encodecmae_s3prl.pretrain_task.corpus import load_corpus
+
+    _pretrain(tmp_path, "stage1", corpus, steps=6, save=3)
+    stage1 = tmp_path / "result/pretrain/stage1/states-6.ckpt"
+    store_dir = tmp_path / "st"
+    st_main(["-k", str(stage1), "--corpus", str(corpus), "--out", str(store_dir), "--num-clips", "16",
+             "--clusters", "8", "--iterations", "5"])
+    store = TargetStore.open(store_dir)
+    files = load_corpus([str(corpus)], progress=False)
+    store.check(files, 8)  # every file, its length in 75 Hz frames, k
+    with pytest.raises(TargetStoreError, match="k=8"):
+        store.check(files, 16)
+    codes = np.asarray(store.codes)
+    assert codes.min() >= 0 and codes.max() < 8 and len(np.unique(codes)) > 1
+    assert not list(tmp_path.glob(".st.*"))  # written atomically, no leftovers
+
+    run_script("run_pretrain.py", "-u", "encodecmae", "-g", str(store_dir / "config_model_st.yaml"), "-n", "stage2b",
+               "-o", f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps=4,,"
+                     f"config.runner.log_step=1,,config.runner.save_step=2,,"
+                     f"config.pretrain_expert.datarc.target_store={store_dir},,"
+                     f"config.pretrain_expert.datarc.init_from={stage1}", cwd=tmp_path)
+    st_loss = _scalars(tmp_path / "result/pretrain/stage2b", "encodecmae/train-masked_loss_st")
+    assert len(st_loss) == 4 and all(np.isfinite(list(st_loss.values())))
+    checkpoint = torch.load(tmp_path / "result/pretrain/stage2b/states-4.ckpt", weights_only=True)
+    assert checkpoint["EncodecMAE"]["config"]["extra_targets"] == 8
+
+
+def test_codebook_weights_tool_writes_a_model_config(tmp_path, corpus):
+    from encodec import EncodecModel
+
+    from encodecmae_s3prl.pretrain_task.quantizer_weights import main as weights_main
+    from encodecmae_s3prl.upstream.loading import model_config_from_yaml
+
+    torch.manual_seed(0)
+    encodec = EncodecModel.encodec_model_24khz(pretrained=False)
+    for layer in encodec.quantizer.vq.layers:
+        layer._codebook.embed.normal_()
+        layer._codebook.inited.fill_(1)
+    weights_file = tmp_path / "encodec_24khz.th"
+    torch.save(encodec.state_dict(), weights_file)
+    (tmp_path / "in.yaml").write_text(f"model: tiny\nencodec_source: {weights_file}\nstandardise_features: false\n")
+    weights_main(["--corpus", str(corpus), "-g", str(tmp_path / "in.yaml"), "--out", str(tmp_path / "out.yaml"),
+                  "--clips", "6"])
+    config = model_config_from_yaml(str(tmp_path / "out.yaml"))
+    assert len(config.codebook_weights) == 8 and sum(config.codebook_weights) == pytest.approx(1.0, abs=1e-6)
+    assert all(w > 0 for w in config.codebook_weights)
