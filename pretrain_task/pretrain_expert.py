@@ -38,10 +38,17 @@ def _check_datarc(datarc: dict) -> None:
                           f"got {datarc['precision']!r}")
 
 
-def _distributed() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def _distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) — under torchrun, joins the process group (gloo on CPU, nccl on GPU)."""
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        if torch.device(device).type == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    return 0, 1, device
 
 
 class UpstreamPretrainExpert(nn.Module):
@@ -54,7 +61,7 @@ class UpstreamPretrainExpert(nn.Module):
         super().__init__()
         _check_datarc(datarc)
         self.datarc = datarc
-        self.device = device
+        self.rank, self.world_size, self.device = _distributed(device)
         self.multi_gpu = multi_gpu
         if isinstance(upstream_config, (str, os.PathLike)):
             with open(upstream_config) as handle:
@@ -62,7 +69,6 @@ class UpstreamPretrainExpert(nn.Module):
         self.upstream_config = dict(upstream_config)
         self.model_config = model_config_from_yaml(self.upstream_config)
 
-        self.rank, self.world_size = _distributed()
         files = load_corpus(datarc["corpus"], progress=self.rank == 0)
         self.seed = int(datarc.get("seed", 0))
         self.sampler = CropSampler(files, int(datarc["train_batch_size"]), float(datarc.get("crop_seconds", 4.0)),
@@ -82,6 +88,11 @@ class UpstreamPretrainExpert(nn.Module):
             clips = int(datarc.get("codec_init_clips", 64))
             wavs = [self.sampler.example(0, slot, CropSampler.CODEC_INIT).wav for slot in range(clips)]
             self.model.codec.init_from_audio(wavs, seed=self.seed)
+        if self.world_size > 1:  # torchrun: every rank draws its own crops, gradients are averaged
+            self.model = nn.parallel.DistributedDataParallel(self.model.to(self.device))
+        elif multi_gpu:
+            raise ConfigError("--multi_gpu (s3prl's single-process DataParallel) is not supported for encodecmae: "
+                              "launch DDP instead, e.g. torchrun --nproc_per_node 4 run_pretrain.py -u encodecmae ...")
         self.next_batch = 0
         self.precision = datarc.get("precision", "auto")
         self._last_time = None

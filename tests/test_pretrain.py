@@ -1,4 +1,6 @@
 """Pretraining through s3prl's runner: loss goes down, checkpoints load upstream, resume is exact, ST, DDP."""
+import os
+
 import numpy as np
 import pytest
 import soundfile
@@ -6,6 +8,7 @@ import torch
 
 from conftest import run_script
 from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+from encodecmae_s3prl.upstream.checkpoint import safe_load
 
 # tiny model, 1 s crops: a step costs ~0.3 s on 2 CPU cores
 FAST = ("config.pretrain_expert.datarc.train_batch_size=4,,config.pretrain_expert.datarc.crop_seconds=1.0,,"
@@ -140,7 +143,7 @@ def test_self_training_stage_end_to_end(tmp_path, corpus):
                      f"config.pretrain_expert.datarc.init_from={stage1}", cwd=tmp_path)
     st_loss = _scalars(tmp_path / "result/pretrain/stage2b", "encodecmae/train-masked_loss_st")
     assert len(st_loss) == 4 and all(np.isfinite(list(st_loss.values())))
-    checkpoint = torch.load(tmp_path / "result/pretrain/stage2b/states-4.ckpt", weights_only=True)
+    checkpoint = safe_load(tmp_path / "result/pretrain/stage2b/states-4.ckpt")
     assert checkpoint["EncodecMAE"]["config"]["extra_targets"] == 8
 
 
@@ -163,3 +166,23 @@ def test_codebook_weights_tool_writes_a_model_config(tmp_path, corpus):
     config = model_config_from_yaml(str(tmp_path / "out.yaml"))
     assert len(config.codebook_weights) == 8 and sum(config.codebook_weights) == pytest.approx(1.0, abs=1e-6)
     assert all(w > 0 for w in config.codebook_weights)
+
+
+def test_ddp_with_gloo_on_two_processes(tmp_path, corpus):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    override = (f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps=3,,"
+                "config.runner.log_step=1,,config.runner.save_step=2,,config.pretrain_expert.datarc.num_workers=0")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(torchrun + [str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", "tiny", "-n", "ddp",
+                                      "--device", "cpu", "-o", override], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    expdir = tmp_path / "result/pretrain/ddp"
+    checkpoint = safe_load(expdir / "states-3.ckpt")
+    assert checkpoint["Step"] == 3 and "EncodecMAE" in checkpoint
+    assert not any(k.startswith("module.") for k in checkpoint["EncodecMAE"]["state_dict"])
