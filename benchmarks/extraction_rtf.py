@@ -23,21 +23,18 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
 
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
     from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
+    from encodecmae_s3prl.upstream.precision import autocast
 
     device = torch.device(args.device)
     wavs = [torch.randn(int(args.seconds * 16000), device=device) * 0.1 for _ in range(args.batch)]
     for size in args.sizes.split(","):
-        expert = UpstreamExpert.__new__(UpstreamExpert)
-        torch.nn.Module.__init__(expert)
-        expert.model = build_model(model_config_from_yaml({"model": size}), seed=0).eval()
-        expert.to(device)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
-        with torch.inference_mode(), autocast:
+        expert = UpstreamExpert.from_model(build_model(model_config_from_yaml({"model": size}), seed=0)).to(device)
+        with torch.inference_mode(), autocast(device, args.precision):
             expert(wavs)  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()

@@ -37,6 +37,14 @@ class UpstreamExpert(nn.Module):
         self.model = load_model_for_inference(ckpt, model_config, variant)
         self.model.eval()
 
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "UpstreamExpert":
+        """Wrap an already built EncodecMAE (benchmarks, the HEAR API)."""
+        expert = cls.__new__(cls)
+        nn.Module.__init__(expert)
+        expert.model = model.eval()
+        return expert
+
     def get_downsample_rates(self, key: str) -> int:
         return DOWNSAMPLE_RATE
 
