@@ -122,3 +122,114 @@ def write_iemocap(root: Path, sessions: int = 5, per_emotion: int = 4, seed: int
         (folder / "test_meta_data.json").write_text(json.dumps({"labels": IEMOCAP_EMOTIONS,
                                                                 "meta_data": entries[s]}))
     return root, meta
+
+
+# --- probe datasets in their publishers' layouts ----------------------------------------------
+
+def _noise(seconds: float, rate: int, rng: np.random.Generator, colour: float) -> np.ndarray:
+    """Coloured noise: spectrum ~ f^-colour (0 white, 1 pink, 2 brown)."""
+    n = int(seconds * rate)
+    spectrum = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
+    freqs = np.maximum(np.fft.rfftfreq(n, 1 / rate), 20.0)
+    wav = np.fft.irfft(spectrum / freqs ** (colour / 2), n)
+    return (0.3 * wav / (np.abs(wav).max() + 1e-9)).astype(np.float32)
+
+
+def sound_class(index: int, seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A learnable 'environmental' class: even classes are noise colours, odd ones tone bands."""
+    if index % 2 == 0:
+        return _noise(seconds, rate, rng, colour=index / 4)
+    return harmonic_tone(150.0 * 2 ** (index / 3) * rng.uniform(0.97, 1.03), seconds, rate, rng, harmonics=2,
+                         noise=0.02)
+
+
+def write_nsynth(root: Path, pitches=range(60, 72), instruments: int = 3, seed: int = 0) -> Path:
+    """``nsynth-{train,valid,test}/examples.json`` + ``audio/<note>.wav`` (16 kHz, 1 s notes); instruments
+    differ in timbre and the test split uses an instrument unseen in training."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    plan = {"nsynth-train": range(instruments), "nsynth-valid": [instruments], "nsynth-test": [instruments + 1]}
+    for folder, family in plan.items():
+        examples = {}
+        for instrument in family:
+            for pitch in pitches:
+                name = f"synth_{instrument:03d}-{pitch:03d}-100"
+                freq = 440.0 * 2 ** ((pitch - 69) / 12)
+                wav = harmonic_tone(freq, 1.0, 16000, rng, harmonics=2 + instrument % 4)
+                write_wav(root / folder / "audio" / f"{name}.wav", wav, 16000)
+                examples[name] = {"pitch": pitch, "instrument": instrument, "velocity": 100,
+                                  "instrument_family_str": "synth_lead"}
+        (root / folder / "examples.json").write_text(json.dumps(examples))
+    return root
+
+
+def write_gtzan(root: Path, genres=("blues", "classical", "metal"), per_genre: int = 20, seconds: float = 2.0,
+                seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for index, genre in enumerate(genres):
+        for n in range(per_genre):
+            write_wav(Path(root) / "genres" / genre / f"{genre}.{n:05d}.wav",
+                      sound_class(index * 2 + 1, seconds, 22050, rng), 22050)
+    return Path(root)
+
+
+def write_esc50(root: Path, classes: int = 4, per_fold: int = 3, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for fold in range(1, 6):
+        for target in range(classes):
+            for n in range(per_fold):
+                name = f"{fold}-{target:03d}{n:02d}-A-{target}.wav"
+                write_wav(Path(root) / "audio" / name, sound_class(target, 1.0, 44100, rng), 44100)
+                rows.append(f"{name},{fold},{target},class{target},False,{target}{n},A")
+    (Path(root) / "meta").mkdir(parents=True, exist_ok=True)
+    (Path(root) / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+    return Path(root)
+
+
+def write_fsd50k(root: Path, labels=("Bark", "Siren", "Rain"), per_split=(24, 8, 8), seed: int = 0) -> Path:
+    """Multi-label clips: each a mixture of one or two of ``labels`` (distinct sound classes)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    truth = root / "FSD50K.ground_truth"
+    truth.mkdir(parents=True, exist_ok=True)
+    (truth / "vocabulary.csv").write_text("".join(f"{i},{l},/m/{i:04d}\n" for i, l in enumerate(labels)))
+    dev, evaluation, fname = ["fname,labels,mids,split"], ["fname,labels,mids"], 0
+    for split, count in zip(("train", "val", "eval"), per_split):
+        for _ in range(count):
+            chosen = sorted(rng.choice(len(labels), size=int(rng.integers(1, 3)), replace=False).tolist())
+            wav = sum(sound_class(2 * c + 1 if c % 2 else 2 * c, 1.0, 16000, rng) for c in chosen)
+            folder = "FSD50K.eval_audio" if split == "eval" else "FSD50K.dev_audio"
+            write_wav(root / folder / f"{fname}.wav", np.clip(wav, -1, 1), 16000)
+            names = ",".join(labels[c] for c in chosen)
+            mids = ",".join(f"/m/{c:04d}" for c in chosen)
+            if split == "eval":
+                evaluation.append(f'{fname},"{names}","{mids}"')
+            else:
+                dev.append(f'{fname},"{names}","{mids}",{split}')
+            fname += 1
+    (truth / "dev.csv").write_text("\n".join(dev) + "\n")
+    (truth / "eval.csv").write_text("\n".join(evaluation) + "\n")
+    return root
+
+
+def write_hear_task(root: Path, classes: int = 4, per_split=(16, 6, 6), seed: int = 0,
+                    task_name: str = "synthetic_sounds") -> Path:
+    """A HEAR 2021 scene task (multiclass, trainvaltest) as hear-preprocess writes it."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    splits = ("train", "valid", "test")
+    for split, count in zip(splits, per_split):
+        labels = {}
+        for n in range(count):
+            target = n % classes
+            name = f"{split}_{n:03d}.wav"
+            write_wav(root / "16000" / split / name, sound_class(target, 1.0, 16000, rng), 16000)
+            labels[name] = [f"class{target}"]
+        (root / f"{split}.json").write_text(json.dumps(labels))
+    (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},class{i}\n" for i in range(classes)))
+    (root / "task_metadata.json").write_text(json.dumps({
+        "task_name": task_name, "embedding_type": "scene", "prediction_type": "multiclass",
+        "split_mode": "trainvaltest", "splits": list(splits), "sample_duration": 1.0,
+        "evaluation": ["top1_acc"]}))
+    return root

@@ -25,7 +25,8 @@ if ! ldconfig -p 2>/dev/null | grep -q libsndfile.so.1; then
   fi
 fi
 
-stamp=.venv/.installed-$(cat requirements.lock setup.py | sha1sum | cut -c1-12)
+# setup.py maps every downstream_probes/<probe>/ folder: a new probe needs the editable install again
+stamp=.venv/.installed-$( (cat requirements.lock setup.py; ls -d downstream_probes/*/) | sha1sum | cut -c1-12)
 if [ -f "$stamp" ]; then exit 0; fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # catalyst 22.4 (s3prl's speech_commands) has metadata that pip >= 24.1 refuses.

@@ -1,0 +1,219 @@
+"""What every utterance-level probe shares: clip datasets, the pooled MLP, metrics, the s3prl expert.
+
+A probe folder only says how its dataset names files, labels and splits (``dataset.py``) and
+which metrics it reports; loading, pooling, the MLP and logging live here, once.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchaudio
+from torch.utils.data import DataLoader, Dataset
+
+UPSTREAM_RATE = 16_000
+
+
+class ProbeDataError(ValueError):
+    """A probe dataset is missing, malformed, or not in the layout its publisher distributes."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str
+    target: tuple  # class indices (one for multiclass, any number for multilabel)
+
+
+def read_clip(path: str) -> torch.Tensor | None:
+    """16 kHz mono float32 (samples,), or None when the file is unreadable, empty or not finite."""
+    from encodecmae_s3prl.compat import load_audio
+
+    try:
+        wav, rate = load_audio(path)
+    except Exception:
+        return None
+    if wav.numel() == 0 or not torch.isfinite(wav).all():
+        return None
+    wav = wav.mean(dim=0)
+    if rate != UPSTREAM_RATE:
+        wav = torchaudio.functional.resample(wav, rate, UPSTREAM_RATE)
+    return wav
+
+
+class ClipDataset(Dataset):
+    """(wav, target, name) per clip. Bad files become a short silence, counted and reported once each,
+    so one broken file does not stop a run (the metrics still count it, as a wrong answer at worst)."""
+
+    def __init__(self, clips: Sequence[Clip], num_classes: int, multilabel: bool, max_seconds: float | None = None):
+        self.clips = list(clips)
+        self.num_classes = num_classes
+        self.multilabel = multilabel
+        self.max_samples = int(max_seconds * UPSTREAM_RATE) if max_seconds else None
+        self.bad: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int):
+        clip = self.clips[index]
+        wav = read_clip(clip.path)
+        if wav is None:
+            if clip.path not in self.bad:
+                self.bad.add(clip.path)
+                print(f"[probe] unreadable audio {clip.path}: using 1 s of silence ({len(self.bad)} so far)",
+                      file=sys.stderr)
+            wav = torch.zeros(UPSTREAM_RATE)
+        if self.max_samples and wav.numel() > self.max_samples:
+            wav = wav[: self.max_samples]
+        if self.multilabel:
+            target = torch.zeros(self.num_classes)
+            target[list(clip.target)] = 1.0
+        else:
+            target = clip.target[0]
+        return wav, target, Path(clip.path).stem
+
+    @staticmethod
+    def collate_fn(samples):
+        wavs, targets, names = zip(*samples)
+        if isinstance(targets[0], torch.Tensor):
+            targets = torch.stack(targets)
+        else:
+            targets = torch.tensor(targets)
+        return list(wavs), targets, list(names)
+
+
+def fold_splits(items_by_fold: Dict[str, list], test_fold: str) -> Dict[str, list]:
+    """HEAR's k-fold rule: fold i tests, fold i+1 (mod k) validates, the rest train."""
+    folds = sorted(items_by_fold)
+    if test_fold not in folds:
+        raise ProbeDataError(f"test_fold {test_fold!r} is not one of the dataset's folds: {folds}")
+    i = folds.index(test_fold)
+    valid = folds[(i + 1) % len(folds)]
+    return {"train": [x for f in folds if f not in (test_fold, valid) for x in items_by_fold[f]],
+            "dev": items_by_fold[valid], "test": items_by_fold[test_fold]}
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return float((logits.argmax(dim=-1) == targets).float().mean())
+
+
+def chroma_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Pitch class correct, octave free (classes are consecutive semitones)."""
+    return float(((logits.argmax(dim=-1) - targets) % 12 == 0).float().mean())
+
+
+def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Macro mAP over the classes that have at least one positive (sklearn's average_precision_score)."""
+    scores, targets = scores.double(), targets.double()
+    order = scores.argsort(dim=0, descending=True)
+    sorted_targets = targets.gather(0, order)
+    hits = sorted_targets.cumsum(dim=0)
+    ranks = torch.arange(1, scores.shape[0] + 1, dtype=torch.float64)[:, None]
+    precision_at_hits = (hits / ranks) * sorted_targets
+    positives = targets.sum(dim=0)
+    present = positives > 0
+    ap = precision_at_hits.sum(dim=0)[present] / positives[present]
+    return float(ap.mean()) if present.any() else float("nan")
+
+
+METRICS = {"acc": accuracy, "pitch_acc": accuracy, "chroma_acc": chroma_accuracy, "mAP": mean_average_precision}
+
+
+# --- model -------------------------------------------------------------------------------
+
+class PooledMLP(nn.Module):
+    """Time-mean of the features -> HEAR-style MLP: [Linear -> BatchNorm -> ReLU -> Dropout] x layers -> Linear."""
+
+    def __init__(self, input_dim: int, num_classes: int, hidden_dim: int = 1024, hidden_layers: int = 1,
+                 dropout: float = 0.1):
+        super().__init__()
+        blocks, width = [], input_dim
+        for _ in range(hidden_layers):
+            blocks += [nn.Linear(width, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Dropout(dropout)]
+            width = hidden_dim
+        blocks.append(nn.Linear(width, num_classes))
+        self.mlp = nn.Sequential(*blocks)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled (batch, dim) -> logits (batch, classes)."""
+        return self.mlp(pooled)
+
+
+class PooledProbeExpert(nn.Module):
+    """An s3prl DownstreamExpert for clip-level tasks. Subclasses implement ``build_splits``."""
+
+    metrics: tuple = ("acc",)
+    multilabel: bool = False
+
+    def __init__(self, upstream_dim: int, downstream_expert: dict, expdir: str, **kwargs):
+        super().__init__()
+        self.datarc = dict(downstream_expert["datarc"])
+        self.modelrc = dict(downstream_expert.get("modelrc", {}))
+        self.expdir = Path(expdir)
+        root = self.datarc.get("root")
+        if not root or not Path(root).is_dir():
+            raise ProbeDataError(f"downstream_expert.datarc.root = {root!r} is not a folder: set it in the probe's "
+                                 f"config.yaml or with -o config.downstream_expert.datarc.root=/path/to/dataset")
+        splits, self.classes = self.build_splits(Path(root))
+        self.datasets = {name: ClipDataset(clips, len(self.classes), self.multilabel,
+                                           self.datarc.get("max_seconds"))
+                         for name, clips in splits.items()}
+        for name, dataset in self.datasets.items():
+            if len(dataset) == 0:
+                raise ProbeDataError(f"split {name!r} of {root} has no clips: check the dataset layout")
+        self.model = PooledMLP(upstream_dim, len(self.classes), self.modelrc.get("hidden_dim", 1024),
+                               self.modelrc.get("hidden_layers", 1), self.modelrc.get("dropout", 0.1))
+        self.register_buffer("best_score", torch.full((1,), -math.inf))
+
+    def build_splits(self, root: Path) -> tuple[Dict[str, List[Clip]], List[str]]:
+        raise NotImplementedError
+
+    def get_dataloader(self, split: str, epoch: int = 0) -> DataLoader:
+        if split not in self.datasets:
+            raise ProbeDataError(f"unknown split {split!r}; this probe has {sorted(self.datasets)}")
+        dataset = self.datasets[split]
+        train = split == "train"
+        return DataLoader(dataset, batch_size=self.datarc.get("train_batch_size" if train else "eval_batch_size", 16),
+                          shuffle=train, drop_last=train and len(dataset) > self.datarc.get("train_batch_size", 16),
+                          num_workers=self.datarc.get("num_workers", 0), collate_fn=dataset.collate_fn)
+
+    def forward(self, split, features, targets, names, records, **kwargs):
+        lengths = torch.tensor([len(f) for f in features], device=features[0].device)
+        padded = nn.utils.rnn.pad_sequence(features, batch_first=True)
+        pooled = padded.sum(dim=1) / lengths[:, None].clamp_min(1)
+        logits = self.model(pooled)
+        targets = targets.to(logits.device)
+        if self.multilabel:
+            loss = F.binary_cross_entropy_with_logits(logits, targets)
+        else:
+            loss = F.cross_entropy(logits, targets)
+        records["loss"].append(loss.item())
+        records["logits"].append(logits.detach().float().cpu())
+        records["targets"].append(targets.detach().cpu())
+        return loss
+
+    def log_records(self, split, records, logger, global_step, **kwargs):
+        logits, targets = torch.cat(records["logits"]), torch.cat(records["targets"])
+        scores = torch.sigmoid(logits) if self.multilabel else logits
+        values = {name: METRICS[name](scores, targets) for name in self.metrics}
+        values["loss"] = float(np.mean(records["loss"]))
+        prefix = f"{type(self).__module__.split('.')[-2]}/{split}-"
+        for name, value in values.items():
+            logger.add_scalar(prefix + name, value, global_step=global_step)
+            print(f"{split} {name}: {value:.4f}")
+        with open(self.expdir / "log.log", "a") as handle:
+            handle.write(f"step {global_step} {split} " + " ".join(f"{k}={v:.4f}" for k, v in values.items()) + "\n")
+        save = []
+        if split == "dev" and values[self.metrics[0]] > float(self.best_score):
+            self.best_score.fill_(values[self.metrics[0]])
+            save.append("dev-best.ckpt")
+        return save

@@ -1,0 +1,10 @@
+"""NSynth pitch (88 classes), the paper's NS column: pitch accuracy and chroma accuracy."""
+from encodecmae_s3prl.downstream_probes.common import PooledProbeExpert
+from encodecmae_s3prl.downstream_probes.nsynth_pitch.dataset import build_splits
+
+
+class DownstreamExpert(PooledProbeExpert):
+    metrics = ("pitch_acc", "chroma_acc")
+
+    def build_splits(self, root):
+        return build_splits(root)
