@@ -48,3 +48,29 @@ def test_weighted_sum_commutes_with_time_mean():
     w = np.exp(rng.standard_normal(5))
     w /= w.sum()
     np.testing.assert_allclose((w[:, None, None] * h).sum(0).mean(0), (w[:, None] * h.mean(1)).sum(0))
+
+
+def test_hear_api_for_our_upstream_and_an_s3prl_one(tmp_path):
+    import torch
+
+    from encodecmae_s3prl import hear_api
+    from dataclasses import asdict
+
+    from encodecmae_s3prl.upstream.checkpoint import atomic_save
+    from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
+
+    model = build_model(model_config_from_yaml({"model": "tiny"}), seed=0)
+    path = tmp_path / "tiny.ckpt"
+    atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()}}, path)
+    for hear_model, size in ((hear_api.load_model(str(path), device="cpu"), 64),
+                             (hear_api.load_model("", upstream="fbank_no_cmvn", device="cpu"), None)):
+        audio = torch.randn(3, 16000) * 0.1
+        scene = hear_api.get_scene_embeddings(audio, hear_model)
+        frames, stamps = hear_api.get_timestamp_embeddings(audio, hear_model)
+        assert hear_model.sample_rate == 16000
+        assert scene.shape == (3, hear_model.scene_embedding_size)
+        assert frames.shape[0] == 3 and frames.shape[2] == hear_model.timestamp_embedding_size
+        assert stamps.shape == frames.shape[:2] and torch.all(stamps[:, 1:] > stamps[:, :-1])
+        if size:
+            assert hear_model.scene_embedding_size == size
+            assert abs(float(stamps[0, 1] - stamps[0, 0]) - 213 / 16) < 1e-3  # ms per frame
