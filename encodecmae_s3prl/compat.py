@@ -193,7 +193,7 @@ def pretrain_tasks_listed(extra_tasks: Sequence[str]):
                        and not p.name.startswith("__"))
 
     def listdir(path="."):
-        if os.path.normpath(str(path)) == "pretrain" and not os.path.isdir(path):
+        if os.path.normpath(str(path)) == "pretrain":  # whatever folder of that name the cwd may hold
             return installed + [t for t in extra_tasks if t not in installed]
         return real_listdir(path)
 
