@@ -6,12 +6,15 @@ which metrics it reports; loading, pooling, the MLP and logging live here, once.
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
+import soundfile
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -27,16 +30,31 @@ class ProbeDataError(ValueError):
 
 @dataclass(frozen=True)
 class Clip:
+    """One labelled clip: a whole file, or ``duration`` seconds from ``start`` (segments of long recordings,
+    e.g. Speech Commands' background noise cut into 1 s _silence_ clips)."""
+
     path: str
     target: tuple  # class indices (one for multiclass, any number for multilabel)
+    start: float = 0.0
+    duration: float | None = None
+
+    @property
+    def key(self) -> str:
+        """Unique per clip (a file may hold several segments): what embedding caches index."""
+        return self.path if self.duration is None and not self.start else f"{self.path}@{self.start:g}+{self.duration}"
 
 
-def read_clip(path: str) -> torch.Tensor | None:
+def read_clip(path: str, start: float = 0.0, duration: float | None = None) -> torch.Tensor | None:
     """16 kHz mono float32 (samples,), or None when the file is unreadable, empty or not finite."""
     from encodecmae_s3prl.compat import load_audio
 
     try:
-        wav, rate = load_audio(path)
+        frame_offset, num_frames = 0, -1
+        if start or duration is not None:
+            rate = soundfile.info(str(path)).samplerate
+            frame_offset = int(round(start * rate))
+            num_frames = -1 if duration is None else int(round(duration * rate))
+        wav, rate = load_audio(path, frame_offset=frame_offset, num_frames=num_frames)
     except Exception:
         return None
     if wav.numel() == 0 or not torch.isfinite(wav).all():
@@ -63,7 +81,7 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, index: int):
         clip = self.clips[index]
-        wav = read_clip(clip.path)
+        wav = read_clip(clip.path, clip.start, clip.duration)
         if wav is None:
             if clip.path not in self.bad:
                 self.bad.add(clip.path)
@@ -89,11 +107,28 @@ class ClipDataset(Dataset):
         return list(wavs), targets, list(names)
 
 
+def check_audio_exists(splits: Dict[str, List[Clip]], root: Path, layout: str) -> None:
+    """Fail early, naming the file, when the metadata lists audio that is not on disk (a partial extraction,
+    or ``root`` pointing at the wrong folder), instead of training on silence."""
+    missing = sorted({clip.path for clips in splits.values() for clip in clips if not os.path.isfile(clip.path)})
+    if missing:
+        raise ProbeDataError(
+            f"{len(missing)} audio file(s) listed in the metadata under {root} do not exist, e.g. {missing[0]}. "
+            f"Expected layout: {layout}. Extract the audio next to the metadata, or fix datarc.root.")
+
+
+def natural_key(name: str) -> tuple:
+    """'fold10' after 'fold9': digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
 def fold_splits(items_by_fold: Dict[str, list], test_fold: str) -> Dict[str, list]:
-    """HEAR's k-fold rule: fold i tests, fold i+1 (mod k) validates, the rest train."""
-    folds = sorted(items_by_fold)
+    """HEAR's k-fold rule: fold i tests, fold i+1 (mod k) validates, the rest train (folds in natural order:
+    fold2 before fold10)."""
+    folds = sorted(items_by_fold, key=natural_key)
     if test_fold not in folds:
-        raise ProbeDataError(f"test_fold {test_fold!r} is not one of the dataset's folds: {folds}")
+        raise ProbeDataError(f"datarc.test_fold {test_fold!r} is not one of the dataset's folds {folds}: pick one with "
+                             f"-o config.downstream_expert.datarc.test_fold=NAME")
     i = folds.index(test_fold)
     valid = folds[(i + 1) % len(folds)]
     return {"train": [x for f in folds if f not in (test_fold, valid) for x in items_by_fold[f]],
@@ -111,18 +146,26 @@ def chroma_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float(((logits.argmax(dim=-1) - targets) % 12 == 0).float().mean())
 
 
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """AP of one class as scikit-learn defines it: sum over distinct score thresholds of
+    (recall increase) x precision, tied scores forming one threshold."""
+    order = np.argsort(-scores, kind="stable")
+    scores, positives = scores[order], positives[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # end of each group of equal scores
+    true_positives = np.cumsum(positives)[last_of_tie]
+    precision = true_positives / (last_of_tie + 1)
+    recall_gain = np.diff(np.r_[0.0, true_positives]) / positives.sum()
+    return float((recall_gain * precision).sum())
+
+
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Macro mAP over the classes that have at least one positive (sklearn's average_precision_score)."""
-    scores, targets = scores.double(), targets.double()
-    order = scores.argsort(dim=0, descending=True)
-    sorted_targets = targets.gather(0, order)
-    hits = sorted_targets.cumsum(dim=0)
-    ranks = torch.arange(1, scores.shape[0] + 1, dtype=torch.float64)[:, None]
-    precision_at_hits = (hits / ranks) * sorted_targets
-    positives = targets.sum(dim=0)
-    present = positives > 0
-    ap = precision_at_hits.sum(dim=0)[present] / positives[present]
-    return float(ap.mean()) if present.any() else float("nan")
+    """Macro mAP over the classes that have at least one positive (scikit-learn's average_precision_score
+    with average='macro' on those classes; HEAR leaves classes without positives out the same way)."""
+    scores, targets = scores.double().cpu().numpy(), targets.double().cpu().numpy()
+    present = np.flatnonzero(targets.sum(axis=0) > 0)
+    if present.size == 0:
+        return float("nan")
+    return float(np.mean([average_precision(scores[:, c], targets[:, c]) for c in present]))
 
 
 METRICS = {"acc": accuracy, "pitch_acc": accuracy, "chroma_acc": chroma_accuracy, "mAP": mean_average_precision}
@@ -149,10 +192,17 @@ class PooledMLP(nn.Module):
 
 
 class PooledProbeExpert(nn.Module):
-    """An s3prl DownstreamExpert for clip-level tasks. Subclasses implement ``build_splits``."""
+    """An s3prl DownstreamExpert for clip-level tasks. Subclasses implement ``build_splits`` (and ``folds`` for
+    k-fold datasets) and set ``layout``, the dataset layout quoted in error messages."""
 
     metrics: tuple = ("acc",)
     multilabel: bool = False
+    layout: str = "the layout its publisher distributes"
+
+    @classmethod
+    def folds(cls, root: Path) -> List[str | None]:
+        """The test folds a full evaluation runs over (``datarc.test_fold`` values); [None] without folds."""
+        return [None]
 
     def __init__(self, upstream_dim: int, downstream_expert: dict, expdir: str, **kwargs):
         super().__init__()
@@ -164,6 +214,7 @@ class PooledProbeExpert(nn.Module):
             raise ProbeDataError(f"downstream_expert.datarc.root = {root!r} is not a folder: set it in the probe's "
                                  f"config.yaml or with -o config.downstream_expert.datarc.root=/path/to/dataset")
         splits, self.classes = self.build_splits(Path(root))
+        check_audio_exists(splits, Path(root), self.layout)
         self.datasets = {name: ClipDataset(clips, len(self.classes), self.multilabel,
                                            self.datarc.get("max_seconds"))
                          for name, clips in splits.items()}

@@ -3,12 +3,18 @@
     python -m encodecmae_s3prl.compare --upstreams encodecmae_base,hubert,wav2vec2,fbank_no_cmvn,mine=ckpt.pt \\
         --probes nsynth_pitch,esc50 --data nsynth_pitch=/data/nsynth --data esc50=/data/ESC-50 --out cmp/
 
-``name=CKPT`` runs ``encodecmae_local`` on CKPT (``hubert_local=CKPT`` or ``wav2vec2_local=CKPT``
-run those s3prl entries). Writes ``results.md``, ``results.csv``, ``results.json``
-(``{upstream: {probe: {metric: value}}}``) and ``results.png`` into ``--out``; embeddings are
-cached in ``--out/cache`` so reruns only retrain the small MLPs. A failing upstream or probe
+``label=CKPT`` runs ``encodecmae_local`` on CKPT; ``ENTRY=CKPT`` with a hub entry name runs that entry
+(``hubert_local=CKPT``, ``wav2vec2_local=CKPT``, ``encodec_features=CKPT`` for a checkpoint's codec);
+``LABEL=ENTRY=CKPT`` names it (two checkpoints of one entry side by side). Writes ``results.md``,
+``results.csv``, ``results.json`` (``{upstream: {probe: {metric: value}}}``) and ``results.png`` into
+``--out``; embeddings are cached in ``--out/cache`` so reruns only retrain the small MLPs. A failing upstream or probe
 is reported in the table, the others still run. ``--mode weighted`` learns s3prl-style softmax
 layer weights and reports them.
+
+Probes: ours (``nsynth_pitch``, ``gtzan_genre``, ``esc50``, ``fsd50k``, ``hear``) and s3prl's recipes
+``speech_commands`` (``--data speech_commands=TRAIN_ROOT,TEST_ROOT``, Speech Commands v0.01) and
+``emotion`` (``--data emotion=IEMOCAP_ROOT``, with s3prl's ``meta_data/`` inside, or ``ROOT,META_DATA``).
+k-fold probes run every test fold; tables show the mean (± std over folds in results.md).
 """
 from __future__ import annotations
 
@@ -23,18 +29,26 @@ import numpy as np
 import torch
 
 from encodecmae_s3prl import compat
-from encodecmae_s3prl.downstream_probes.hear_protocol import embed_splits, grid_search, load_task, task_folds
+from encodecmae_s3prl.downstream_probes.hear_protocol import (embed_splits, grid_search, load_task, task_folds,
+                                                              task_names)
 
 PAPER_NAMES = {"encodec_features": "EC", "encodecmae_random": "ECMAE-R", "fbank_no_cmvn": "fbank (no CMVN)"}
 
 
 def parse_upstream(spec: str) -> tuple[str, str, str | None]:
-    """'name' -> (label, hub entry, None); 'label=CKPT' -> encodecmae_local on CKPT (or label's own _local entry)."""
+    """'name' -> (label, hub entry, None); 'ENTRY=CKPT' -> that hub entry on CKPT (hubert_local=..., or
+    encodec_features=... / encodecmae_random=... to take a checkpoint's codec); 'LABEL=ENTRY=CKPT' -> ENTRY on
+    CKPT under another name (two hubert_local checkpoints side by side); 'label=CKPT' -> encodecmae_local."""
     if "=" not in spec:
         return spec, spec, None
+    import encodecmae_s3prl  # noqa: F401
+    from s3prl import hub
+
     label, ckpt = spec.split("=", 1)
-    entry = label if label.endswith("_local") else "encodecmae_local"
-    return label, entry, ckpt
+    if "=" in ckpt and hasattr(hub, ckpt.split("=", 1)[0]):
+        entry, ckpt = ckpt.split("=", 1)
+        return label, entry, ckpt
+    return label, (label if hasattr(hub, label) else "encodecmae_local"), ckpt
 
 
 def build_upstream(entry: str, ckpt: str | None, device: str):
@@ -47,14 +61,45 @@ def build_upstream(entry: str, ckpt: str | None, device: str):
     return getattr(hub, entry)(**kwargs).to(device).eval()
 
 
-def evaluate(upstream, label: str, probe: str, root: str, cache: Path, weighted: bool, grid_size: int,
-             max_epochs: int, device: str) -> dict:
+def upstream_key(label: str, entry: str, ckpt: str | None) -> str:
+    """What an embedding cache is valid for: the entry and the checkpoint file's identity (path, size, mtime),
+    so a retrained checkpoint under the same label never reuses stale embeddings."""
+    key = f"{label}|{entry}"
+    if ckpt:
+        path = Path(ckpt).expanduser().resolve()
+        stat = path.stat() if path.is_file() else None
+        key += f"|{path}|{stat.st_size}|{stat.st_mtime_ns}" if stat else f"|{path}"
+    return key
+
+
+class LazyUpstream:
+    """Builds the upstream on first use: a rerun whose embeddings are all cached never loads the model."""
+
+    def __init__(self, entry: str, ckpt: str | None, device: str):
+        self.entry, self.ckpt, self.device = entry, ckpt, device
+        self.model, self.error = None, None
+
+    def __call__(self):
+        if self.error is not None:
+            raise self.error
+        if self.model is None:
+            try:
+                self.model = build_upstream(self.entry, self.ckpt, self.device)
+            except Exception as err:
+                self.error = err
+                raise
+        return self.model
+
+
+def evaluate(get_upstream, key: str, probe: str, root: str, cache: Path, weighted: bool, grid_size: int,
+             max_epochs: int, device: str, hidden_dim: int = 1024) -> dict:
     """Metrics averaged over the probe's test folds, plus per-fold values and learned layer weights."""
     per_fold = []
     for fold in task_folds(probe, root):
-        task = load_task(probe, root, {"test_fold": fold} if fold else {})
-        data = embed_splits(upstream, label, task, cache, device)
-        best = grid_search(task, data, weighted=weighted, grid_size=grid_size, max_epochs=max_epochs, device=device)
+        task = load_task(probe, root, fold)
+        data = embed_splits(get_upstream, key, task, cache, device)
+        best = grid_search(task, data, weighted=weighted, grid_size=grid_size, max_epochs=max_epochs, device=device,
+                           hidden_dim=hidden_dim)
         per_fold.append({"fold": fold, **best})
     metrics = {m: float(np.mean([f["test"][m] for f in per_fold])) for m in per_fold[0]["test"]}
     weights = [f["layer_weights"] for f in per_fold if f["layer_weights"]]
@@ -80,7 +125,19 @@ def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], ou
     with open(out / "results.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([header] + rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    for upstream, cells in zip(results, rows):  # markdown: mean ± std over test folds where there are folds
+        shown = cells[:1]
+        for (probe, metric), cell in zip(columns, cells[1:]):
+            folds = results[upstream].get(probe, {}).get("folds") or []
+            if len(folds) > 1 and metric in folds[0]["test"]:
+                std = float(np.std([f["test"][metric] for f in folds]))
+                cell = f"{cell} ± {std:.3f}"
+            shown.append(cell.replace("|", "/").replace("\n", " "))
+        lines.append("| " + " | ".join(shown) + " |")
+    folded = sorted({f"{p} ({len(r['folds'])} folds)" for row in results.values() for p, r in row.items()
+                     if len(r.get("folds") or []) > 1})
+    if folded:
+        lines += ["", "Mean ± std over test folds for " + ", ".join(folded) + "; per-fold results in details.json."]
     weights = [f"- {u} / {p}: " + ", ".join(f"{w:.2f}" for w in r["layer_weights"])
                for u, row in results.items() for p, r in row.items() if r.get("layer_weights")]
     if weights:
@@ -106,14 +163,21 @@ def _bar_chart(results, columns, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(columns) * max(1, len(upstreams)) / 2), 4))
     width = 0.8 / max(1, len(upstreams))
     for i, upstream in enumerate(upstreams):
-        values = [results[upstream].get(p, {}).get(m, 0.0) if "error" not in results[upstream].get(p, {}) else 0.0
-                  for p, m in columns]
-        ax.bar(np.arange(len(columns)) + i * width, values, width, label=PAPER_NAMES.get(upstream, upstream))
+        values, errors = [], []
+        for column, (probe, metric) in enumerate(columns):
+            result = results[upstream].get(probe, {})
+            folds = [f["test"][metric] for f in result.get("folds") or [] if metric in f["test"]]
+            values.append(result.get(metric, 0.0) if "error" not in result else 0.0)
+            errors.append(float(np.std(folds)) if len(folds) > 1 else 0.0)
+            if "error" in result:
+                ax.text(column + i * width, 0.02, "error", rotation=90, ha="center", va="bottom", fontsize=7)
+        ax.bar(np.arange(len(columns)) + i * width, values, width, yerr=errors, capsize=2,
+               label=PAPER_NAMES.get(upstream, upstream))
     ax.set_xticks(np.arange(len(columns)) + width * (len(upstreams) - 1) / 2)
     ax.set_xticklabels([f"{p}\n{m}" for p, m in columns])
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    ax.set_title("HEAR protocol, test metrics")
+    ax.set_title("HEAR protocol, test metrics (error bars: std over folds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -121,39 +185,59 @@ def _bar_chart(results, columns, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--upstreams", required=True, help="comma-separated hub names and/or label=CKPT")
-    parser.add_argument("--probes", required=True, help="comma-separated probe names")
-    parser.add_argument("--data", action="append", default=[], help="PROBE=PATH, once per probe")
+    parser.add_argument("--upstreams", required=True,
+                        help="comma-separated: hub entry names, ENTRY=CKPT (hubert_local=...), LABEL=ENTRY=CKPT, "
+                             "or LABEL=CKPT (encodecmae_local)")
+    parser.add_argument("--probes", required=True, help="comma-separated probe names: " + ", ".join(task_names()))
+    parser.add_argument("--data", action="append", default=[],
+                        help="PROBE=PATH, once per probe (speech_commands=TRAIN_ROOT,TEST_ROOT; "
+                             "emotion=IEMOCAP_ROOT[,META_DATA])")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--mode", choices=["last", "weighted"], default="last",
                         help="last layer (the paper's HEAR protocol) or learned softmax layer weights")
     parser.add_argument("--grid-size", type=int, default=8, help="HEAR configurations tried (of 16)")
-    parser.add_argument("--max-epochs", type=int, default=500)
+    parser.add_argument("--max-epochs", type=int, default=500, help="HEAR: 500 (early stopping usually ends sooner)")
+    parser.add_argument("--hidden-dim", type=int, default=1024, help="MLP width; HEAR: 1024 (smaller: quick looks)")
     parser.add_argument("--device", default=compat.default_device())
     args = parser.parse_args(argv)
 
+    if not 1 <= args.grid_size <= 16:
+        parser.error(f"--grid-size must be in 1..16 (HEAR's grid has 16 configurations), got {args.grid_size}")
+    if args.max_epochs < 1 or args.hidden_dim < 1:
+        parser.error(f"--max-epochs and --hidden-dim must be positive, got {args.max_epochs}, {args.hidden_dim}")
+    bad = [item for item in args.data if "=" not in item]
+    if bad:
+        parser.error(f"--data takes PROBE=PATH, got {bad[0]!r}")
     data = dict(item.split("=", 1) for item in args.data)
-    probes = args.probes.split(",")
+    probes = [p for p in args.probes.split(",") if p]
+    known = task_names()
+    unknown = [p for p in probes + list(data) if p not in known]
+    if unknown:
+        parser.error(f"unknown probe {unknown[0]!r}; known: {', '.join(known)}")
     missing = [p for p in probes if p not in data]
     if missing:
         parser.error(f"no --data PROBE=PATH for: {', '.join(missing)}")
+    specs = [parse_upstream(s) for s in args.upstreams.split(",") if s]
+    labels = [label for label, _, _ in specs]
+    if len(set(labels)) != len(labels):
+        parser.error(f"two upstreams share a label in {labels}: name them LABEL=ENTRY=CKPT")
     results: Dict[str, Dict[str, dict]] = {}
-    for spec in args.upstreams.split(","):
-        label, entry, ckpt = parse_upstream(spec)
+    for label, entry, ckpt in specs:
+        key = upstream_key(label, entry, ckpt)
+        upstream = LazyUpstream(entry, ckpt, args.device)
         results[label] = {}
-        try:
-            upstream = build_upstream(entry, ckpt, args.device)
-        except Exception as err:  # reported in the table, the other upstreams still run
-            results[label] = {p: {"error": f"{type(err).__name__}: {err}"[:200]} for p in probes}
-            continue
         for probe in probes:
             try:
-                results[label][probe] = evaluate(upstream, label, probe, data[probe], args.out / "cache",
+                results[label][probe] = evaluate(upstream, key, probe, data[probe], args.out / "cache",
                                                  args.mode == "weighted", args.grid_size, args.max_epochs,
-                                                 args.device)
-            except Exception as err:
+                                                 args.device, args.hidden_dim)
+            except Exception as err:  # reported in the table; the other upstreams and probes still run
                 traceback.print_exc()
-                results[label][probe] = {"error": f"{type(err).__name__}: {err}"[:200]}
+                results[label][probe] = {"error": f"{type(err).__name__}: {err}"[:300]}
+                if upstream.error is not None:  # the upstream failed to load: the same error for its other probes
+                    for rest in probes[probes.index(probe) + 1:]:
+                        results[label][rest] = dict(results[label][probe])
+                    break
         del upstream
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     write_outputs(results, probes, args.out)

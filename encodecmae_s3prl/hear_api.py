@@ -1,15 +1,19 @@
 """The HEAR 2021 module interface over any s3prl upstream, ours included, for the official HEAR kit.
 
     python -m heareval.embeddings.runner encodecmae_s3prl.hear_api --model /path/to/model.pt
+    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api --model hubert.pt \
+        --model-options '{"upstream": "hubert_local"}'
 
 ``load_model(model_file_path, upstream=...)``: ``model_file_path`` is the checkpoint (``-k``) and
 ``upstream`` the s3prl hub entry (default ``encodecmae_local``; with an empty path,
-``encodecmae`` — the published base+ST model). Scene embeddings are the time-mean of the last
+``encodecmae`` — the published base+ST model; ``fbank_no_cmvn`` and other checkpoint-free entries
+take an empty path). Scene embeddings are the time-mean of the last
 hidden state (the paper's protocol); timestamp embeddings are that layer's frames with their
 centre times in milliseconds.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Tuple
 
 import torch
@@ -53,6 +57,9 @@ def load_model(model_file_path: str = "", upstream: str = "encodecmae_local", de
 
     if not model_file_path and upstream.endswith("_local"):
         upstream = "encodecmae"
+    if model_file_path and not str(model_file_path).startswith("http") and not Path(model_file_path).is_file():
+        raise FileNotFoundError(f"HEAR load_model: model file {model_file_path} does not exist; pass the checkpoint "
+                                f"that s3prl's {upstream} entry loads with -k (or '' for a published model)")
     if not hasattr(hub, upstream):
         raise ValueError(f"unknown upstream {upstream!r}: give an s3prl.hub entry name")
     entry = getattr(hub, upstream)
@@ -67,7 +74,7 @@ def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
 
 
 def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> Tuple[Tensor, Tensor]:
-    """(n_sounds, n_samples) -> embeddings (n_sounds, n_frames, dim) and centre timestamps (n_sounds, n_frames) in ms."""
+    """(n_sounds, n_samples) -> embeddings (n_sounds, n_frames, dim), centre timestamps (n_sounds, n_frames) in ms."""
     frames = model.frames(audio)
     hop = model.hop_samples or audio.shape[1] / max(1, frames.shape[1])
     centres = (torch.arange(frames.shape[1], device=frames.device) + 0.5) * hop / SAMPLE_RATE * 1000.0

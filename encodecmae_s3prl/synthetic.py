@@ -136,9 +136,10 @@ def _noise(seconds: float, rate: int, rng: np.random.Generator, colour: float) -
 
 
 def sound_class(index: int, seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """A learnable 'environmental' class: even classes are noise colours, odd ones tone bands."""
+    """A learnable 'environmental' class: even classes are noise colours (white, pink, brown, ...), odd ones
+    tone bands a minor third apart."""
     if index % 2 == 0:
-        return _noise(seconds, rate, rng, colour=index / 4)
+        return _noise(seconds, rate, rng, colour=index / 2)
     return harmonic_tone(150.0 * 2 ** (index / 3) * rng.uniform(0.97, 1.03), seconds, rate, rng, harmonics=2,
                          noise=0.02)
 
@@ -188,7 +189,7 @@ def write_esc50(root: Path, classes: int = 4, per_fold: int = 3, seed: int = 0) 
 
 
 def write_fsd50k(root: Path, labels=("Bark", "Siren", "Rain"), per_split=(24, 8, 8), seed: int = 0) -> Path:
-    """Multi-label clips: each a mixture of one or two of ``labels`` (distinct sound classes)."""
+    """Multi-label clips: each a mixture of one or two of ``labels``, label c a harmonic tone band of its own."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     truth = root / "FSD50K.ground_truth"
@@ -198,7 +199,7 @@ def write_fsd50k(root: Path, labels=("Bark", "Siren", "Rain"), per_split=(24, 8,
     for split, count in zip(("train", "val", "eval"), per_split):
         for _ in range(count):
             chosen = sorted(rng.choice(len(labels), size=int(rng.integers(1, 3)), replace=False).tolist())
-            wav = sum(sound_class(2 * c + 1 if c % 2 else 2 * c, 1.0, 16000, rng) for c in chosen)
+            wav = sum(sound_class(2 * c + 1, 1.0, 16000, rng) for c in chosen)
             folder = "FSD50K.eval_audio" if split == "eval" else "FSD50K.dev_audio"
             write_wav(root / folder / f"{fname}.wav", np.clip(wav, -1, 1), 16000)
             names = ",".join(labels[c] for c in chosen)
@@ -214,22 +215,114 @@ def write_fsd50k(root: Path, labels=("Bark", "Siren", "Rain"), per_split=(24, 8,
 
 
 def write_hear_task(root: Path, classes: int = 4, per_split=(16, 6, 6), seed: int = 0,
-                    task_name: str = "synthetic_sounds") -> Path:
-    """A HEAR 2021 scene task (multiclass, trainvaltest) as hear-preprocess writes it."""
+                    task_name: str = "synthetic_sounds", prediction_type: str = "multiclass",
+                    folds: int = 0) -> Path:
+    """A HEAR 2021 scene task as hear-preprocess writes it: multiclass (one sound class per clip) or
+    multilabel (a mixture of one or two classes), ``trainvaltest`` or, with ``folds`` > 0,
+    ``presplit_kfold`` with ``fold00``.. each holding ``per_split[0]`` clips."""
     rng = np.random.default_rng(seed)
     root = Path(root)
-    splits = ("train", "valid", "test")
-    for split, count in zip(splits, per_split):
+    if folds:
+        splits, counts, mode = [f"fold{k:02d}" for k in range(folds)], [per_split[0]] * folds, "presplit_kfold"
+    else:
+        splits, counts, mode = ["train", "valid", "test"], list(per_split), "trainvaltest"
+    for split, count in zip(splits, counts):
         labels = {}
         for n in range(count):
-            target = n % classes
+            if prediction_type == "multilabel":
+                chosen = sorted(rng.choice(classes, size=int(rng.integers(1, 3)), replace=False).tolist())
+                wav = np.clip(sum(sound_class(2 * c + 1, 1.0, 16000, rng) for c in chosen), -1, 1)
+            else:
+                chosen = [n % classes]
+                wav = sound_class(chosen[0], 1.0, 16000, rng)
             name = f"{split}_{n:03d}.wav"
-            write_wav(root / "16000" / split / name, sound_class(target, 1.0, 16000, rng), 16000)
-            labels[name] = [f"class{target}"]
+            write_wav(root / "16000" / split / name, wav, 16000)
+            labels[name] = [f"class{c}" for c in chosen]
         (root / f"{split}.json").write_text(json.dumps(labels))
     (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},class{i}\n" for i in range(classes)))
     (root / "task_metadata.json").write_text(json.dumps({
-        "task_name": task_name, "embedding_type": "scene", "prediction_type": "multiclass",
-        "split_mode": "trainvaltest", "splits": list(splits), "sample_duration": 1.0,
-        "evaluation": ["top1_acc"]}))
+        "task_name": task_name, "version": "synthetic", "embedding_type": "scene",
+        "prediction_type": prediction_type, "split_mode": mode, "splits": splits, "sample_duration": 1.0,
+        "evaluation": ["mAP", "d_prime"] if prediction_type == "multilabel" else ["top1_acc"]}))
     return root
+
+
+# --- tiny random checkpoints in the formats s3prl's hubert_local / wav2vec2_local load ------------
+
+_TINY_FAIRSEQ = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                     conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2",  # hop 320 as published
+                     conv_pos=16, conv_pos_groups=4, final_dim=16)
+
+
+def write_tiny_hubert_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer HuBERT in s3prl's converted format ({task_cfg, model_cfg, model_weight,
+    dictionaries_symbols}: what ``upstream/hubert/convert.py`` writes from a fairseq checkpoint and
+    ``hubert_local -k`` loads). Same architecture family as the published ones, tiny sizes."""
+    from dataclasses import asdict
+
+    import torch
+
+    from encodecmae_s3prl import compat
+
+    compat.apply()
+    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
+
+    model_cfg = HubertConfig(label_rate=50.0, **_TINY_FAIRSEQ)
+    task_cfg = HubertPretrainingConfig(label_rate=50.0)
+    symbols = [[str(i) for i in range(8)]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = HubertModel(model_cfg, task_cfg, symbols)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"task_cfg": asdict(task_cfg), "model_cfg": asdict(model_cfg), "model_weight": model.state_dict(),
+                "dictionaries_symbols": symbols}, path)
+    return path
+
+
+def write_tiny_wav2vec2_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer wav2vec 2.0 in s3prl's converted format ({task_cfg, model_cfg, model_weight}), as
+    ``upstream/wav2vec2/convert.py`` writes and ``wav2vec2_local -k`` loads."""
+    from dataclasses import asdict
+
+    import torch
+
+    from encodecmae_s3prl import compat
+
+    compat.apply()
+    from s3prl.upstream.wav2vec2.wav2vec2_model import AudioPretrainingConfig, Wav2Vec2Config, Wav2Vec2Model
+
+    model_cfg = Wav2Vec2Config(latent_vars=8, latent_groups=2, **_TINY_FAIRSEQ)
+    task_cfg = AudioPretrainingConfig()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Wav2Vec2Model(model_cfg)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"task_cfg": asdict(task_cfg), "model_cfg": asdict(model_cfg), "model_weight": model.state_dict()},
+               path)
+    return path
+
+
+def write_tiny_encodecmae_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A tiny random EnCodecMAE checkpoint as ``run_pretrain.py -u encodecmae`` writes it, its random-init
+    codec fitted (standardisation statistics and RVQ codebooks, DESIGN §3) to 2 s of each of a spread of
+    tones and noise colours: what ``encodecmae_local``, ``encodec_features`` and ``encodecmae_random`` take
+    with ``-k`` offline."""
+    from dataclasses import asdict
+
+    import torch
+
+    from encodecmae_s3prl.upstream.checkpoint import atomic_save
+    from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
+
+    rng = np.random.default_rng(seed)
+    model = build_model(model_config_from_yaml({"model": "tiny"}), seed=seed)
+    corpus = [harmonic_tone(f, 2.0, 24000, rng) for f in (110, 165, 220, 330, 440, 660, 880)]
+    corpus += [sound_class(index, 2.0, 24000, rng) for index in range(8)]
+    model.codec.init_from_audio([torch.from_numpy(np.asarray(w, np.float32)) for w in corpus], seed=seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()}, "Step": 0},
+                path)
+    return path

@@ -1,11 +1,18 @@
-"""The side-by-side command: all four outputs, cached embeddings on rerun, failures in the table."""
+"""The side-by-side command: all four outputs, cached embeddings on rerun, failures in the table, s3prl's real
+hubert_local / wav2vec2_local entries next to ours on s3prl's recipes, and the HEAR 2021 API."""
+import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 
 from encodecmae_s3prl import compare, synthetic
 from encodecmae_s3prl.downstream_probes import hear_protocol
+
+torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
@@ -14,31 +21,146 @@ def datasets(tmp_path_factory):
     return {"nsynth_pitch": synthetic.write_nsynth(root / "ns"), "esc50": synthetic.write_esc50(root / "esc")}
 
 
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return synthetic.write_tiny_encodecmae_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
 def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monkeypatch):
     out = tmp_path / "cmp"
     args = ["--upstreams", "fbank_no_cmvn,fbank,missing=/no/such.ckpt", "--probes", "nsynth_pitch,esc50",
             "--data", f"nsynth_pitch={datasets['nsynth_pitch']}", "--data", f"esc50={datasets['esc50']}",
-            "--out", str(out), "--grid-size", "2", "--max-epochs", "30", "--device", "cpu", "--mode", "weighted"]
+            "--out", str(out), "--grid-size", "2", "--max-epochs", "45", "--hidden-dim", "256", "--device", "cpu",
+            "--mode", "weighted"]
     compare.main(args)
     for name in ("results.md", "results.csv", "results.json", "results.png"):
         assert (out / name).stat().st_size > 0, name
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"fbank_no_cmvn", "fbank", "missing"}
+    assert set(results["fbank_no_cmvn"]["nsynth_pitch"]) == {"pitch_acc", "chroma_acc"}
     assert results["fbank_no_cmvn"]["nsynth_pitch"]["pitch_acc"] > 0.5  # 12 pitches: chance 0.08
     assert results["fbank_no_cmvn"]["esc50"]["acc"] > 0.6  # 4 classes, mean over the 5 folds
-    assert "error" in results["missing"]["esc50"] and "not found" in results["missing"]["esc50"]["error"]
+    # fbank is CMVN'd per clip: its time-mean is zero, the pooled probe sits at chance (DESIGN §4)
+    assert results["fbank"]["esc50"]["acc"] < 0.5
+    for probe in ("esc50", "nsynth_pitch"):  # the failing upstream is reported for every probe, once loaded
+        assert "not found" in results["missing"][probe]["error"] or "no such" in results["missing"][probe]["error"]
     table = (out / "results.md").read_text()
-    assert "error: CheckpointError" in table and "Learned layer weights" in table
+    assert "| missing | error: " in table and "Learned layer weights" in table and "± " in table
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["upstream", "nsynth_pitch pitch_acc", "nsynth_pitch chroma_acc", "esc50 acc"]
+    assert float(rows[1][3]) == pytest.approx(results["fbank_no_cmvn"]["esc50"]["acc"], abs=1e-3)
     details = json.loads((out / "details.json").read_text())
-    assert len(details["fbank_no_cmvn"]["esc50"]["folds"]) == 5
+    folds = details["fbank_no_cmvn"]["esc50"]["folds"]
+    assert [f["fold"] for f in folds] == [f"fold{k}" for k in range(1, 6)]
+    assert np.mean([f["test"]["acc"] for f in folds]) == pytest.approx(results["fbank_no_cmvn"]["esc50"]["acc"])
+    assert details["fbank_no_cmvn"]["esc50"]["layer_weights"] == [1.0]  # one layer: the weighting is trivial
+    assert len(list((out / "cache").glob("*.npy"))) == 4  # one per (upstream, task), shared by the 5 folds
 
-    # a rerun reuses every cached embedding: the upstream is never called again
-    def no_upstream(*a, **k):
+    # a rerun reuses every cached embedding: the upstream is neither built nor called again
+    def fail(*a, **k):
         raise AssertionError("embeddings recomputed")
 
-    monkeypatch.setattr(hear_protocol, "embed_clips", no_upstream)
+    monkeypatch.setattr(hear_protocol, "embed_clips", fail)
+    monkeypatch.setattr(compare, "build_upstream", fail)
     compare.main(args)
-    assert json.loads((out / "results.json").read_text())["fbank_no_cmvn"]["esc50"]["acc"] > 0.6
+    assert json.loads((out / "results.json").read_text())["fbank_no_cmvn"]["esc50"] == results["fbank_no_cmvn"]["esc50"]
+
+
+def test_cache_key_follows_the_checkpoint_file(tmp_path, tiny_ckpt):
+    """A retrained checkpoint under the same path and label must not reuse the old embeddings."""
+    import os
+    import shutil
+
+    ckpt = shutil.copy(tiny_ckpt, tmp_path / "model.ckpt")
+    before = compare.upstream_key("mine", "encodecmae_local", str(ckpt))
+    assert before == compare.upstream_key("mine", "encodecmae_local", str(ckpt))
+    os.utime(ckpt, ns=(1, 1))
+    assert compare.upstream_key("mine", "encodecmae_local", str(ckpt)) != before
+    assert compare.parse_upstream("hubert_local=/x.pt") == ("hubert_local", "hubert_local", "/x.pt")
+    assert compare.parse_upstream("big=hubert_local=/x.pt") == ("big", "hubert_local", "/x.pt")
+    assert compare.parse_upstream("mine=/x.ckpt") == ("mine", "encodecmae_local", "/x.ckpt")
+
+
+def test_bad_arguments_are_usage_errors(tmp_path, capsys, datasets):
+    for argv, message in (
+            (["--probes", "esc50", "--data", "esc50"], "--data takes PROBE=PATH"),
+            (["--probes", "speech_command", "--data", "speech_command=/x"], "unknown probe 'speech_command'"),
+            (["--probes", "esc50,nsynth_pitch", "--data", f"esc50={datasets['esc50']}"], "no --data PROBE=PATH for: "
+                                                                                           "nsynth_pitch"),
+            (["--probes", "esc50", "--data", f"esc50={datasets['esc50']}", "--grid-size", "17"], "1..16")):
+        with pytest.raises(SystemExit):
+            compare.main(["--upstreams", "fbank_no_cmvn", "--out", str(tmp_path), *argv])
+        assert message in capsys.readouterr().err
+    # a probe whose data is broken is reported in the table, the other probe still runs
+    results = compare.main(["--upstreams", "fbank_no_cmvn", "--probes", "esc50,nsynth_pitch", "--data",
+                            f"esc50={tmp_path / 'nowhere'}", "--data", f"nsynth_pitch={datasets['nsynth_pitch']}",
+                            "--out", str(tmp_path / "o"), "--grid-size", "1", "--max-epochs", "9",
+                            "--hidden-dim", "32", "--device", "cpu"])
+    assert "is not a folder" in results["fbank_no_cmvn"]["esc50"]["error"]
+    assert "pitch_acc" in results["fbank_no_cmvn"]["nsynth_pitch"]
+
+
+def test_side_by_side_s3prl_hubert_wav2vec2_and_ours_on_s3prl_recipes(tmp_path, tiny_ckpt):
+    """The user's command, as a subprocess: s3prl's real hubert_local and wav2vec2_local entries on tiny random
+    checkpoints in the converted format they load, our encodecmae_local (label=CKPT) and fbank_no_cmvn, over
+    s3prl's own speech_commands (v0.01 layout) and emotion (IEMOCAP meta_data) datasets."""
+    hubert = synthetic.write_tiny_hubert_checkpoint(tmp_path / "hubert_tiny.pt")
+    wav2vec2 = synthetic.write_tiny_wav2vec2_checkpoint(tmp_path / "wav2vec2_tiny.pt")
+    # 12 speakers per word: s3prl's speaker-hash split then puts some of every word into dev
+    train_root, test_root = synthetic.write_speech_commands(tmp_path / "sc", per_word=12, test_per_word=2)
+    iemocap, _ = synthetic.write_iemocap(tmp_path / "IEMOCAP", per_emotion=3)
+    out = tmp_path / "cmp"
+    upstreams = [f"hubert_local={hubert}", f"wav2vec2_local={wav2vec2}", f"mae_tiny={tiny_ckpt}", "fbank_no_cmvn"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "encodecmae_s3prl.compare", "--upstreams", ",".join(upstreams),
+         "--probes", "speech_commands,emotion", "--data", f"speech_commands={train_root},{test_root}",
+         "--data", f"emotion={iemocap}", "--out", str(out), "--mode", "weighted", "--grid-size", "2",
+         "--max-epochs", "90", "--hidden-dim", "128", "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["hubert_local", "wav2vec2_local", "mae_tiny", "fbank_no_cmvn"]
+    for upstream, row in results.items():
+        assert set(row) == {"speech_commands", "emotion"}
+        for probe, metrics in row.items():
+            assert "error" not in metrics, (upstream, probe, metrics)
+            assert 0.0 <= metrics["acc"] <= 1.0
+    assert results["fbank_no_cmvn"]["speech_commands"]["acc"] > 0.5  # 12 classes
+    assert results["fbank_no_cmvn"]["emotion"]["acc"] > 0.6  # 4 classes, mean of 5 session folds
+    details = json.loads((out / "details.json").read_text())
+    assert len(details["hubert_local"]["speech_commands"]["layer_weights"]) == 3  # conv features + 2 layers
+    assert len(details["mae_tiny"]["emotion"]["layer_weights"]) == 4  # embedding, 2 layers, output
+    assert len(details["fbank_no_cmvn"]["emotion"]["folds"]) == 5
+    table = (out / "results.md").read_text()
+    for line in ("- hubert_local / speech_commands: ", "- wav2vec2_local / emotion: ", "- mae_tiny / emotion: "):
+        assert line in table
+    assert "| fbank (no CMVN) |" in table  # baselines show under their paper-style names
+    assert (out / "results.png").stat().st_size > 0 and (out / "results.csv").is_file()
+
+
+def test_speech_commands_task_reads_s3prl_split(tmp_path):
+    """Same train/dev membership as s3prl's own split_dataset; _silence_ cut from the background noise."""
+    from encodecmae_s3prl import compat
+
+    compat.apply()
+    from s3prl.downstream.speech_commands.expert import split_dataset
+
+    train_root, test_root = synthetic.write_speech_commands(tmp_path / "sc", per_word=6, test_per_word=2)
+    task = hear_protocol.load_task("speech_commands", f"{train_root},{test_root}")
+    s3prl_train, s3prl_dev = split_dataset(train_root)
+    silence = task.classes.index("_silence_")
+    assert {c.path for c in task.splits["train"] if c.target[0] != silence} == {str(p) for _, p in s3prl_train}
+    assert {c.path for c in task.splits["dev"] if c.target[0] != silence} == {str(p) for _, p in s3prl_dev}
+    silences = [c for split in ("train", "dev") for c in task.splits[split] if c.target[0] == silence]
+    assert len(silences) == 6 and all(c.duration == 1.0 for c in silences)  # 2 noise files x 3 s
+    assert len({c.key for c in silences}) == 6
+    unknown = task.classes.index("_unknown_")
+    assert any(c.target[0] == unknown for c in task.splits["train"])  # bed/cat map to _unknown_
+    assert {task.classes[c.target[0]] for c in task.splits["test"]} == set(task.classes)
+    # the parent folder works too when it holds train/ and test/
+    assert len(hear_protocol.load_task("speech_commands", tmp_path / "sc").splits["test"]) == len(task.splits["test"])
 
 
 def test_weighted_sum_commutes_with_time_mean():
@@ -50,27 +172,26 @@ def test_weighted_sum_commutes_with_time_mean():
     np.testing.assert_allclose((w[:, None, None] * h).sum(0).mean(0), (w[:, None] * h.mean(1)).sum(0))
 
 
-def test_hear_api_for_our_upstream_and_an_s3prl_one(tmp_path):
-    import torch
-
+def test_hear_api_for_ours_hubert_and_fbank(tmp_path, tiny_ckpt):
     from encodecmae_s3prl import hear_api
-    from dataclasses import asdict
 
-    from encodecmae_s3prl.upstream.checkpoint import atomic_save
-    from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
-
-    model = build_model(model_config_from_yaml({"model": "tiny"}), seed=0)
-    path = tmp_path / "tiny.ckpt"
-    atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()}}, path)
-    for hear_model, size in ((hear_api.load_model(str(path), device="cpu"), 64),
-                             (hear_api.load_model("", upstream="fbank_no_cmvn", device="cpu"), None)):
-        audio = torch.randn(3, 16000) * 0.1
-        scene = hear_api.get_scene_embeddings(audio, hear_model)
-        frames, stamps = hear_api.get_timestamp_embeddings(audio, hear_model)
-        assert hear_model.sample_rate == 16000
-        assert scene.shape == (3, hear_model.scene_embedding_size)
-        assert frames.shape[0] == 3 and frames.shape[2] == hear_model.timestamp_embedding_size
+    hubert = synthetic.write_tiny_hubert_checkpoint(tmp_path / "hubert_tiny.pt")
+    models = {"ours": (hear_api.load_model(str(tiny_ckpt), device="cpu"), 64, 213 / 16),
+              "hubert": (hear_api.load_model(str(hubert), upstream="hubert_local", device="cpu"), 32, 20.0),
+              "fbank": (hear_api.load_model("", upstream="fbank_no_cmvn", device="cpu"), None, None)}
+    audio = torch.randn(3, 16000) * 0.1
+    for name, (model, size, hop_ms) in models.items():
+        scene = hear_api.get_scene_embeddings(audio, model)
+        frames, stamps = hear_api.get_timestamp_embeddings(audio, model)
+        assert model.sample_rate == 16000
+        assert scene.shape == (3, model.scene_embedding_size)
+        assert frames.shape[0] == 3 and frames.shape[2] == model.timestamp_embedding_size
         assert stamps.shape == frames.shape[:2] and torch.all(stamps[:, 1:] > stamps[:, :-1])
+        torch.testing.assert_close(scene, frames.mean(dim=1))
         if size:
-            assert hear_model.scene_embedding_size == size
-            assert abs(float(stamps[0, 1] - stamps[0, 0]) - 213 / 16) < 1e-3  # ms per frame
+            assert model.scene_embedding_size == size, name
+            assert float(stamps[0, 1] - stamps[0, 0]) == pytest.approx(hop_ms, abs=1e-3), name  # ms per frame
+    with pytest.raises(FileNotFoundError, match="no_such.pt"):
+        hear_api.load_model(str(tmp_path / "no_such.pt"), upstream="hubert_local")
+    with pytest.raises(ValueError, match="n_sounds, n_samples"):
+        hear_api.get_scene_embeddings(torch.zeros(16000), models["ours"][0])

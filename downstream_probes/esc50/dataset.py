@@ -4,14 +4,35 @@ from pathlib import Path
 
 from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits
 
+LAYOUT = "ROOT/meta/esc50.csv (filename,fold,target,category,...) and ROOT/audio/*.wav, as in the ESC-50 repository"
+COLUMNS = ("filename", "fold", "target", "category")
 
-def build_splits(root: Path, test_fold: str):
+
+def read_meta(root: Path) -> list[dict]:
     meta = root / "meta" / "esc50.csv"
     if not meta.is_file():
-        raise ProbeDataError(f"{meta} not found: esc50 expects meta/esc50.csv and audio/ as in the ESC-50 repository")
+        raise ProbeDataError(f"{meta} not found: esc50 expects {LAYOUT}")
     with open(meta, newline="") as handle:
         rows = list(csv.DictReader(handle))
+    missing = [c for c in COLUMNS if not rows or c not in rows[0]]
+    if missing:
+        raise ProbeDataError(f"{meta}: no rows, or columns {missing} missing (header must include {','.join(COLUMNS)})")
+    for line, row in enumerate(rows, start=2):
+        if not (row["fold"].strip().isdigit() and row["target"].strip().isdigit()):
+            raise ProbeDataError(f"{meta} line {line}: fold {row['fold']!r} and target {row['target']!r} must be "
+                                 f"integers")
+    return rows
+
+
+def folds(root: Path) -> list[str]:
+    return sorted({f"fold{int(r['fold'])}" for r in read_meta(root)}, key=lambda f: int(f[4:]))
+
+
+def build_splits(root: Path, test_fold: str):
+    rows = read_meta(root)
     names = {int(r["target"]): r["category"] for r in rows}
+    if sorted(names) != list(range(len(names))):
+        raise ProbeDataError(f"{root / 'meta' / 'esc50.csv'}: targets {sorted(names)} are not 0..{len(names) - 1}")
     classes = [names[i] for i in sorted(names)]
     by_fold = {}
     for r in rows:

@@ -9,16 +9,22 @@ from pathlib import Path
 from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits
 
 FOLDS = 10
+FOLD_NAMES = [f"fold{k}" for k in range(1, FOLDS + 1)]
+AUDIO_SUFFIXES = (".wav", ".au", ".flac")
+LAYOUT = "ROOT/genres/<genre>/<genre>.000NN.{wav,au} (one folder per genre, as in genres.tar.gz)"
 
 
 def build_splits(root: Path, test_fold: str):
     genres_dir = root / "genres" if (root / "genres").is_dir() else root
     genres = sorted(p.name for p in genres_dir.iterdir() if p.is_dir())
     if len(genres) < 2:
-        raise ProbeDataError(f"{genres_dir}: expected one folder per genre (genres/<genre>/*.wav)")
-    by_fold = {f"fold{k}": [] for k in range(1, FOLDS + 1)}
+        raise ProbeDataError(f"{genres_dir}: found {len(genres)} genre folder(s); gtzan_genre expects {LAYOUT}")
+    by_fold = {name: [] for name in FOLD_NAMES}
     for index, genre in enumerate(genres):
-        files = sorted(p for p in (genres_dir / genre).iterdir() if p.suffix.lower() in (".wav", ".au", ".flac"))
+        files = sorted(p for p in (genres_dir / genre).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        if len(files) < FOLDS:
+            raise ProbeDataError(f"{genres_dir / genre}: {len(files)} audio file(s) ({'/'.join(AUDIO_SUFFIXES)}); "
+                                 f"10-fold cross-validation needs at least {FOLDS} per genre ({LAYOUT})")
         for position, path in enumerate(files):
-            by_fold[f"fold{position % FOLDS + 1}"].append(Clip(str(path), (index,)))
+            by_fold[FOLD_NAMES[position % FOLDS]].append(Clip(str(path), (index,)))
     return fold_splits(by_fold, test_fold), genres

@@ -1,38 +1,87 @@
 """Any HEAR 2021 task as ``hear-preprocess`` writes it (DESIGN §6): ``task_metadata.json``,
 ``labelvocabulary.csv`` (idx,label), ``<split>.json`` (file -> labels), audio in ``16000/<split>/``.
 
-Scene-level tasks only (one embedding per clip), multiclass or multilabel; folds as the metadata says.
+Scene-level tasks only (one embedding per clip), multiclass or multilabel; folds as the metadata says:
+``trainvaltest`` uses train/valid/test, ``new_split_kfold`` and ``presplit_kfold`` use HEAR's fold rule.
 """
 import csv
 import json
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits
+from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits, natural_key
+
+LAYOUT = ("TASK/task_metadata.json, TASK/labelvocabulary.csv (idx,label), TASK/<split>.json and "
+          "TASK/16000/<split>/<file>, as hear-preprocess writes a task")
+SPLIT_MODES = ("trainvaltest", "new_split_kfold", "presplit_kfold")
+PREDICTION_TYPES = ("multiclass", "multilabel")
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise ProbeDataError(f"{path} not found: the hear probe expects {LAYOUT}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ProbeDataError(f"{path} is not valid JSON ({err}); re-run hear-preprocess for this task")
 
 
 def read_task(root: Path) -> dict:
+    """task_metadata.json, checked for what this probe needs."""
     meta_path = root / "task_metadata.json"
-    if not meta_path.is_file():
-        raise ProbeDataError(f"{meta_path} not found: the hear probe expects a task folder written by hear-preprocess")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_json(meta_path)
     if meta.get("embedding_type") != "scene":
-        raise ProbeDataError(f"{root}: embedding_type {meta.get('embedding_type')!r}; only scene tasks are supported")
+        raise ProbeDataError(f"{meta_path}: embedding_type {meta.get('embedding_type')!r}; the hear probe takes scene "
+                             f"tasks (one label set per clip), not event (timestamp) tasks")
+    if meta.get("prediction_type") not in PREDICTION_TYPES:
+        raise ProbeDataError(f"{meta_path}: prediction_type {meta.get('prediction_type')!r} is not one of "
+                             f"{PREDICTION_TYPES}")
+    if meta.get("split_mode") not in SPLIT_MODES:
+        raise ProbeDataError(f"{meta_path}: split_mode {meta.get('split_mode')!r} is not one of {SPLIT_MODES}")
+    if meta["split_mode"] != "trainvaltest" and not meta.get("splits"):
+        raise ProbeDataError(f"{meta_path}: a k-fold task must list its folds in 'splits'")
     return meta
+
+
+def folds(root: Path) -> list:
+    meta = read_task(root)
+    return [None] if meta["split_mode"] == "trainvaltest" else sorted(meta["splits"], key=natural_key)
+
+
+def metrics(meta: dict) -> tuple:
+    if meta["prediction_type"] == "multilabel":
+        return ("mAP",)
+    if "pitch_acc" in meta.get("evaluation", []):
+        return ("pitch_acc", "chroma_acc")
+    return ("acc",)
 
 
 def build_splits(root: Path, test_fold: str | None):
     meta = read_task(root)
-    with open(root / "labelvocabulary.csv", newline="") as handle:
+    vocabulary = root / "labelvocabulary.csv"
+    if not vocabulary.is_file():
+        raise ProbeDataError(f"{vocabulary} not found: the hear probe expects {LAYOUT}")
+    with open(vocabulary, newline="") as handle:
         rows = list(csv.DictReader(handle))
+    if not rows or "idx" not in rows[0] or "label" not in rows[0]:
+        raise ProbeDataError(f"{vocabulary}: expected a header idx,label and one row per class")
     classes = [r["label"] for r in sorted(rows, key=lambda r: int(r["idx"]))]
     index = {label: i for i, label in enumerate(classes)}
 
     def split_clips(split: str):
-        labels = json.loads((root / f"{split}.json").read_text())
-        return [Clip(str(root / "16000" / split / name), tuple(index[str(l)] for l in values))
-                for name, values in sorted(labels.items())]
+        labels_path = root / f"{split}.json"
+        labels = _read_json(labels_path)
+        clips = []
+        for name, values in sorted(labels.items()):
+            values = values if isinstance(values, list) else [values]
+            unknown = [v for v in values if str(v) not in index]
+            if unknown:
+                raise ProbeDataError(f"{labels_path}: {name} has label(s) {unknown} missing from {vocabulary}")
+            if meta["prediction_type"] == "multiclass" and len(values) != 1:
+                raise ProbeDataError(f"{labels_path}: {name} has {len(values)} labels in a multiclass task")
+            clips.append(Clip(str(root / "16000" / split / name), tuple(index[str(v)] for v in values)))
+        return clips
 
     if meta["split_mode"] == "trainvaltest":
         return {"train": split_clips("train"), "dev": split_clips("valid"), "test": split_clips("test")}, classes, meta
     by_fold = {split: split_clips(split) for split in meta["splits"]}
-    return fold_splits(by_fold, test_fold or sorted(by_fold)[0]), classes, meta
+    return fold_splits(by_fold, test_fold or sorted(by_fold, key=natural_key)[0]), classes, meta

@@ -10,16 +10,30 @@ from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError
 LOWEST, HIGHEST = 21, 108
 CLASSES = [str(p) for p in range(LOWEST, HIGHEST + 1)]
 SPLITS = {"train": "nsynth-train", "dev": "nsynth-valid", "test": "nsynth-test"}
+LAYOUT = "ROOT/nsynth-{train,valid,test}/examples.json and ROOT/nsynth-*/audio/<note>.wav (Magenta's json/wav release)"
+
+
+def read_examples(meta: Path) -> dict:
+    if not meta.is_file():
+        raise ProbeDataError(f"{meta} not found: nsynth_pitch expects {LAYOUT}")
+    try:
+        examples = json.loads(meta.read_text())
+    except json.JSONDecodeError as err:
+        raise ProbeDataError(f"{meta} is not valid JSON ({err}); re-extract it from Magenta's nsynth-*.jsonwav.tar.gz")
+    if not isinstance(examples, dict):
+        raise ProbeDataError(f"{meta}: expected a JSON object note_str -> {{'pitch': ..., ...}}, got "
+                             f"{type(examples).__name__}")
+    for name, info in examples.items():
+        if not isinstance(info, dict) or not isinstance(info.get("pitch"), int):
+            raise ProbeDataError(f"{meta}: note {name!r} has no integer 'pitch' field (MIDI number); every entry of "
+                                 f"Magenta's examples.json has one")
+    return examples
 
 
 def build_splits(root: Path):
     splits = {}
     for split, folder in SPLITS.items():
-        meta = root / folder / "examples.json"
-        if not meta.is_file():
-            raise ProbeDataError(f"{meta} not found: nsynth_pitch expects {root}/nsynth-{{train,valid,test}}/"
-                                 f"examples.json and audio/ as distributed by Magenta")
-        examples = json.loads(meta.read_text())
-        splits[split] = [Clip(str(root / folder / "audio" / f"{name}.wav"), (int(info["pitch"]) - LOWEST,))
-                         for name, info in sorted(examples.items()) if LOWEST <= int(info["pitch"]) <= HIGHEST]
+        examples = read_examples(root / folder / "examples.json")
+        splits[split] = [Clip(str(root / folder / "audio" / f"{name}.wav"), (info["pitch"] - LOWEST,))
+                         for name, info in sorted(examples.items()) if LOWEST <= info["pitch"] <= HIGHEST]
     return splits, CLASSES
