@@ -4,7 +4,8 @@
 
 RTF = compute seconds / audio seconds (lower is better; 0.01 = 100x faster than real time).
 Random-init weights (sizes are what matter); the EnCodec is random-init when offline, same cost.
-Prints one markdown row per size for benchmarks/RESULTS.md.
+Prints one markdown row per size for benchmarks/README.md, with the model's GFLOP per audio second
+and the share of the plain-matmul ceiling it sustains.
 """
 import argparse
 import os
@@ -12,6 +13,8 @@ import platform
 import time
 
 import torch
+
+from limits import count_gflop, matmul_gflops
 
 os.environ.setdefault("ENCODEC_CKPT", "random")
 
@@ -31,6 +34,8 @@ def main():
     from encodecmae_s3prl.upstream.precision import autocast
 
     device = torch.device(args.device)
+    ceiling = matmul_gflops(device)
+    print(f"plain 2048^2 fp32 matmul: {ceiling:.0f} GFLOP/s")
     wavs = [torch.randn(int(args.seconds * 16000), device=device) * 0.1 for _ in range(args.batch)]
     for size in args.sizes.split(","):
         expert = UpstreamExpert.from_model(build_model(model_config_from_yaml({"model": size}), seed=0)).to(device)
@@ -44,9 +49,11 @@ def main():
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = (time.perf_counter() - start) / args.repeats
+            gflop = count_gflop(lambda: expert(wavs))
         audio = args.seconds * args.batch
         name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
         print(f"| extraction RTF {size} ({args.precision}) | {elapsed / audio:.4f} | {audio / elapsed:.1f}x real time | "
+              f"{gflop / audio:.1f} GFLOP per audio-s, {gflop / elapsed:.0f} GFLOP/s = {gflop / elapsed / ceiling:.0%} of matmul | "
               f"{name} | batch {args.batch} x {args.seconds:.0f} s |")
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from limits import count_gflop, matmul_gflops
+
 os.environ.setdefault("ENCODEC_CKPT", "random")
 
 from encodecmae_s3prl.pretrain_task.corpus import CropLoader, CropSampler, load_corpus  # noqa: E402
@@ -54,6 +56,8 @@ def main():
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
     device = torch.device(args.device)
+    ceiling = matmul_gflops(device)
+    print(f"plain 2048^2 fp32 matmul: {ceiling:.0f} GFLOP/s")
 
     lengths = torch.full((128,), 300)
     start = time.perf_counter()
@@ -99,12 +103,20 @@ def main():
                 totals["encodec"] += t2 - t1
                 totals["step"] += t3 - t2
         n = args.steps
+
+        def one_step():
+            with autocast(device, args.precision):
+                model(wav, lens, generator=torch.Generator().manual_seed(0)).loss.backward()
+        gflop = count_gflop(one_step)
+        optimizer.zero_grad()
         step_time = totals["data"] / n + totals["step"] / n
         audio = float(lens.sum()) / 24000
         transformer = totals["step"] / n - totals["encodec"] / n
         print(f"| train {size} ({args.precision}) | {audio / step_time:.2f} audio-s/s | step {step_time:.2f} s | "
               f"data {totals['data'] / n:.3f} s, EnCodec {totals['encodec'] / n:.2f} s, "
-              f"transformer+loss+optimizer {transformer:.2f} s | batch {args.batch} x 4 s | {device} |")
+              f"transformer+loss+optimizer {transformer:.2f} s | {gflop / audio:.1f} GFLOP per audio-s, "
+              f"{gflop / (totals['step'] / n):.0f} GFLOP/s = {gflop / (totals['step'] / n) / ceiling:.0%} of matmul | "
+              f"batch {args.batch} x 4 s | {device} |")
 
 
 if __name__ == "__main__":

@@ -71,14 +71,14 @@ class UpstreamPretrainExpert(nn.Module):
 
         files = load_corpus(datarc["corpus"], progress=self.rank == 0)
         self.seed = int(datarc.get("seed", 0))
-        self.sampler = CropSampler(files, int(datarc["train_batch_size"]), float(datarc.get("crop_seconds", 4.0)),
-                                   seed=self.seed, rank=self.rank, world_size=self.world_size)
         self.targets = None
         if datarc.get("target_store"):
             from encodecmae_s3prl.pretrain_task.self_training import TargetStore
 
             self.targets = TargetStore.open(datarc["target_store"])
-            self.targets.check(files, self.model_config.extra_targets)
+            files = self.targets.check(files, self.model_config.extra_targets)
+        self.sampler = CropSampler(files, int(datarc["train_batch_size"]), float(datarc.get("crop_seconds", 4.0)),
+                                   seed=self.seed, rank=self.rank, world_size=self.world_size)
 
         self.model = build_model(self.model_config, seed=self.seed)
         if datarc.get("init_from"):

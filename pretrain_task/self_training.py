@@ -21,9 +21,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -65,21 +66,30 @@ class TargetStore:
                                    f"{index['total_frames']}: the store is corrupt, rebuild it")
         return cls(folder, codes, index)
 
-    def check(self, files: Sequence[AudioFile], k: int) -> None:
-        """Every corpus file is in the store with the right length, and k matches the model's extra head."""
+    def check(self, files: Sequence[AudioFile], k: int) -> List[AudioFile]:
+        """The corpus files to train on: every file is in the store with the right length (files the store
+        skipped as unreadable are dropped, and said so once), and k matches the model's extra head."""
         if k != self.k:
             raise TargetStoreError(f"target store {self.folder} has k={self.k} but the model config has "
                                    f"extra_targets={k}: use the config_model_st.yaml written with the store")
-        missing = [f.path for f in files if f.path not in self.index["files"]]
+        skipped = set(self.index.get("skipped", []))
+        usable = [f for f in files if f.path not in skipped]
+        if len(usable) < len(files):
+            print(f"[self-training] {len(files) - len(usable)} unreadable corpus file(s) have no targets in "
+                  f"{self.folder}; training without them", file=sys.stderr)
+        missing = [f.path for f in usable if f.path not in self.index["files"]]
         if missing:
             raise TargetStoreError(f"{len(missing)} corpus file(s) have no targets in {self.folder} "
                                    f"(first: {missing[0]}): the store was built from another corpus")
-        for f in files:
+        if not usable:
+            raise TargetStoreError(f"no corpus file has targets in {self.folder}: rebuild the store")
+        for f in usable:
             expected = math.ceil(f.seconds * FRAME_RATE)
             stored = self.index["files"][f.path][1]
             if abs(stored - expected) > 1:
                 raise TargetStoreError(f"{f.path}: {stored} target frames stored, {expected} expected from its "
                                        f"length; the file changed since the store was built")
+        return usable
 
     def slice(self, path: str, start_seconds: float, frames: int) -> torch.Tensor:
         """(frames,) long codes of a crop starting at ``start_seconds``, -100 past the file's end."""

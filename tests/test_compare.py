@@ -2,6 +2,7 @@
 hubert_local / wav2vec2_local entries next to ours on s3prl's recipes, and the HEAR 2021 API."""
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -195,3 +196,29 @@ def test_hear_api_for_ours_hubert_and_fbank(tmp_path, tiny_ckpt):
         hear_api.load_model(str(tmp_path / "no_such.pt"), upstream="hubert_local")
     with pytest.raises(ValueError, match="n_sounds, n_samples"):
         hear_api.get_scene_embeddings(torch.zeros(16000), models["ours"][0])
+
+
+@pytest.mark.parametrize("recipe", ["speech_commands", "emotion"])
+def test_our_upstream_in_s3prl_recipes_through_run_downstream(tmp_path, tiny_ckpt, recipe):
+    """``run_downstream.py -u encodecmae_local -k CKPT -d speech_commands|emotion``: train a few steps with the
+    weighted sum of our layers, then ``-m evaluate -e`` in a fresh process rebuilds our upstream from the args
+    stored in s3prl's checkpoint and reports test accuracy."""
+    from conftest import run_script
+
+    if recipe == "speech_commands":
+        train_root, test_root = synthetic.write_speech_commands(tmp_path / "sc", per_word=6, test_per_word=1)
+        data = (f"config.downstream_expert.datarc.speech_commands_root={train_root},,"
+                f"config.downstream_expert.datarc.speech_commands_test_root={test_root},,"
+                "config.downstream_expert.datarc.batch_size=8")
+    else:
+        root, meta = synthetic.write_iemocap(tmp_path / "IEMOCAP", per_emotion=2)
+        data = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
+                "config.downstream_expert.datarc.train_batch_size=8,,config.runner.gradient_accumulate_steps=1")
+    overrides = (f"{data},,config.downstream_expert.datarc.num_workers=0,,config.runner.total_steps=6,,"
+                 "config.runner.log_step=3,,config.runner.eval_step=100,,config.runner.save_step=6")
+    exp = tmp_path / "exp"
+    run_script("run_downstream.py", "-m", "train", "-u", "encodecmae_local", "-k", str(tiny_ckpt), "-d", recipe,
+               "-p", str(exp), "-o", overrides, cwd=tmp_path)
+    out = run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-6.ckpt"), cwd=tmp_path)
+    accuracies = [float(v) for v in re.findall(r"^test acc: ([0-9.]+)", out, flags=re.M)]
+    assert accuracies and 0.0 <= accuracies[-1] <= 1.0, out[-2000:]

@@ -1,5 +1,6 @@
 """Pretraining through s3prl's runner: loss goes down, checkpoints load upstream, resume is exact, ST, DDP."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ FAST = ("config.pretrain_expert.datarc.train_batch_size=4,,config.pretrain_exper
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Mixed rates and channels, one corrupt file, one empty file."""
+    """Mono/stereo at 8-48 kHz, one corrupt, one empty, one silent and one all-NaN file."""
     root = tmp_path_factory.mktemp("corpus")
     rng = np.random.default_rng(0)
     for i in range(12):
@@ -30,6 +31,8 @@ def corpus(tmp_path_factory):
             write_wav(root / f"note{i}.wav", wav, rate)
     (root / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunkjunk")
     soundfile.write(root / "empty.wav", np.zeros(0, np.float32), 16000)
+    soundfile.write(root / "silent.wav", np.zeros(3 * 24000, np.float32), 24000)
+    soundfile.write(root / "nan.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     return root
 
 
@@ -129,7 +132,8 @@ def test_self_training_stage_end_to_end(tmp_path, corpus):
              "--clusters", "8", "--iterations", "5"])
     store = TargetStore.open(store_dir)
     files = load_corpus([str(corpus)], progress=False)
-    store.check(files, 8)  # every file, its length in 75 Hz frames, k
+    usable = store.check(files, 8)  # every file, its length in 75 Hz frames, k
+    assert sorted(Path(f.path).name for f in files if f not in usable) == ["nan.wav"]  # unreadable: no targets
     with pytest.raises(TargetStoreError, match="k=8"):
         store.check(files, 16)
     codes = np.asarray(store.codes)
