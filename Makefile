@@ -14,4 +14,7 @@ demo: setup
 	$(PY) -m encodecmae_s3prl.demo
 
 bench: setup
+	$(PY) benchmarks/limits.py
 	$(PY) benchmarks/extraction_rtf.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/data_pipeline.py

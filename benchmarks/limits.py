@@ -28,3 +28,23 @@ def count_gflop(fn) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 1e9
+
+
+def main():
+    """Print the matmul ceilings: fp32, and bf16 (which decides whether bf16 autocast pays off here)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    fp32 = matmul_gflops(device)
+    # emulated bf16 on an AVX2-only CPU is ~1000x slower: a smaller matmul keeps this to seconds
+    size = 2048 if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported() else 512
+    bf16 = matmul_gflops(device, torch.bfloat16, size=size, repeats=3)
+    print(f"| matmul ceiling | fp32 2048²: {fp32:.1f} GFLOP/s | bf16 {size}²: {bf16:.2f} GFLOP/s | "
+          f"bf16/fp32 = {bf16 / fp32:.3g} | {device} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -268,7 +268,7 @@ class CropLoader:
     """What s3prl's pretrain runner iterates: endless batches starting at ``start_batch``.
 
     Two interchangeable backends give identical batches: ``torch`` (a DataLoader with worker
-    processes; the default, measured 1.4x faster here, see benchmarks/RESULTS.md) and ``fairseq2``
+    processes; the default, measured 1.4x faster here, see benchmarks/README.md) and ``fairseq2``
     (its data pipeline: a thread pool, lighter on memory, but our per-crop Python code holds
     the GIL part of the time). ``dataset`` and ``len()`` are what the runner reads for epochs.
     """
