@@ -8,7 +8,7 @@ import torchaudio
 
 import encodecmae_s3prl  # noqa: F401  (registers the hub entries)
 from encodecmae_s3prl.extract import main as extract_main
-from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+from encodecmae_s3prl.synthetic import harmonic_tone, write_tiny_encodecmae_checkpoint, write_wav
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, atomic_save
 from encodecmae_s3prl.upstream.expert import DOWNSAMPLE_RATE, UpstreamExpert
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
@@ -27,15 +27,7 @@ def clip(seconds, freq=220.0, seed=0):
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     """A checkpoint as run_pretrain.py -u encodecmae writes it: tiny model, random codec fitted to tones."""
-    from dataclasses import asdict
-
-    model = build_model(model_config_from_yaml({"model": "tiny"}), seed=0)
-    model.codec.init_from_audio([torch.from_numpy(harmonic_tone(f, 2.0, 24000, np.random.default_rng(0)))
-                                 for f in (110, 220, 330, 440)], seed=0)
-    path = tmp_path_factory.mktemp("ckpt") / "states-1.ckpt"
-    atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()},
-                 "Step": 1}, path)
-    return path
+    return write_tiny_encodecmae_checkpoint(tmp_path_factory.mktemp("ckpt") / "states-1.ckpt")
 
 
 @pytest.fixture(scope="module")
