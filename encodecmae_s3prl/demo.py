@@ -1,8 +1,8 @@
 """``make demo``: the whole pipeline, offline, on a 2-core CPU in well under 20 minutes.
 
 1. writes a small deterministic corpus (music notes of many pitches and timbres, environmental-like
-   sounds, spoken words when espeak-ng is installed) and two probe datasets (NSynth-layout pitch,
-   ESC-50-layout sound classes) with instruments and recordings unseen in the corpus;
+   sounds, spoken words when espeak-ng is installed) and two probe datasets (NSynth-layout pitch whose
+   test instrument has a timbre unseen in training, ESC-50-layout sound classes), none of it in the corpus;
 2. pretrains the ``tiny`` EnCodecMAE through ``run_pretrain.py -u encodecmae`` (s3prl's runner);
 3. compares it, under the HEAR protocol, with the EnCodec features (EC), a random-init MAE on the
    same codec (ECMAE-R) and s3prl's ``fbank_no_cmvn``; prints the table and where everything is.
@@ -72,8 +72,9 @@ def main(argv=None) -> None:
 
     print("[1/3] writing the corpus and the probe datasets")
     corpus = write_corpus(out / "corpus")
-    probes = {"nsynth_pitch": synthetic.write_nsynth(out / "probes" / "nsynth", pitches=range(48, 72),
-                                                     instruments=4),
+    # the test instrument's timbre (8 harmonics) is unlike the training ones (2-4): pitch must transfer across timbre
+    probes = {"nsynth_pitch": synthetic.write_nsynth(out / "probes" / "nsynth", pitches=range(36, 84),
+                                                     instruments=3, test_harmonics=8),
               "esc50": synthetic.write_esc50(out / "probes" / "esc50", classes=8, per_fold=4, seed=1)}
 
     print(f"[2/3] pretraining the tiny EnCodecMAE for {args.steps} steps (s3prl's runner)")

@@ -144,19 +144,24 @@ def sound_class(index: int, seconds: float, rate: int, rng: np.random.Generator)
                          noise=0.02)
 
 
-def write_nsynth(root: Path, pitches=range(60, 72), instruments: int = 3, seed: int = 0) -> Path:
+def write_nsynth(root: Path, pitches=range(60, 72), instruments: int = 3, seed: int = 0,
+                 test_harmonics: int | None = None) -> Path:
     """``nsynth-{train,valid,test}/examples.json`` + ``audio/<note>.wav`` (16 kHz, 1 s notes); instruments
-    differ in timbre and the test split uses an instrument unseen in training."""
+    differ in timbre (2 + i % 4 harmonics) and the test split uses an instrument unseen in training;
+    ``test_harmonics`` gives it a timbre unlike any training one (a harder, cross-timbre pitch test)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     plan = {"nsynth-train": range(instruments), "nsynth-valid": [instruments], "nsynth-test": [instruments + 1]}
     for folder, family in plan.items():
         examples = {}
         for instrument in family:
+            harmonics = 2 + instrument % 4
+            if folder == "nsynth-test" and test_harmonics is not None:
+                harmonics = test_harmonics
             for pitch in pitches:
                 name = f"synth_{instrument:03d}-{pitch:03d}-100"
                 freq = 440.0 * 2 ** ((pitch - 69) / 12)
-                wav = harmonic_tone(freq, 1.0, 16000, rng, harmonics=2 + instrument % 4)
+                wav = harmonic_tone(freq, 1.0, 16000, rng, harmonics=harmonics)
                 write_wav(root / folder / "audio" / f"{name}.wav", wav, 16000)
                 examples[name] = {"pitch": pitch, "instrument": instrument, "velocity": 100,
                                   "instrument_family_str": "synth_lead"}
