@@ -122,10 +122,11 @@ def natural_key(name: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
-def fold_splits(items_by_fold: Dict[str, list], test_fold: str) -> Dict[str, list]:
+def fold_splits(items_by_fold: Dict[str, list], test_fold: str | None = None) -> Dict[str, list]:
     """HEAR's k-fold rule: fold i tests, fold i+1 (mod k) validates, the rest train (folds in natural order:
-    fold2 before fold10)."""
+    fold2 before fold10). No ``test_fold``: the first fold tests."""
     folds = sorted(items_by_fold, key=natural_key)
+    test_fold = test_fold or folds[0]
     if test_fold not in folds:
         raise ProbeDataError(f"datarc.test_fold {test_fold!r} is not one of the dataset's folds {folds}: pick one with "
                              f"-o config.downstream_expert.datarc.test_fold=NAME")

@@ -148,9 +148,8 @@ def embed_clips(upstream, clips: Sequence[Clip], device: str = "cpu", batch_size
     return np.stack(pooled).astype(np.float32)
 
 
-def cache_path(cache_dir: Path, upstream_key: str, task: ProbeTask) -> Path:
+def cache_path(cache_dir: Path, upstream_key: str, task: ProbeTask, keys: Sequence[str]) -> Path:
     """One file per (upstream, task): the key names the upstream (entry, checkpoint identity) and the clip list."""
-    keys = sorted({clip.key for clips in task.splits.values() for clip in clips})
     digest = hashlib.sha1("\n".join([upstream_key, *keys]).encode()).hexdigest()[:16]
     label = "".join(c if c.isalnum() or c in "-_." else "_" for c in upstream_key.split("|")[0])
     return Path(cache_dir) / f"{label}-{task.name}-{digest}.npy"
@@ -161,7 +160,7 @@ def embed_splits(get_upstream: Callable[[], nn.Module], upstream_key: str, task:
     """{split: {"x": (N, layers, dim), "y": targets}}. The cache holds every clip of the task once, so every
     fold of a k-fold task and every rerun reuses it; ``get_upstream`` is only called on a cache miss."""
     keys = sorted({clip.key for clips in task.splits.values() for clip in clips})
-    cache = cache_path(cache_dir, upstream_key, task)
+    cache = cache_path(cache_dir, upstream_key, task, keys)
     if cache.is_file():
         x = np.load(cache)
     else:

@@ -135,4 +135,4 @@ def emotion_splits(spec: str | Path, test_fold: str | None) -> tuple[Dict[str, L
             raise ProbeDataError(f"{path}: an entry lacks 'path'/'label' or has a label outside {sorted(labels)} "
                                  f"({err})")
     classes = [name for name, _ in sorted(labels.items(), key=lambda item: item[1])]
-    return fold_splits(by_fold, test_fold or sorted(by_fold)[0]), classes
+    return fold_splits(by_fold, test_fold), classes

@@ -48,7 +48,7 @@ def write_corpus(root: Path, seed: int = 0) -> Path:
                             synthetic.sound_class(n % 8, float(rng.uniform(2, 4)), 24000, rng), 24000)
     words = ["music", "sound", "pitch", "tone", "cat", "dog", "rain", "bird"]
     for n, word in enumerate(words * 3):
-        synthetic._espeak_word(word, root / "speech" / f"{word}{n}.wav", pitch=30 + 5 * (n % 8), speed=150)
+        synthetic.espeak_word(word, root / "speech" / f"{word}{n}.wav", pitch=30 + 5 * (n % 8), speed=150)
     return root
 
 

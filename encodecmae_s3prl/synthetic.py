@@ -33,7 +33,7 @@ def write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
-def _espeak_word(word: str, path: Path, pitch: int, speed: int) -> bool:
+def espeak_word(word: str, path: Path, pitch: int, speed: int) -> bool:
     """Write ``word`` spoken by espeak-ng at 16 kHz; False when espeak-ng or sox is unavailable."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         return False
@@ -64,7 +64,7 @@ def write_speech_commands(root: Path, per_word: int = 12, test_per_word: int = 3
     validation, testing = [], []
 
     def one(path: Path, word_index: int, word: str) -> None:
-        if spoken and _espeak_word(word, path, pitch=int(rng.integers(30, 70)), speed=int(rng.integers(140, 200))):
+        if spoken and espeak_word(word, path, pitch=int(rng.integers(30, 70)), speed=int(rng.integers(140, 200))):
             return
         freq = 220.0 * 2 ** (word_index / 3)  # a minor third apart: easy to tell apart
         write_wav(path, harmonic_tone(freq * rng.uniform(0.98, 1.02), 1.0, 16000, rng), 16000)

@@ -2,7 +2,7 @@
 import csv
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits
+from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits, natural_key
 
 LAYOUT = "ROOT/meta/esc50.csv (filename,fold,target,category,...) and ROOT/audio/*.wav, as in the ESC-50 repository"
 COLUMNS = ("filename", "fold", "target", "category")
@@ -25,10 +25,10 @@ def read_meta(root: Path) -> list[dict]:
 
 
 def folds(root: Path) -> list[str]:
-    return sorted({f"fold{int(r['fold'])}" for r in read_meta(root)}, key=lambda f: int(f[4:]))
+    return sorted({f"fold{int(r['fold'])}" for r in read_meta(root)}, key=natural_key)
 
 
-def build_splits(root: Path, test_fold: str):
+def build_splits(root: Path, test_fold: str | None = None):
     rows = read_meta(root)
     names = {int(r["target"]): r["category"] for r in rows}
     if sorted(names) != list(range(len(names))):

@@ -11,4 +11,4 @@ class DownstreamExpert(PooledProbeExpert):
         return folds(root)
 
     def build_splits(self, root):
-        return build_splits(root, self.datarc.get("test_fold") or "fold1")
+        return build_splits(root, self.datarc.get("test_fold"))

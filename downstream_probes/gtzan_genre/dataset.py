@@ -14,7 +14,7 @@ AUDIO_SUFFIXES = (".wav", ".au", ".flac")
 LAYOUT = "ROOT/genres/<genre>/<genre>.000NN.{wav,au} (one folder per genre, as in genres.tar.gz)"
 
 
-def build_splits(root: Path, test_fold: str):
+def build_splits(root: Path, test_fold: str | None = None):
     genres_dir = root / "genres" if (root / "genres").is_dir() else root
     genres = sorted(p.name for p in genres_dir.iterdir() if p.is_dir())
     if len(genres) < 2:

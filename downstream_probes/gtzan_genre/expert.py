@@ -11,4 +11,4 @@ class DownstreamExpert(PooledProbeExpert):
         return list(FOLD_NAMES)
 
     def build_splits(self, root):
-        return build_splits(root, self.datarc.get("test_fold") or FOLD_NAMES[0])
+        return build_splits(root, self.datarc.get("test_fold"))

@@ -84,4 +84,4 @@ def build_splits(root: Path, test_fold: str | None):
     if meta["split_mode"] == "trainvaltest":
         return {"train": split_clips("train"), "dev": split_clips("valid"), "test": split_clips("test")}, classes, meta
     by_fold = {split: split_clips(split) for split in meta["splits"]}
-    return fold_splits(by_fold, test_fold or sorted(by_fold, key=natural_key)[0]), classes, meta
+    return fold_splits(by_fold, test_fold), classes, meta
