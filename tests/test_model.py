@@ -17,6 +17,7 @@ from encodecmae_s3prl.upstream.import_v1 import (V1CheckpointError, config_from_
 from encodecmae_s3prl.upstream.masking import gather_visible, masked_counts, scatter_back, span_mask
 from encodecmae_s3prl.upstream.model import (IGNORE, EncodecMAE, EncodecMAEConfig, frame_cross_entropy,
                                              get_config, masked_prediction_loss)
+from v1_reference import SMALL, V1Spec, make_v1_checkpoint, ref_positions, ref_stack
 
 torch.set_num_threads(2)
 
@@ -36,103 +37,25 @@ def tones(lengths, seed=0):
     return wav, torch.tensor(lengths)
 
 
-# --- (a) v1 parity: an independent straightforward implementation of the v1 spec ---------------------
-V1_DIM, V1_HEADS, V1_LAYERS, V1_FF, V1_Q = 32, 4, 2, 64, 8
-
-
-def make_v1_checkpoint(folder):
-    """A tiny random checkpoint in the published v1 layout, config.gin beside it; returns the EnCodec used."""
-    from encodec import EncodecModel
-
-    torch.manual_seed(1)
-    with pytest.warns(FutureWarning):  # encodec still uses the deprecated weight_norm
-        encodec = EncodecModel.encodec_model_24khz(pretrained=False)
-    for layer in encodec.quantizer.vq.layers:  # give the RVQ real codebooks (random init leaves zeros)
-        layer._codebook.embed.normal_()
-        layer._codebook.inited.fill_(1)
-
-    def rand(*shape, scale=0.2):
-        return torch.randn(*shape) * scale
-
-    state = {f"wav_encoder.model.{k}": v for k, v in encodec.encoder.state_dict().items()}
-    state.update({f"target_encoder.model.{k}": v for k, v in encodec.quantizer.state_dict().items()})
-    state.update({"feat_projector.weight": rand(V1_DIM, 128, scale=0.05), "feat_projector.bias": rand(V1_DIM),
-                  "decoder_projector.weight": rand(V1_DIM, V1_DIM), "decoder_projector.bias": rand(V1_DIM),
-                  "positional_encoder.scale": torch.tensor(0.7),
-                  "head.layer.weight": rand(V1_Q * 1024, V1_DIM), "head.layer.bias": rand(V1_Q * 1024)})
-    for stack in ("visible_encoder", "decoder"):
-        # v1 shares one feed-forward module across a stack's layers
-        ff = {"ff_layer.0.weight": rand(V1_FF, V1_DIM), "ff_layer.0.bias": rand(V1_FF),
-              "ff_layer.2.weight": rand(V1_DIM, V1_FF), "ff_layer.2.bias": rand(V1_DIM)}
-        for i in range(V1_LAYERS):
-            prefix = f"{stack}.encoder_layers.{i}."
-            for w in ("wq", "wk", "wv", "wo"):
-                state[prefix + f"att_layer.{w}.weight"] = rand(V1_DIM, V1_DIM, scale=0.3)
-            for name, value in ff.items():
-                state[prefix + name] = value
-            for norm in ("norm1", "norm2"):
-                state[prefix + f"{norm}.weight"] = 1 + rand(V1_DIM, scale=0.1)
-                state[prefix + f"{norm}.bias"] = rand(V1_DIM, scale=0.1)
-        state[f"{stack}.final_norm.weight"] = 1 + rand(V1_DIM, scale=0.1)
-        state[f"{stack}.final_norm.bias"] = rand(V1_DIM, scale=0.1)
-    path = folder / "model.pt"
-    torch.save({"state_dict": state}, path)
-    (folder / "config.gin").write_text(
-        f"NUM_ENCODEC_TARGETS={V1_Q}\nMODEL_DIM={V1_DIM}\nNUM_ENCODER_LAYERS={V1_LAYERS}\n"
-        f"NUM_ENCODER_HEADS={V1_HEADS}\nNUM_DECODER_LAYERS={V1_LAYERS}\nNUM_DECODER_HEADS={V1_HEADS}\n"
-        "MASKED_LOSS_WEIGHT=0.9\n"
-        "tasks.models.EncodecMAE:\n    masked_weight=%MASKED_LOSS_WEIGHT\n"
-        "encoder/tasks.models.transformers.MultiHeadAttention:\n    model_dim=%MODEL_DIM\n"
-        "    num_heads=%NUM_ENCODER_HEADS\n"
-        "decoder/tasks.models.transformers.MultiHeadAttention:\n    num_heads=%NUM_DECODER_HEADS\n")
-    return path, state, encodec
-
-
-def ref_positions(frames, dim, scale):
-    table = torch.zeros(frames, dim)
-    for t in range(frames):
-        for i in range(0, dim, 2):
-            angle = t / 10000 ** (i / dim)
-            table[t, i], table[t, i + 1] = math.sin(angle), math.cos(angle)
-    return scale * table
-
-
-def ref_attention(x, state, prefix):
-    """One clip (T, D), heads interleaved: channels viewed as (T, head_dim, H)."""
-    frames, dim = x.shape
-    head_dim = dim // V1_HEADS
-    q, k, v = (x @ state[prefix + f"att_layer.{w}.weight"].T for w in ("wq", "wk", "wv"))
-    q, k, v = (y.view(frames, head_dim, V1_HEADS) for y in (q, k, v))
-    out = torch.zeros(frames, head_dim, V1_HEADS)
-    for h in range(V1_HEADS):
-        weights = torch.softmax(q[:, :, h] @ k[:, :, h].T * head_dim ** -0.5, dim=-1)
-        out[:, :, h] = weights @ v[:, :, h]
-    return out.reshape(frames, dim) @ state[prefix + "att_layer.wo.weight"].T
-
-
-def ref_stack(x, state, stack):
-    """ResiDual: (a, b) start at x; a <- LN1(a + o), b <- b + o; a <- LN2(a + f), b <- b + f; out a + LN(b)."""
-    def norm(y, name):
-        return F.layer_norm(y, (V1_DIM,), state[name + ".weight"], state[name + ".bias"])
-
-    a = b = x
-    per_layer = []
-    for i in range(V1_LAYERS):
-        prefix = f"{stack}.encoder_layers.{i}."
-        o = ref_attention(a, state, prefix)
-        a, b = norm(a + o, prefix + "norm1"), b + o
-        hidden = torch.relu(a @ state[prefix + "ff_layer.0.weight"].T + state[prefix + "ff_layer.0.bias"])
-        f = hidden @ state[prefix + "ff_layer.2.weight"].T + state[prefix + "ff_layer.2.bias"]
-        a, b = norm(a + f, prefix + "norm2"), b + f
-        per_layer.append(a)
-    return a + norm(b, f"{stack}.final_norm"), per_layer
-
-
-def test_v1_checkpoint_matches_reference_implementation(tmp_path):
-    path, state, encodec = make_v1_checkpoint(tmp_path)
+# --- (a) v1 parity against the independent reference in v1_reference.py -------------------------------
+# heads dividing dim, and heads of dim // heads channels that leave some out (as v1 large: 12 x 85 of 1024),
+# with the feed-forward shared by a stack's layers (as published) and one per layer
+@pytest.mark.parametrize("spec, shared", [(SMALL, True), (V1Spec(dim=36, heads=5, layers=2, ff=48), True),
+                                          (V1Spec(dim=36, heads=5, layers=2, ff=48), False)])
+def test_v1_checkpoint_matches_reference_implementation(tmp_path, spec, shared):
+    path, state, encodec = make_v1_checkpoint(tmp_path, spec, shared_feed_forward=shared)
     model = load_v1(path)
-    assert model.config.heads == V1_HEADS and model.config.mask_token == "zeros" and model.mask_token is None
-    assert model.config.interleaved_heads and model.config.encoder_layers == V1_LAYERS
+    config = model.config
+    assert config.heads == spec.heads and config.mask_token == "zeros" and model.mask_token is None
+    assert config.interleaved_heads and config.encoder_layers == spec.layers
+    assert config.shared_feed_forward == shared
+    attention = model.encoder.layers[0].attention
+    assert attention.wq.weight.shape == (spec.inner, spec.dim) and attention.wo.weight.shape == (spec.dim, spec.inner)
+    layers = model.encoder.layers
+    # shared: one tied module (one tensor), not copies; the state dict still names it under every layer, as v1
+    assert (layers[0].feed_forward is layers[1].feed_forward) == shared
+    assert torch.equal(model.state_dict()["encoder.layers.1.feed_forward.0.weight"],
+                       state["visible_encoder.encoder_layers.1.ff_layer.0.weight"])
     lengths = [24_000, 9_600]  # multiples of 320: v1 counted floor(len / 320) frames, we count ceil
     wav, wav_lengths = tones(lengths)
     frames = [n // 320 for n in lengths]
@@ -142,28 +65,74 @@ def test_v1_checkpoint_matches_reference_implementation(tmp_path):
     with torch.no_grad():
         encoded = model.encode(wav, wav_lengths)
         logits = model(wav, wav_lengths, mask=mask).logits
-        assert len(encoded.hidden_states) == V1_LAYERS + 2
+        assert len(encoded.hidden_states) == spec.layers + 2
         for i, (n, t) in enumerate(zip(lengths, frames)):
             features = encodec.encoder(wav[i, :n][None, None])[0].T  # (T, 128)
-            positions = ref_positions(t, V1_DIM, 0.7)
+            positions = ref_positions(t, spec.dim, 0.7)
             x = features @ state["feat_projector.weight"].T + state["feat_projector.bias"] + positions
-            output, per_layer = ref_stack(x, state, "visible_encoder")
+            output, per_layer = ref_stack(x, state, "visible_encoder", spec)
             for ours, ref in zip(encoded.hidden_states, [x, *per_layer, output]):
                 torch.testing.assert_close(ours[i, :t], ref, atol=1e-5, rtol=1e-5)
             assert encoded.hidden_states[-1][i, t:].abs().sum() == 0  # padding frames are zeros
 
             # training path with the same mask: drop, encode, zeros at the dropped frames, decode, head
             keep = ~mask[i, :t]
-            visible, _ = ref_stack(x[keep], state, "visible_encoder")
-            decoder_in = torch.zeros(t, V1_DIM)
+            visible, _ = ref_stack(x[keep], state, "visible_encoder", spec)
+            decoder_in = torch.zeros(t, spec.dim)
             decoder_in[keep] = visible @ state["decoder_projector.weight"].T + state["decoder_projector.bias"]
-            decoded, _ = ref_stack(decoder_in + positions, state, "decoder")
-            ref_logits = (decoded @ state["head.layer.weight"].T + state["head.layer.bias"]).view(t, V1_Q, 1024)
+            decoded, _ = ref_stack(decoder_in + positions, state, "decoder", spec)
+            ref_logits = (decoded @ state["head.layer.weight"].T + state["head.layer.bias"]).view(t, spec.q, 1024)
             torch.testing.assert_close(logits[i, :t], ref_logits, atol=1e-4, rtol=1e-4)
 
             # targets: v1 called encodec's quantizer at 75 Hz, 6 kbps (8 codebooks)
             ref_codes = encodec.quantizer.encode(features.T[None], 75, 6.0)[:, 0]  # (Q, T)
             assert torch.equal(model.codec.codes(features[None])[0], ref_codes)
+
+
+def test_shared_feed_forward_trains_one_tensor_and_refuses_untied_files():
+    shared, per_layer = tiny(shared_feed_forward=True), tiny(shared_feed_forward=False)
+    ff_params = 2 * 64 * 128 + 128 + 64
+    # encoder and decoder stacks have 2 layers each: per-layer FFNs add one FFN per extra layer of each stack
+    assert per_layer.parameter_counts()["trainable"] - shared.parameter_counts()["trainable"] == 2 * ff_params
+    wav, lengths = tones([24_000, 24_000])
+    shared.train()
+    shared(wav, lengths, generator=torch.Generator().manual_seed(0)).loss.backward()
+    ff = shared.encoder.layers[0].feed_forward[0].weight
+    assert ff is shared.encoder.layers[1].feed_forward[0].weight and ff.grad is not None
+    # the optimizer sees the tied tensor once
+    assert sum(p is ff for p in shared.trainable_parameters()) == 1
+    state = shared.state_dict()
+    assert torch.equal(state["encoder.layers.0.feed_forward.0.weight"], state["encoder.layers.1.feed_forward.0.weight"])
+    # a per-layer model's state dict cannot silently collapse into a tied one
+    with pytest.raises(ValueError, match="shared_feed_forward=False"):
+        tiny(shared_feed_forward=True).load_state_dict(per_layer.state_dict())
+    tiny(shared_feed_forward=False).load_state_dict(shared.state_dict())  # untying keeps the numbers
+
+
+def test_v1_heads_are_checked_against_the_projections(tmp_path):
+    path, _, _ = make_v1_checkpoint(tmp_path, V1Spec(dim=36, heads=5, layers=2, ff=48))
+    gin = tmp_path / "config.gin"
+    gin.write_text(gin.read_text().replace("NUM_ENCODER_HEADS=5", "NUM_ENCODER_HEADS=4"))
+    # 4 heads of 9 channels make 36, but the projections are 35 wide (5 heads of 7)
+    with pytest.raises(V1CheckpointError, match=r"gives 4 heads for visible_encoder, but its attention projections "
+                                                r"are 35 wide.*fit these weights: \[5, 7, 35\]"):
+        load_v1(path)
+
+
+def test_parameter_counts_match_v1_and_the_paper():
+    """Unique trainable parameters (codec excluded) of v1's own modules, counted once on the authors' code at
+    v.1.0.0: small 36,121,601, base 47,933,441, large 118,374,401 (no mask token there; ours adds D). The paper's
+    encoder-side counts (torchinfo: a shared module counts once per use, EnCodec included): 51M, 94M, 269M."""
+    v1 = {"small": 36_121_601, "base": 47_933_441, "large": 118_374_401}
+    paper = {"small": 51e6, "base": 94e6, "large": 269e6}
+    codec = build_encodec("random")
+    for name in ("small", "base", "large"):
+        config = replace(get_config(name), encodec_source="random")
+        with torch.device("meta"):  # shapes only: counts without allocating 500 MB
+            model = EncodecMAE(config, codec=codec)
+        counts = model.parameter_counts()
+        assert counts["trainable"] == v1[name] + config.dim, name
+        assert abs(counts["encoder_side_per_use"] - paper[name]) / paper[name] < 0.05, (name, counts)
 
 
 def test_v1_loading_errors_are_clear(tmp_path):
@@ -173,7 +142,7 @@ def test_v1_loading_errors_are_clear(tmp_path):
         load_v1(path)
     gin = tmp_path / "other.gin"
     gin.write_text("NUM_ENCODER_HEADS = 4\nMODEL_DIM = 48\n")
-    with pytest.raises(V1CheckpointError, match="dim = 48 but the weights have 32"):
+    with pytest.raises(V1CheckpointError, match=f"dim = 48 but the weights have {SMALL.dim}"):
         load_v1(path, gin)
     gin.write_text("NUM_ENCODER_HEADS = 4\n")
     broken = dict(state)
@@ -522,7 +491,9 @@ def test_bf16_autocast_keeps_codec_and_loss_in_float32():
 # --- (g) configs -------------------------------------------------------------------------------------
 def test_named_configs_and_errors():
     assert get_config("base").encoder_layers == 10 and get_config("small").encoder_layers == 5
-    assert (get_config("large").dim, get_config("large").heads) == (1024, 16)
+    # v1 large: D 1024 and the base config's 12 heads (85 channels each, projections 1020 wide)
+    assert (get_config("large").dim, get_config("large").heads) == (1024, 12)
+    assert all(get_config(n).shared_feed_forward for n in ("small", "base", "large"))
     with pytest.raises(ValueError, match="unknown EnCodecMAE config 'x'; known: tiny, small, base, large"):
         get_config("x")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['layerz'\]; valid keys: \['dim'"):
@@ -531,8 +502,9 @@ def test_named_configs_and_errors():
     assert config.codebook_weights == (0.5, 0.5) and config.extra_weight == 1.0
     with pytest.raises(ValueError, match="codebook_weights"):
         EncodecMAEConfig(num_codebooks=4)
-    with pytest.raises(ValueError, match="heads = 5: must be a divisor of dim=64"):
-        EncodecMAEConfig(dim=64, heads=5)
+    assert EncodecMAE(replace(get_config("tiny"), heads=5)).encoder.layers[0].attention.inner_dim == 60
+    with pytest.raises(ValueError, match="heads = 65: must be in 1..dim=64"):
+        EncodecMAEConfig(dim=64, heads=65)
 
 
 def test_positions_are_sin_even_cos_odd_times_scale():

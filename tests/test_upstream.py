@@ -15,7 +15,7 @@ from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model
 from encodecmae_s3prl.upstream.published import PublishedCheckpointError
 from s3prl import hub
 from s3prl.upstream.interfaces import Featurizer
-from test_model import V1_DIM, V1_LAYERS, make_v1_checkpoint, ref_positions, ref_stack
+from v1_reference import LARGE_GEOMETRY, SMALL, make_v1_checkpoint, ref_features
 
 torch.set_num_threads(2)
 
@@ -96,26 +96,26 @@ def test_padded_batch_gives_each_clip_its_alone_features(tmp_path, standardise):
                 torch.testing.assert_close(layer_batch[i, :frames], layer_alone[0], atol=atol, rtol=1e-5)
 
 
-def test_v1_checkpoint_through_encodecmae_local_matches_reference(tmp_path):
-    path, state, encodec = make_v1_checkpoint(tmp_path)
+@pytest.mark.parametrize("spec", [SMALL, LARGE_GEOMETRY], ids=["small-geometry", "large-geometry"])
+def test_v1_checkpoint_through_encodecmae_local_matches_reference(tmp_path, spec):
+    """LARGE_GEOMETRY is v1 large's attention: D 1024, 12 heads of 85 channels, projections 1020 wide."""
+    path, state, encodec = make_v1_checkpoint(tmp_path, spec)
     upstream = hub.encodecmae_local(ckpt=str(path)).eval()
+    assert upstream.model.config.heads == spec.heads and upstream.model.config.shared_feed_forward
     wav = clip(2.0)
     with torch.no_grad():
         out = upstream([wav])["hidden_states"]
         wav_24k = torchaudio.functional.resample(wav, 16000, 24000)
-        features = encodec.encoder(wav_24k[None, None])[0].T  # (T, 128)
-        frames = math.ceil(wav_24k.numel() / 320)
-        x = features @ state["feat_projector.weight"].T + state["feat_projector.bias"] + \
-            ref_positions(frames, V1_DIM, 0.7)
-        output, per_layer = ref_stack(x, state, "visible_encoder")
-    assert len(out) == V1_LAYERS + 2
+        x, output, per_layer = ref_features(encodec, state, wav_24k, spec)
+    assert len(out) == spec.layers + 2
     shown = out[0].shape[1]  # round(32000/213) = 150 = frames: identity mapping below 640 frames
     for ours, ref in zip(out, [x, *per_layer, output]):
-        torch.testing.assert_close(ours[0], ref[:shown], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours[0], ref[:shown], atol=1e-4, rtol=1e-4)
+        assert (ours[0] - ref[:shown]).norm() / ref[:shown].norm() < 1e-2
     # a published entry takes the same file with -k (config.gin beside it)
-    published = hub.encodecmae_base_st(ckpt=str(path)).eval()
+    published = (hub.encodecmae_large_st if spec is LARGE_GEOMETRY else hub.encodecmae_base_st)(ckpt=str(path))
     with torch.no_grad():
-        torch.testing.assert_close(published([wav])["last_hidden_state"], out[-1])
+        torch.testing.assert_close(published.eval()([wav])["last_hidden_state"], out[-1])
 
 
 def test_published_entry_offline_without_k_says_what_to_do(monkeypatch):
@@ -186,3 +186,19 @@ def test_extract_cli_writes_npy_and_manifest(tmp_path, tiny_ckpt):
     assert a.shape == (4, round(16000 / DOWNSAMPLE_RATE), 64) and b.shape[1] == round(8000 / DOWNSAMPLE_RATE)
     manifest = (tmp_path / "out" / "manifest.tsv").read_text().splitlines()
     assert len(manifest) == 3 and "broken" not in "".join(manifest)
+
+
+def test_random_codec_never_fitted_is_refused(monkeypatch, tiny_ckpt):
+    """An unfitted random EnCodec embeds every clip the same: an error that says what to do, not silence."""
+    from encodecmae_s3prl.upstream.expert import UnfittedCodecError
+
+    monkeypatch.setenv("ENCODEC_CKPT", "random")  # offline: no real EnCodec weights
+    with pytest.raises(UnfittedCodecError, match="never fitted to a corpus.*ENCODEC_CKPT.*-k states-N.ckpt"):
+        hub.encodecmae_random()
+    with pytest.raises(UnfittedCodecError):
+        UpstreamExpert.from_model(build_model(model_config_from_yaml({"model": "tiny"})))
+    # the codec of a pretraining checkpoint was fitted to its corpus: clips differ
+    upstream = hub.encodecmae_random(ckpt=str(tiny_ckpt)).eval()
+    with torch.no_grad():
+        a, b = (upstream([clip(1.0, f)])["last_hidden_state"].mean(1) for f in (110.0, 880.0))
+    assert (a - b).norm() / a.norm() > 1e-3

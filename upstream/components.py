@@ -52,37 +52,41 @@ class SinusoidalPositions(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention, no biases, scale head_dim^-0.5, padded keys masked out.
 
-    ``interleaved_heads=True`` is the v1 layout: the D projected channels are viewed as
-    (head_dim, H), so channel c belongs to head c mod H. ``False`` is the usual (H, head_dim).
+    Heads are ``dim // heads`` wide and the projections ``inner = heads * head_dim`` wide, the v1
+    rule: equal to ``dim`` when ``heads`` divides it, narrower otherwise (v1 large: 12 heads of 85
+    channels, q/k/v 1024 -> 1020 and output 1020 -> 1024).
+    ``interleaved_heads=True`` is the v1 layout: the inner channels are viewed as (head_dim, H), so
+    channel c belongs to head c mod H. ``False`` is the usual (H, head_dim).
     """
 
     def __init__(self, dim: int, heads: int, interleaved_heads: bool = True, dropout: float = 0.0):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"SelfAttention: dim ({dim}) must be a multiple of heads ({heads})")
+        if not 1 <= heads <= dim:
+            raise ValueError(f"SelfAttention: heads ({heads}) must be in 1..dim ({dim})")
         self.dim = dim
         self.heads = heads
         self.head_dim = dim // heads
+        self.inner_dim = heads * self.head_dim
         self.interleaved_heads = interleaved_heads
         self.dropout = dropout
-        self.wq = nn.Linear(dim, dim, bias=False)
-        self.wk = nn.Linear(dim, dim, bias=False)
-        self.wv = nn.Linear(dim, dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wq = nn.Linear(dim, self.inner_dim, bias=False)
+        self.wk = nn.Linear(dim, self.inner_dim, bias=False)
+        self.wv = nn.Linear(dim, self.inner_dim, bias=False)
+        self.wo = nn.Linear(self.inner_dim, dim, bias=False)
 
     def _split(self, x: Tensor) -> Tensor:
-        """(B, T, D) -> (B, H, T, head_dim)."""
+        """(B, T, inner) -> (B, H, T, head_dim)."""
         batch, frames, _ = x.shape
         if self.interleaved_heads:
             return x.view(batch, frames, self.head_dim, self.heads).permute(0, 3, 1, 2)
         return x.view(batch, frames, self.heads, self.head_dim).transpose(1, 2)
 
     def _merge(self, x: Tensor) -> Tensor:
-        """(B, H, T, head_dim) -> (B, T, D), the inverse of ``_split``."""
+        """(B, H, T, head_dim) -> (B, T, inner), the inverse of ``_split``."""
         batch, _, frames, _ = x.shape
         if self.interleaved_heads:
-            return x.permute(0, 2, 3, 1).reshape(batch, frames, self.dim)
-        return x.transpose(1, 2).reshape(batch, frames, self.dim)
+            return x.permute(0, 2, 3, 1).reshape(batch, frames, self.inner_dim)
+        return x.transpose(1, 2).reshape(batch, frames, self.inner_dim)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """
@@ -120,12 +124,15 @@ class TransformerLayer(nn.Module):
 
         o = Attn(a):  a <- LN1(a + o),  b <- b + o
         f = FF(a):    a <- LN2(a + f),  b <- b + f
+
+    ``feed_forward``: a module to use (shared with other layers of the stack); None builds one.
     """
 
-    def __init__(self, dim: int, heads: int, ff_dim: int, interleaved_heads: bool = True, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, ff_dim: int, interleaved_heads: bool = True, dropout: float = 0.0,
+                 feed_forward: Optional[FeedForward] = None):
         super().__init__()
         self.attention = SelfAttention(dim, heads, interleaved_heads, dropout)
-        self.feed_forward = FeedForward(dim, ff_dim, dropout)
+        self.feed_forward = feed_forward if feed_forward is not None else FeedForward(dim, ff_dim, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
 
@@ -138,13 +145,20 @@ class TransformerLayer(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    """N ResiDual layers and the final norm; the output is a + LN_final(b)."""
+    """N ResiDual layers and the final norm; the output is a + LN_final(b).
+
+    ``shared_feed_forward=True`` gives every layer the same feed-forward module, as v1 built its
+    stacks (the published models were trained that way): its parameters count and train once, and
+    the state dict repeats them under each layer's name, as v1's files do.
+    """
 
     def __init__(self, layers: int, dim: int, heads: int, ff_dim: int, interleaved_heads: bool = True,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, shared_feed_forward: bool = False):
         super().__init__()
+        shared = FeedForward(dim, ff_dim, dropout) if shared_feed_forward else None
         self.layers = nn.ModuleList(
-            [TransformerLayer(dim, heads, ff_dim, interleaved_heads, dropout) for _ in range(layers)])
+            [TransformerLayer(dim, heads, ff_dim, interleaved_heads, dropout, feed_forward=shared)
+             for _ in range(layers)])
         self.final_norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:

@@ -34,7 +34,7 @@ class UpstreamExpert(nn.Module):
             variant: None (load ``ckpt``), "random" (ECMAE-R) or "encodec_features" (EC baseline).
         """
         super().__init__()
-        self.model = load_model_for_inference(ckpt, model_config, variant)
+        self.model = _fitted(load_model_for_inference(ckpt, model_config, variant), ckpt)
         self.model.eval()
 
     @classmethod
@@ -42,7 +42,7 @@ class UpstreamExpert(nn.Module):
         """Wrap an already built EncodecMAE (benchmarks, the HEAR API)."""
         expert = cls.__new__(cls)
         nn.Module.__init__(expert)
-        expert.model = model.eval()
+        expert.model = _fitted(model, None).eval()
         return expert
 
     def get_downsample_rates(self, key: str) -> int:
@@ -88,3 +88,21 @@ class UpstreamExpert(nn.Module):
         ratio_num, ratio_den = DOWNSAMPLE_RATE * MODEL_RATE, INPUT_RATE * HOP
         index = torch.div(j * ratio_num + ratio_den - 1, ratio_den, rounding_mode="floor")
         return torch.minimum(index[None, :], (model_frames - 1)[:, None].to(index.device))
+
+
+class UnfittedCodecError(ValueError):
+    """A random-init EnCodec whose codebooks and feature statistics were never fitted to a corpus."""
+
+
+def _fitted(model: nn.Module, ckpt) -> nn.Module:
+    """Refuse inference on a random codec that was never fitted: its output is ~99 % a constant
+    offset, so every clip would give (almost) the same embedding without a word."""
+    if model.codec.needs_corpus_init():
+        raise UnfittedCodecError(
+            f"{'checkpoint ' + str(ckpt) if ckpt else 'this upstream'} runs on a random-init EnCodec whose codebooks "
+            f"and feature statistics were never fitted to a corpus, so every clip would embed (almost) the same. "
+            f"Give real EnCodec weights (ENCODEC_CKPT=/path/to/encodec_24khz-d7cc33bc.th, or the torch hub cache), "
+            f"or take the codec of a checkpoint written by run_pretrain.py -u encodecmae (-k states-N.ckpt), "
+            f"whose random codec was fitted to its corpus")
+    return model
+

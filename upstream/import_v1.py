@@ -16,8 +16,11 @@ v1 layout (DESIGN §3): ``{'state_dict': {...}}`` with
     head.layer.*, extra_head.layer.*        (Q*1024)xD, kxD           -> head.*, extra_head.*
 v1 has no mask token (dropped frames are zeros) and splits heads channel-interleaved, so the
 model is built with mask_token='zeros' and interleaved_heads=True and no weight is permuted.
+Heads are not in the weights: they come from ``config.gin`` and are checked against the
+attention projections, which are heads * (dim // heads) wide (1020 for large's 12 heads of 1024).
 v1 shares one feed-forward module across the layers of a stack; the file repeats its tensors
-under every layer and each of our layers gets its own copy (same numbers).
+under every layer. When they are equal the model is built with ``shared_feed_forward=True`` and
+they load into one tied module (one tensor, not copies).
 """
 from __future__ import annotations
 
@@ -224,12 +227,41 @@ def config_from_v1(state_dict: Dict[str, Tensor], gin: Optional[Dict[str, Any]] 
     settings = {k: gin[k] for k in ("decoder_heads", "mask_prop", "mask_span", "delta") if k in gin}
     if settings.get("decoder_heads") == gin["heads"]:
         settings.pop("decoder_heads")
+    for stack, heads in (("visible_encoder", int(gin["heads"])), ("decoder", int(gin.get("decoder_heads", gin["heads"])))):
+        _check_heads(state_dict, stack, heads, from_weights["dim"])
     return EncodecMAEConfig(
         **from_weights, heads=int(gin["heads"]), codebook_weights=tuple(weights), **settings,
+        shared_feed_forward=_feed_forward_is_shared(state_dict),
         interleaved_heads=True, mask_token="zeros", extra_targets=int(extra.shape[0]) if extra is not None else 0,
         # the codec comes from the checkpoint itself (v1 saved it, its RVQ as trained); 'pretrained'
         # only matters if someone rebuilds this config from scratch
         encodec_source="pretrained", standardise_features=False)
+
+
+def _check_heads(state: Dict[str, Tensor], stack: str, heads: int, dim: int) -> None:
+    """The projections of ``heads`` heads are heads * (dim // heads) wide; the gin must agree with the file."""
+    key = f"{stack}.encoder_layers.0.att_layer.wq.weight"
+    if key not in state:
+        return
+    width = state[key].shape[0]
+    if not 1 <= heads <= dim or heads * (dim // heads) != width:
+        fits = [h for h in range(1, min(dim, 64) + 1) if h * (dim // h) == width]
+        raise V1CheckpointError(
+            f"config.gin gives {heads} heads for {stack}, but its attention projections are {width} wide, and "
+            f"{heads} heads of {dim} // {heads} channels make {heads * (dim // max(heads, 1))}: the gin belongs to "
+            f"another model (head counts that fit these weights: {fits[:8]}); take the config.gin of the same hub "
+            f"repository")
+
+
+def _feed_forward_is_shared(state: Dict[str, Tensor]) -> bool:
+    """True when every stack repeats one feed-forward module's tensors under all its layers (v1's way)."""
+    for stack in _STACKS:
+        for name in ("ff_layer.0.weight", "ff_layer.0.bias", "ff_layer.2.weight", "ff_layer.2.bias"):
+            tensors = [state[k] for i in range(_layer_count(state, stack))
+                       for k in [f"{stack}.encoder_layers.{i}.{name}"] if k in state]
+            if any(t.shape != tensors[0].shape or not torch.equal(t, tensors[0]) for t in tensors[1:]):
+                return False
+    return True
 
 
 def convert_v1_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:

@@ -58,7 +58,8 @@ def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> E
     checkpoint = safe_load(path)
     if isinstance(checkpoint, dict) and CHECKPOINT_KEY in checkpoint:
         entry = checkpoint[CHECKPOINT_KEY]
-        config = EncodecMAEConfig.from_dict(entry["config"])
+        # checkpoints written before the switch existed had one feed-forward module per layer
+        config = EncodecMAEConfig.from_dict({"shared_feed_forward": False, **entry["config"]})
         if overrides:
             config = replace(config, **overrides)
         return EncodecMAE.from_state_dict(config, entry["state_dict"])  # the codec comes from the file

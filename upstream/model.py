@@ -52,6 +52,7 @@ class EncodecMAEConfig:
     delta: float = 0.9                  # δ: weight of the masked-frame loss, 1-δ for the visible frames
     codebook_weights: Tuple[float, ...] = V1_CODEBOOK_WEIGHTS  # γ_q, one per codebook
     interleaved_heads: bool = True      # v1 head split (channel c -> head c mod H)
+    shared_feed_forward: bool = True    # one feed-forward module per stack, as v1 (Table 1); False: one per layer
     mask_token: str = "learned"         # 'learned' (paper) or 'zeros' (what v1 checkpoints do)
     extra_targets: int = 0              # k of an extra self-training target stream; 0 = none
     extra_target_weight: Optional[float] = None  # weight of that stream; None = sum(codebook_weights)
@@ -64,9 +65,9 @@ class EncodecMAEConfig:
         object.__setattr__(self, "codebook_weights", tuple(float(w) for w in self.codebook_weights))
         rules = [
             (self.dim > 0 and self.dim % 2 == 0, "dim", self.dim, "a positive even number (sin/cos pairs)"),
-            (self.heads > 0 and self.dim % self.heads == 0, "heads", self.heads, f"a divisor of dim={self.dim}"),
-            (self.decoder_heads is None or (self.decoder_heads > 0 and self.dim % self.decoder_heads == 0),
-             "decoder_heads", self.decoder_heads, f"None or a divisor of dim={self.dim}"),
+            (1 <= self.heads <= self.dim, "heads", self.heads, f"in 1..dim={self.dim} (heads are dim // heads wide)"),
+            (self.decoder_heads is None or 1 <= self.decoder_heads <= self.dim,
+             "decoder_heads", self.decoder_heads, f"None or in 1..dim={self.dim}"),
             (self.encoder_layers >= 1, "encoder_layers", self.encoder_layers, ">= 1"),
             (self.decoder_layers >= 1, "decoder_layers", self.decoder_layers, ">= 1"),
             (self.ff_dim >= 1, "ff_dim", self.ff_dim, ">= 1"),
@@ -117,8 +118,9 @@ CONFIGS: Dict[str, EncodecMAEConfig] = {
                              encodec_source="random", standardise_features=True),
     "small": EncodecMAEConfig(dim=768, encoder_layers=5, heads=12),
     "base": EncodecMAEConfig(dim=768, encoder_layers=10, heads=12),
-    # the paper gives no head count for large; v1's config.gin of encodecmae-large says 16
-    "large": EncodecMAEConfig(dim=1024, encoder_layers=20, heads=16),
+    # v1's training scripts change only the width and depth for large: 12 heads of 1024 // 12 = 85
+    # channels, attention projections 12 * 85 = 1020 wide
+    "large": EncodecMAEConfig(dim=1024, encoder_layers=20, heads=12),
 }
 
 
@@ -189,14 +191,15 @@ class EncodecMAE(nn.Module):
         self.feature_projection = nn.Linear(FEATURE_DIM, dim)
         self.positions = SinusoidalPositions(dim)  # one module, one scale: encoder and decoder inputs
         self.encoder = TransformerStack(config.encoder_layers, dim, config.heads, config.ff_dim,
-                                        config.interleaved_heads, config.dropout)
+                                        config.interleaved_heads, config.dropout, config.shared_feed_forward)
         self.decoder_projection = nn.Linear(dim, dim)
         if config.mask_token == "learned":
             self.mask_token = nn.Parameter(torch.zeros(dim))
         else:
             self.register_parameter("mask_token", None)  # v1: dropped frames are zeros
         self.decoder = TransformerStack(config.decoder_layers, dim, config.decoder_heads or config.heads,
-                                        config.ff_dim, config.interleaved_heads, config.dropout)
+                                        config.ff_dim, config.interleaved_heads, config.dropout,
+                                        config.shared_feed_forward)
         self.head = nn.Linear(dim, config.num_codebooks * config.codebook_size)
         self.extra_head = nn.Linear(dim, config.extra_targets) if config.extra_targets else None
         weights = list(config.codebook_weights) + ([config.extra_weight] if config.extra_targets else [])
@@ -225,6 +228,23 @@ class EncodecMAE(nn.Module):
         model = cls(config, codec=codec)
         model.load_state_dict(state_dict)
         return model
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, refusing different values under the keys of one tied tensor
+        (the shared feed-forward): loading them would silently keep whichever came last."""
+        tied: Dict[int, List[str]] = {}
+        for key, tensor in self.state_dict(keep_vars=True).items():
+            tied.setdefault(id(tensor), []).append(key)
+        for keys in tied.values():
+            given = [k for k in keys if k in state_dict]
+            for key in given[1:]:
+                if state_dict[key].shape != state_dict[given[0]].shape or not torch.equal(state_dict[key],
+                                                                                          state_dict[given[0]]):
+                    raise ValueError(
+                        f"the state dict holds different values under {given[0]!r} and {key!r}, which this model "
+                        f"ties (shared_feed_forward=True): it comes from a model with one feed-forward per layer; "
+                        f"build the model with shared_feed_forward=False to load it")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- lengths, chunks and codec features --------------------------------------------------
     @staticmethod
@@ -405,17 +425,20 @@ class EncodecMAE(nn.Module):
 
     # --- bookkeeping -------------------------------------------------------------------------
     def parameter_counts(self) -> Dict[str, int]:
-        """Parameters: codec (frozen EnCodec encoder), encoder_side (codec + projection + positions +
-        encoder, the paper's count), decoder_side (the rest), trainable, total."""
-        def count(*modules):
-            return sum(p.numel() for m in modules for p in m.parameters())
+        """Parameters, each tensor once: codec (frozen EnCodec encoder), encoder_side (codec + projection +
+        positions + encoder), decoder_side (the rest), trainable, total; and encoder_side_per_use, which
+        counts a shared feed-forward once per layer that uses it, as torchinfo does (the paper's counts)."""
+        def count(*modules, per_use=False):
+            return sum(p.numel() for m in modules for _, p in m.named_parameters(remove_duplicate=not per_use))
 
         codec = count(self.codec)
-        encoder_side = codec + count(self.feature_projection, self.positions, self.encoder)
+        encoder_modules = (self.feature_projection, self.positions, self.encoder)
+        encoder_side = codec + count(*encoder_modules)
         total = count(self)
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return {"codec": codec, "encoder_side": encoder_side, "decoder_side": total - encoder_side,
-                "trainable": trainable, "total": total}
+                "trainable": trainable, "total": total,
+                "encoder_side_per_use": codec + count(*encoder_modules, per_use=True)}
 
     def trainable_parameters(self):
         """What an optimizer should get: everything but the frozen codec."""
