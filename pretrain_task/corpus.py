@@ -26,7 +26,9 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
-SAMPLE_RATE = 24_000
+from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
+
+FRAME_RATE = SAMPLE_RATE // HOP  # EnCodec frames per second: crops start on these frames
 AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
 
 
@@ -144,11 +146,19 @@ class _Resamplers:
 
 
 def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
-              resample: _Resamplers) -> tuple[torch.Tensor, float] | None:
-    """A random crop of at most ``crop_seconds`` as 24 kHz mono float32 (samples,) and its start in
-    seconds, or None if the file is unreadable, empty or not finite."""
+              resample: _Resamplers) -> tuple[torch.Tensor, int] | None:
+    """A random crop of at most ``crop_seconds`` as 24 kHz mono float32 (samples,) and its first EnCodec
+    frame in the file, or None if the file is unreadable, empty or not finite.
+
+    Crops start on an EnCodec frame boundary (a multiple of 1/75 s), so a crop's frames are frames of the
+    whole file and self-training targets sliced from whole-file codes line up exactly. The start sample is
+    exact for rates that are multiples of 75 Hz (24, 48, 44.1, 22.05 kHz) and within half a sample otherwise.
+    """
     want = int(math.ceil(crop_seconds * file.sample_rate))
-    start = int(rng.integers(0, file.num_frames - want + 1)) if file.num_frames > want else 0
+    crop_frames = int(round(crop_seconds * FRAME_RATE))
+    file_frames = file.num_frames * FRAME_RATE // file.sample_rate  # whole frames the file holds
+    start_frame = int(rng.integers(0, file_frames - crop_frames + 1)) if file_frames > crop_frames else 0
+    start = min(int(round(start_frame * file.sample_rate / FRAME_RATE)), max(0, file.num_frames - want))
     try:
         data, rate = soundfile.read(file.path, start=start, stop=start + want, dtype="float32", always_2d=True)
     except Exception:
@@ -158,14 +168,14 @@ def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
         return None
     wav = samples[:, 0] if samples.shape[1] == 1 else samples.mean(dim=1)
     wav = resample(wav.contiguous(), rate)
-    return wav[: int(round(crop_seconds * SAMPLE_RATE))], start / file.sample_rate
+    return wav[: int(round(crop_seconds * SAMPLE_RATE))], start_frame
 
 
 @dataclass
 class Crop:
     wav: torch.Tensor       # (samples,) float32, 24 kHz mono
     path: str
-    start_seconds: float
+    start_frame: int        # first EnCodec frame (75 Hz) of the crop in its file
 
 
 @dataclass
@@ -234,8 +244,8 @@ def collate(crops: Sequence[Crop], batch_index: int, targets=None) -> CropBatch:
         padded[row, : crop.wav.numel()] = crop.wav
     extra = None
     if targets is not None:
-        frames = int(math.ceil(int(lengths.max()) / 320))
-        extra = torch.stack([targets.slice(c.path, c.start_seconds, frames) for c in crops])
+        frames = int(math.ceil(int(lengths.max()) / HOP))
+        extra = torch.stack([targets.slice(c.path, c.start_frame, frames) for c in crops])
     return CropBatch(padded, lengths, batch_index, extra)
 
 

@@ -3,9 +3,11 @@
     python -m encodecmae_s3prl.pretrain_task.self_training -k result/pretrain/stage1/states-500000.ckpt \\
         --corpus /data/train.tsv --out result/st_targets [--num-clips 10000] [--k 1024]
 
-1. embeds ``--num-clips`` random 4 s crops with the stage-1 model (no masking), last layer;
+1. embeds ``--num-clips`` random 4 s crops with the stage-1 model (no masking): the last encoder
+   layer's ``a`` stream, what v1's ``get_activations`` returns and clusters (not the output a + LN(b));
 2. fits k-means (torch, batched) on those frames;
-3. quantizes every corpus file, whole, into a target store aligned to the 75 Hz frames;
+3. quantizes every corpus file, whole, into a target store aligned to the 75 Hz frames (training crops
+   start on those frames, so each crop's targets are exactly its frames);
 4. writes ``config_model_st.yaml`` (stage-1 model + one extra stream of k classes, weight Σγ_q).
 
 Stage 2 continues from the stage-1 weights:
@@ -36,9 +38,8 @@ from encodecmae_s3prl.upstream.kmeans import assign, kmeans
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
 from encodecmae_s3prl.upstream.loading import load_checkpoint
 
-FRAME_RATE = 75
-HOP = 320
-IGNORE = -100
+from encodecmae_s3prl.upstream.codec import HOP
+from encodecmae_s3prl.upstream.model import FRAME_RATE, IGNORE
 
 
 class TargetStoreError(ValueError):
@@ -91,21 +92,27 @@ class TargetStore:
                                        f"length; the file changed since the store was built")
         return usable
 
-    def slice(self, path: str, start_seconds: float, frames: int) -> torch.Tensor:
-        """(frames,) long codes of a crop starting at ``start_seconds``, -100 past the file's end."""
+    def slice(self, path: str, start_frame: int, frames: int) -> torch.Tensor:
+        """(frames,) long codes of the file's frames start_frame, start_frame + 1, ...; -100 past its end."""
         offset, length = self.index["files"][path]
-        first = int(round(start_seconds * FRAME_RATE))
+        first = int(start_frame)
         out = np.full(frames, IGNORE, dtype=np.int64)
         take = max(0, min(frames, length - first))
         out[:take] = self.codes[offset + first: offset + first + take]
         return torch.from_numpy(out)
 
 
+def clustered_layer(encoded) -> torch.Tensor:
+    """What self-training clusters, (B, T, D): the last encoder layer's ``a`` stream, as v1 (its
+    ``get_activations(...)[-1]``), not the encoder output a + LN_final(b)."""
+    return encoded.hidden_states[-2]
+
+
 @torch.no_grad()
 def embed_file_frames(model, wav: torch.Tensor) -> torch.Tensor:
-    """Last-encoder-layer features of one 24 kHz clip: (frames, dim)."""
+    """Self-training features of one 24 kHz clip: (frames, dim)."""
     output = model.encode(wav[None], torch.tensor([wav.numel()]))
-    return output.output[0, : int(output.frame_lengths[0])].float()
+    return clustered_layer(output)[0, : int(output.frame_lengths[0])].float()
 
 
 def _read_whole(file: AudioFile, resample: _Resamplers) -> torch.Tensor | None:
@@ -157,8 +164,8 @@ def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = 10_0
         batch = sampler.batch(batch_index, stream=CropSampler.SELF_TRAINING)
         with torch.no_grad():
             encoded = model.encode(batch.wavs, batch.lengths)
-        valid = torch.arange(encoded.output.shape[1])[None, :] < encoded.frame_lengths[:, None]
-        frames.append(encoded.output[valid].float())
+        valid = ~encoded.padding_mask
+        frames.append(clustered_layer(encoded)[valid].float())
     points = torch.cat(frames)
     print(f"[self-training] k-means: {points.shape[0]} frames x {points.shape[1]} dims, k={k}")
     centroids = kmeans(points, k, iterations=iterations, seed=seed)

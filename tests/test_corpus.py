@@ -100,3 +100,36 @@ def test_kmeans_recovers_separated_clusters():
     assert len(pairs) == 8 and len({c for _, c in pairs}) == 8
     with pytest.raises(ValueError, match="at least k"):
         kmeans(points[:4], 8)
+
+
+def test_crops_start_on_encodec_frames_and_their_targets_are_their_frames(tmp_path):
+    """Every crop starts on a 1/75 s boundary of its file, so its self-training targets (sliced from whole-file
+    codes) are exactly its own frames: no half-frame offset."""
+    from encodecmae_s3prl.pretrain_task.self_training import TargetStore
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "audio"
+    for i, (rate, seconds) in enumerate([(24000, 9.3), (48000, 7.1), (44100, 6.2), (16000, 8.05)]):
+        write_wav(root / f"f{i}.wav", rng.uniform(-0.5, 0.5, int(rate * seconds)).astype(np.float32), rate)
+    files = load_corpus([str(root)], progress=False)
+    # a store whose code of frame t is t: a crop's targets must read start_frame, start_frame + 1, ...
+    lengths = {f.path: int(np.ceil(f.seconds * 75)) for f in files}
+    offsets = np.cumsum([0] + list(lengths.values()))
+    index = {"k": 2000, "total_frames": int(offsets[-1]),
+             "files": {p: [int(o), n] for (p, n), o in zip(lengths.items(), offsets)}}
+    store = TargetStore(tmp_path, np.concatenate([np.arange(n) for n in lengths.values()]).astype(np.int16), index)
+    sampler = CropSampler(files, batch_size=16, crop_seconds=4.0, seed=3)
+    seen = set()
+    for batch_index in range(3):
+        crops = [sampler.example(batch_index, slot) for slot in range(16)]
+        batch = corpus_module.collate(crops, batch_index, targets=store)
+        for row, crop in enumerate(crops):
+            file = next(f for f in files if f.path == crop.path)
+            frames = int(np.ceil(crop.wav.numel() / 320))
+            assert crop.wav.numel() == 96_000 and 0 <= crop.start_frame <= lengths[crop.path] - 300
+            assert batch.extra_targets[row, :frames].tolist() == list(range(crop.start_frame, crop.start_frame + 300))
+            if file.sample_rate == 24000:  # the crop is the file's samples from frame start_frame on, exactly
+                data, _ = soundfile.read(crop.path, dtype="float32")
+                assert torch.equal(crop.wav, torch.from_numpy(data[crop.start_frame * 320:][:96_000]))
+            seen.add(crop.start_frame)
+    assert len(seen) > 10  # starts are random, not a fixed grid

@@ -151,6 +151,21 @@ def test_self_training_stage_end_to_end(tmp_path, corpus):
     assert checkpoint["EncodecMAE"]["config"]["extra_targets"] == 8
 
 
+def test_self_training_clusters_the_last_layer_a_stream_as_v1(tmp_path):
+    """v1 clusters get_activations(...)[-1], the last layer's ``a`` stream, not the output a + LN_final(b)."""
+    from encodecmae_s3prl.pretrain_task.self_training import embed_file_frames
+    from encodecmae_s3prl.upstream.import_v1 import load_v1
+    from v1_reference import make_v1_checkpoint, ref_features
+
+    path, state, encodec = make_v1_checkpoint(tmp_path)
+    wav = torch.from_numpy(harmonic_tone(220.0, 2.0, 24000, np.random.default_rng(0)))
+    with torch.no_grad():
+        _, output, per_layer = ref_features(encodec, state, wav)
+    frames = embed_file_frames(load_v1(path), wav)
+    torch.testing.assert_close(frames, per_layer[-1], atol=1e-5, rtol=1e-5)
+    assert (frames - output).norm() / output.norm() > 0.1
+
+
 def test_codebook_weights_tool_writes_a_model_config(tmp_path, corpus):
     from encodec import EncodecModel
 
