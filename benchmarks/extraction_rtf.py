@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
 
+    from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
     from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
     from encodecmae_s3prl.upstream.precision import autocast
@@ -38,7 +39,10 @@ def main():
     print(f"plain 2048^2 fp32 matmul: {ceiling:.0f} GFLOP/s")
     wavs = [torch.randn(int(args.seconds * 16000), device=device) * 0.1 for _ in range(args.batch)]
     for size in args.sizes.split(","):
-        expert = UpstreamExpert.from_model(build_model(model_config_from_yaml({"model": size}), seed=0)).to(device)
+        model = build_model(model_config_from_yaml({"model": size}), seed=0)
+        if model.codec.needs_corpus_init():  # offline random codec: fit it, or every clip embeds the same
+            fit_codec_to_synthetic_audio(model)
+        expert = UpstreamExpert.from_model(model).to(device)
         with torch.inference_mode(), autocast(device, args.precision):
             expert(wavs)  # warm-up
             if device.type == "cuda":

@@ -3,25 +3,40 @@
     python -m encodecmae_s3prl.extract -u encodecmae_local -k model.pt clips/ more.wav --out feats/
     python -m encodecmae_s3prl.extract -u hubert --all-layers a.wav --out feats/
 
-Each output is (frames, dim) float32 (``--all-layers``: (layers, frames, dim)), named after the
-input's path relative to its folder argument; ``manifest.tsv`` lists input, output and shape.
-Unreadable files are skipped, counted and listed at the end instead of stopping the job.
+Each output is (frames, dim) float32 (``--all-layers``: (layers, frames, dim)). Outputs mirror the
+inputs' paths: ``clips/sub/x.wav`` -> ``feats/sub/x.npy`` (relative to a folder argument; a file
+argument keeps its relative path). Two inputs that would write one output are an error before any
+work. ``manifest.tsv`` lists input, output and shape of what is on disk.
+
+Short files are batched; a file longer than ``--long-seconds`` goes alone and, for EnCodecMAE, is
+streamed: a few 4 s chunks at a time through the model, written straight into its ``.npy``, so
+memory does not grow with its length. A bad file fails alone with its own reason; the job goes on
+and exits 1 if any input failed (2 for a usage error).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, List, Sequence, Tuple
 
 import numpy as np
+import soundfile
 import torch
 from tqdm import tqdm
 
 from encodecmae_s3prl import compat
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
+from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
+from encodecmae_s3prl.upstream.checkpoint import CheckpointError
 
 UPSTREAM_RATE = 16_000  # s3prl hands every upstream 16 kHz mono
+LONG_SECONDS = 60.0
+
+
+class UsageError(ValueError):
+    """A mistake in the command line: reported as one ``error:`` line, exit 2."""
 
 
 def load_upstream(name: str, ckpt: str | None = None, model_config: str | None = None, device: str = "cpu"):
@@ -30,55 +45,59 @@ def load_upstream(name: str, ckpt: str | None = None, model_config: str | None =
 
     if not hasattr(hub, name) or name.startswith("_"):
         known = sorted(n for n in dir(hub) if not n.startswith("_"))
-        raise SystemExit(f"error: unknown upstream {name!r}; s3prl.hub has: {', '.join(known)}")
+        raise UsageError(f"unknown upstream {name!r}; s3prl.hub has: {', '.join(known)}")
     kwargs = {"ckpt": ckpt} if ckpt else {}
     if model_config:
         kwargs["model_config"] = model_config
     return getattr(hub, name)(**kwargs).to(device).eval()
 
 
-def read_16k_mono(path: Path) -> torch.Tensor:
-    """(samples,) float32 at 16 kHz. Raises ValueError naming the file on empty/NaN/undecodable audio."""
-    try:
-        wav, rate = compat.load_audio(path)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot decode ({type(err).__name__}: {err})") from None
-    if wav.numel() == 0:
-        raise ValueError(f"{path}: no samples")
-    if not torch.isfinite(wav).all():
-        raise ValueError(f"{path}: contains NaN or infinite samples")
-    wav = wav.mean(dim=0)
-    if rate != UPSTREAM_RATE:
-        import torchaudio
+def plan(inputs: Iterable[str]) -> List[Tuple[Path, Path]]:
+    """(audio file, output path relative to --out) for every input file and every audio file under a folder.
 
-        wav = torchaudio.functional.resample(wav, rate, UPSTREAM_RATE)
-    return wav
-
-
-def _expand(inputs: Iterable[str]) -> list[tuple[Path, Path]]:
-    """(audio path, output stem relative to --out) for every file or file under a folder."""
-    pairs = []
+    Raises UsageError for a missing input or two inputs that map to one output."""
+    pairs, owner = [], {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS):
-                pairs.append((file, file.relative_to(path).with_suffix("")))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            candidates = [(file, file.relative_to(path).with_suffix(".npy")) for file in found]
         elif path.is_file():
-            pairs.append((path, Path(path.stem)))
+            relative = not path.is_absolute() and ".." not in path.parts
+            candidates = [(path, (path if relative else Path(path.name)).with_suffix(".npy"))]
         else:
-            raise SystemExit(f"error: input {path} does not exist")
+            raise UsageError(f"input {path} does not exist; give audio files or folders")
+        for file, out in candidates:
+            key = file.resolve()
+            if out in owner:
+                if owner[out] == key:
+                    continue  # the same file named twice
+                raise UsageError(f"{owner[out]} and {file} would both write {out}: rename one, or extract them "
+                                 f"into different --out folders")
+            owner[out] = key
+            pairs.append((file, out))
     return pairs
+
+
+def _seconds(path: Path) -> float:
+    try:
+        return soundfile.info(str(path)).duration
+    except Exception:
+        return 0.0  # unreadable: it fails on reading, alone, with its reason
 
 
 @torch.no_grad()
 def features(upstream, wavs: Sequence[torch.Tensor], layer: int | None, all_layers: bool,
-             device: str) -> list[np.ndarray]:
+             device: str) -> List[np.ndarray]:
     """Per clip: (frames, dim), or (layers, frames, dim) with ``all_layers``; frames cut to each clip's length."""
     output = upstream([w.to(device) for w in wavs])
     states = output["hidden_states"]
     if all_layers:
         stacked = torch.stack(list(states), dim=1)  # (batch, layers, frames, dim)
     else:
+        if layer is not None and not -len(states) <= layer < len(states):
+            raise UsageError(f"--layer {layer}: this upstream has {len(states)} hidden states "
+                             f"(0..{len(states) - 1}, or negative from the end)")
         stacked = states[layer if layer is not None else -1]
     rate = upstream.get_downsample_rates("hidden_states") if hasattr(upstream, "get_downsample_rates") else None
     results = []
@@ -88,7 +107,120 @@ def features(upstream, wavs: Sequence[torch.Tensor], layer: int | None, all_laye
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _atomic_npy(target: Path, array: np.ndarray) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, target)
+
+
+@torch.no_grad()
+def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, all_layers: bool) -> tuple:
+    """One long clip through ``UpstreamExpert.stream``, each block written at its place in the ``.npy``
+    (positioned writes, no memory map): memory holds one block, not the clip's embeddings."""
+    count = upstream.model.config.encoder_layers + 2 if not upstream.model.features_only else 1
+    layers = list(range(count)) if all_layers else [layer if layer is not None else -1]
+    if not all(-count <= i < count for i in layers):
+        raise UsageError(f"--layer {layer}: this upstream has {count} hidden states (0..{count - 1}, or negative "
+                         f"from the end)")
+    frames = upstream.output_frames(len(wav))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd, written, shape = None, 0, None
+    try:
+        for first, values in upstream.stream(wav, layers):
+            if fd is None:
+                dim = values[0].shape[-1]
+                shape = (len(layers), frames, dim) if all_layers else (frames, dim)
+                header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+                offset = header.offset
+                del header  # the file and its header exist; the data goes in by positioned writes
+                fd = os.open(tmp, os.O_WRONLY)
+            for index, value in enumerate(values):
+                block = value.float().cpu().numpy()
+                os.pwrite(fd, block.tobytes(), offset + ((index * frames + first) * dim) * 4)
+            written += values[0].shape[0]
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if written != frames:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"streamed {written} of {frames} frames")
+    os.replace(tmp, target)
+    return shape
+
+
+def run(args) -> int:
+    pairs = plan(args.inputs)
+    if not pairs:
+        raise UsageError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {' '.join(args.inputs)}")
+    upstream = load_upstream(args.upstream, args.ckpt, args.model_config, args.device)
+    from encodecmae_s3prl.upstream.expert import UpstreamExpert
+
+    streams = isinstance(upstream, UpstreamExpert)
+    args.out.mkdir(parents=True, exist_ok=True)
+    done: dict[Path, tuple] = {}
+    failed: list[str] = []
+
+    def save(path: Path, out: Path, array: np.ndarray) -> None:
+        _atomic_npy(args.out / out, array)
+        done[path] = (out, array.shape)
+
+    def run_batch(batch: list[tuple[Path, Path, torch.Tensor]]) -> None:
+        try:
+            arrays = features(upstream, [w for _, _, w in batch], args.layer, args.all_layers, args.device)
+        except (ValueError, RuntimeError) as err:
+            if isinstance(err, UsageError):
+                raise
+            if len(batch) == 1:
+                failed.append(f"{batch[0][0]}: {err}")
+                return
+            for item in batch:  # find the culprit: each file alone, with its own reason
+                run_batch([item])
+            return
+        for (path, out, _), array in zip(batch, arrays):
+            save(path, out, array)
+
+    seconds = {path: _seconds(path) for path, _ in pairs}
+    short = sorted((p for p in pairs if seconds[p[0]] <= args.long_seconds), key=lambda p: -seconds[p[0]])
+    long = [p for p in pairs if seconds[p[0]] > args.long_seconds]
+    with tqdm(total=len(pairs), desc=f"extract {args.upstream}", dynamic_ncols=True) as bar:
+        batch: list[tuple[Path, Path, torch.Tensor]] = []
+        for index, (path, out) in enumerate(short):  # longest first: batches of similar length
+            try:
+                batch.append((path, out, read_audio(path, UPSTREAM_RATE)))
+            except AudioReadError as err:
+                failed.append(str(err))
+            if len(batch) == args.batch_size or (index == len(short) - 1 and batch):
+                run_batch(batch)
+                batch = []
+            bar.update(1)
+        for path, out in long:  # one at a time
+            try:
+                wav = read_audio(path, UPSTREAM_RATE)
+                if streams:
+                    done[path] = (out, stream_to_npy(upstream, wav.to(args.device), args.out / out, args.layer,
+                                                     args.all_layers))
+                else:
+                    run_batch([(path, out, wav)])
+            except UsageError:
+                raise
+            except (AudioReadError, ValueError, RuntimeError) as err:
+                failed.append(str(err) if isinstance(err, AudioReadError) else f"{path}: {err}")
+            bar.update(1)
+
+    rows = [f"{path}\t{out}\t{'x'.join(map(str, shape))}" for path, (out, shape) in done.items()
+            if (args.out / out).is_file()]
+    (args.out / "manifest.tsv").write_text("input\toutput\tshape\n" + "".join(row + "\n" for row in rows))
+    print(f"wrote {len(rows)} of {len(pairs)} embedding file(s) and manifest.tsv to {args.out}")
+    if failed:
+        print(f"failed: {len(failed)} file(s):", *failed, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="audio files and/or folders (searched recursively)")
     parser.add_argument("-u", "--upstream", required=True, help="any s3prl.hub entry name, ours included")
@@ -98,44 +230,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     which.add_argument("--layer", type=int, help="hidden_states index (default: the last)")
     which.add_argument("--all-layers", action="store_true", help="save every hidden state: (layers, frames, dim)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="short files per forward pass")
+    parser.add_argument("--long-seconds", type=float, default=LONG_SECONDS,
+                        help="files longer than this go alone (EnCodecMAE: streamed to disk)")
     parser.add_argument("--device", default=compat.default_device())
     args = parser.parse_args(argv)
-
-    pairs = _expand(args.inputs)
-    if not pairs:
-        raise SystemExit("error: no audio files found in the inputs")
-    upstream = load_upstream(args.upstream, args.ckpt, args.model_config, args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    manifest, failed = [], []
-    # longest first: batches of similar length waste little padding
-    loaded: list[tuple[Path, Path, torch.Tensor]] = []
-    for path, stem in tqdm(pairs, desc="read", dynamic_ncols=True):
-        try:
-            loaded.append((path, stem, read_16k_mono(path)))
-        except ValueError as err:
-            failed.append(str(err))
-    loaded.sort(key=lambda item: -len(item[2]))
-    with tqdm(total=len(loaded), desc=f"extract {args.upstream}", dynamic_ncols=True) as bar:
-        for start in range(0, len(loaded), args.batch_size):
-            batch = loaded[start:start + args.batch_size]
-            try:
-                arrays = features(upstream, [w for _, _, w in batch], args.layer, args.all_layers, args.device)
-            except (ValueError, RuntimeError) as err:
-                failed += [f"{p}: {err}" for p, _, _ in batch]
-                bar.update(len(batch))
-                continue
-            for (path, stem, _), array in zip(batch, arrays):
-                target = args.out / stem.with_suffix(".npy")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                np.save(target, array)
-                manifest.append(f"{path}\t{target.relative_to(args.out)}\t{'x'.join(map(str, array.shape))}")
-            bar.update(len(batch))
-    (args.out / "manifest.tsv").write_text("input\toutput\tshape\n" + "\n".join(manifest) + "\n")
-    print(f"wrote {len(manifest)} embedding file(s) and manifest.tsv to {args.out}")
-    if failed:
-        print(f"skipped {len(failed)} file(s):", *failed, sep="\n  ", file=sys.stderr)
+    try:
+        return run(args)
+    except (UsageError, CheckpointError, FileNotFoundError) as err:
+        if os.environ.get("ENCODECMAE_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

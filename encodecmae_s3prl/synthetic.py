@@ -309,23 +309,31 @@ def write_tiny_wav2vec2_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_encodecmae_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A tiny random EnCodecMAE checkpoint as ``run_pretrain.py -u encodecmae`` writes it, its random-init
-    codec fitted (standardisation statistics and RVQ codebooks, DESIGN §3) to 2 s of each of a spread of
-    tones and noise colours: what ``encodecmae_local``, ``encodec_features`` and ``encodecmae_random`` take
-    with ``-k`` offline."""
-    from dataclasses import asdict
-
+def fit_codec_to_synthetic_audio(model, seed: int = 0) -> None:
+    """Fit a random-init codec (standardisation statistics and RVQ codebooks, DESIGN §3) to 2 s of each of a
+    spread of tones and noise colours, so that clips embed differently (benchmarks, tests, offline demos)."""
     import torch
+
+    rng = np.random.default_rng(seed)
+    corpus = [harmonic_tone(f, 2.0, 24000, rng) for f in (110, 165, 220, 330, 440, 660, 880)]
+    corpus += [sound_class(index, 2.0, 24000, rng) for index in range(8)]
+    model.codec.init_from_audio([torch.from_numpy(np.asarray(w, np.float32)) for w in corpus], seed=seed)
+
+
+def write_tiny_encodecmae_checkpoint(path: Path, seed: int = 0, size: str = "tiny") -> Path:
+    """A random EnCodecMAE checkpoint (``size``: tiny unless told) as ``run_pretrain.py -u encodecmae`` writes
+    it, its random-init codec fitted to synthetic audio: what ``encodecmae_local``, ``encodec_features`` and
+    ``encodecmae_random`` take with ``-k`` offline."""
+    from dataclasses import asdict, replace
 
     from encodecmae_s3prl.upstream.checkpoint import atomic_save
     from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
 
-    rng = np.random.default_rng(seed)
-    model = build_model(model_config_from_yaml({"model": "tiny"}), seed=seed)
-    corpus = [harmonic_tone(f, 2.0, 24000, rng) for f in (110, 165, 220, 330, 440, 660, 880)]
-    corpus += [sound_class(index, 2.0, 24000, rng) for index in range(8)]
-    model.codec.init_from_audio([torch.from_numpy(np.asarray(w, np.float32)) for w in corpus], seed=seed)
+    config = model_config_from_yaml({"model": size})
+    if config.encodec_source == "pretrained":  # offline: the random codec, standardised
+        config = replace(config, encodec_source="random", standardise_features=True)
+    model = build_model(config, seed=seed)
+    fit_codec_to_synthetic_audio(model, seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()}, "Step": 0},

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 import torchaudio
 
@@ -174,18 +175,75 @@ def test_wrong_and_truncated_checkpoints(tmp_path, tiny_ckpt):
         hub.encodecmae_local(ckpt=None)
 
 
-def test_extract_cli_writes_npy_and_manifest(tmp_path, tiny_ckpt):
+def test_extract_cli_writes_npy_and_manifest(tmp_path, tiny_ckpt, capsys):
     rng = np.random.default_rng(0)
     write_wav(tmp_path / "in" / "a.wav", harmonic_tone(220, 1.0, 44100, rng), 44100)
     write_wav(tmp_path / "in" / "sub" / "b.wav", harmonic_tone(330, 0.5, 16000, rng), 16000)
+    write_wav(tmp_path / "in" / "sub" / "c.wav", harmonic_tone(440, 0.8, 16000, rng), 16000)
+    write_wav(tmp_path / "in" / "tiny.wav", harmonic_tone(440, 0.005, 16000, rng), 16000)  # shorter than a frame
     (tmp_path / "in" / "broken.wav").write_bytes(b"RIFF....")
-    extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
-                  str(tmp_path / "out"), "--all-layers", "--device", "cpu"])
+    code = extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
+                         str(tmp_path / "out"), "--all-layers", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1  # some inputs failed
     a = np.load(tmp_path / "out" / "a.npy")
     b = np.load(tmp_path / "out" / "sub" / "b.npy")
     assert a.shape == (4, round(16000 / DOWNSAMPLE_RATE), 64) and b.shape[1] == round(8000 / DOWNSAMPLE_RATE)
+    # the too-short clip was batched with the others: it fails alone, with its own reason
+    assert (tmp_path / "out" / "sub" / "c.npy").is_file() and not (tmp_path / "out" / "tiny.npy").exists()
+    assert "failed: 2 file(s)" in err and "tiny.wav: waveform 0: 80 samples is shorter than one 75 Hz frame" in err
+    assert "broken.wav: cannot decode" in err
     manifest = (tmp_path / "out" / "manifest.tsv").read_text().splitlines()
-    assert len(manifest) == 3 and "broken" not in "".join(manifest)
+    assert len(manifest) == 4 and "broken" not in "".join(manifest) and "tiny" not in "".join(manifest)
+
+
+def test_extract_same_stem_inputs_are_an_error_and_good_runs_exit_0(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    rng = np.random.default_rng(1)
+    for name in ("a/x.wav", "b/x.wav"):
+        write_wav(tmp_path / name, harmonic_tone(220, 0.5, 16000, rng), 16000)
+    args = ["-u", "encodecmae_local", "-k", str(tiny_ckpt), "--device", "cpu", "--out"]
+    # absolute paths keep only their names: two x.npy -> an explicit error before any work
+    assert extract_main([str(tmp_path / "a/x.wav"), str(tmp_path / "b/x.wav"), *args, str(tmp_path / "o1")]) == 2
+    assert "would both write x.npy" in capsys.readouterr().err and not (tmp_path / "o1").exists()
+    write_wav(tmp_path / "c" / "y.wav", harmonic_tone(220, 0.5, 16000, rng), 16000)
+    soundfile.write(tmp_path / "c" / "y.flac", harmonic_tone(330, 0.5, 16000, rng), 16000)
+    assert extract_main([str(tmp_path / "c"), *args, str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "y.flac" in err and "y.wav" in err and "would both write y.npy" in err
+    # relative file arguments keep their folders: both outputs exist, exit 0
+    monkeypatch.chdir(tmp_path)
+    assert extract_main(["a/x.wav", "b/x.wav", *args, "o2"]) == 0
+    assert (tmp_path / "o2/a/x.npy").is_file() and (tmp_path / "o2/b/x.npy").is_file()
+    assert extract_main(["missing.wav", *args, "o3"]) == 2
+    assert "error: input missing.wav does not exist" in capsys.readouterr().err
+
+
+def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt):
+    """Past --long-seconds a file goes alone through UpstreamExpert.stream, written block by block: same numbers
+    as one forward pass, whatever the number of chunks per step."""
+    rng = np.random.default_rng(2)
+    wav = np.concatenate([harmonic_tone(f, 3.0, 16000, rng) for f in (110, 220, 330, 440, 550, 660, 770)])
+    write_wav(tmp_path / "in" / "long.wav", wav, 16000)  # 21 s: 6 chunks
+    code = extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
+                         str(tmp_path / "out"), "--all-layers", "--long-seconds", "5", "--device", "cpu"])
+    assert code == 0
+    streamed = np.load(tmp_path / "out" / "long.npy")
+    upstream = hub.encodecmae_local(ckpt=str(tiny_ckpt)).eval()
+    from encodecmae_s3prl.upstream.audio import read_audio
+
+    with torch.no_grad():
+        reference = torch.stack(upstream([read_audio(tmp_path / "in" / "long.wav", 16000)])["hidden_states"])[:, 0]
+        few = upstream.model.encode(torchaudio.functional.resample(torch.from_numpy(wav), 16000, 24000)[None],
+                                    chunks_per_step=1, layers=[-1]).hidden_states
+        many = upstream.model.encode(torchaudio.functional.resample(torch.from_numpy(wav), 16000, 24000)[None],
+                                     chunks_per_step=16).hidden_states[-1]
+    assert streamed.shape == (4, round(len(wav) / DOWNSAMPLE_RATE), 64)
+    np.testing.assert_allclose(streamed, reference.numpy(), atol=1e-5, rtol=1e-5)
+    assert len(few) == 1
+    torch.testing.assert_close(few[0], many, atol=3e-4, rtol=1e-4)  # other batch shapes: fp32 rounding only
+    assert extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
+                         str(tmp_path / "out2"), "--long-seconds", "5", "--layer", "1", "--device", "cpu"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "out2" / "long.npy"), reference[1].numpy(), atol=1e-5, rtol=1e-5)
 
 
 def test_random_codec_never_fitted_is_refused(monkeypatch, tiny_ckpt):

@@ -8,7 +8,7 @@ the model's own frames in order, identical for the first 640 (8.5 s), then one r
 """
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -49,12 +49,27 @@ class UpstreamExpert(nn.Module):
         return DOWNSAMPLE_RATE
 
     def forward(self, wavs: List[Tensor]) -> Dict[str, Union[Tensor, List[Tensor]]]:
-        wavs_24k, lengths_24k, lengths_16k = self._prepare(wavs)
-        encoded = self.model.encode(wavs_24k, lengths_24k)
-        index = self._output_index(lengths_16k, encoded.frame_lengths)  # (batch, out_frames)
-        gather = index[:, :, None]
-        hidden_states = [h.gather(1, gather.expand(-1, -1, h.shape[-1])) for h in encoded.hidden_states]
+        blocks, batch, out_frames = self._blocks(wavs)
+        hidden_states = self.model.collect_blocks(blocks, batch, out_frames)
         return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
+
+    def stream(self, wav: Tensor, layers: Sequence[int]) -> Iterator[Tuple[int, List[Tensor]]]:
+        """One clip, output frames in time order a few 4 s chunks at a time: (first output frame, one
+        (frames, D) tensor per requested hidden-state index). The frames ``forward`` gives, without
+        holding them all: what ``extract`` writes to disk for long audio."""
+        blocks, _, _ = self._blocks([wav], layers)
+        for _, cols, values in blocks:
+            if len(cols):
+                yield int(cols[0]), values
+
+    def _blocks(self, wavs: List[Tensor], layers: Optional[Sequence[int]] = None):
+        """The model's inference blocks laid on s3prl's 213-sample grid, and the output (batch, frames)."""
+        wavs_24k, lengths_24k, lengths_16k = self._prepare(wavs)
+        out_frames = self.output_frames(lengths_16k)
+        index = self._output_index(lengths_16k, self.model.frame_lengths(lengths_24k))  # (batch, max out_frames)
+        valid = torch.arange(index.shape[1], device=index.device)[None, :] < out_frames[:, None]
+        blocks = self.model.encode_blocks(wavs_24k, lengths_24k, index, valid, layers)
+        return blocks, len(wavs), index.shape[1]
 
     def _prepare(self, wavs: List[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Validate, pad and resample to 24 kHz: (batch, samples_24k), its lengths, and the 16 kHz lengths."""
@@ -80,9 +95,16 @@ class UpstreamExpert(nn.Module):
         return resampled[:, : int(lengths_24k.max())], lengths_24k, lengths_16k
 
     @staticmethod
+    def output_frames(samples_16k):
+        """Frames s3prl expects for that many 16 kHz samples: round(samples / 213), half up (int or tensor)."""
+        if isinstance(samples_16k, Tensor):
+            return torch.div(samples_16k * 2 + DOWNSAMPLE_RATE, 2 * DOWNSAMPLE_RATE, rounding_mode="floor")
+        return (int(samples_16k) * 2 + DOWNSAMPLE_RATE) // (2 * DOWNSAMPLE_RATE)
+
+    @staticmethod
     def _output_index(lengths_16k: Tensor, model_frames: Tensor) -> Tensor:
         """Model frame shown at each output frame: (batch, max round(len/213)), clamped per clip."""
-        out_frames = torch.div(lengths_16k * 2 + DOWNSAMPLE_RATE, 2 * DOWNSAMPLE_RATE, rounding_mode="floor")
+        out_frames = UpstreamExpert.output_frames(lengths_16k)
         j = torch.arange(int(out_frames.max()), device=lengths_16k.device)
         # j * 213 * 24000 / (16000 * 320) = j * 639 / 640, rounded up
         ratio_num, ratio_den = DOWNSAMPLE_RATE * MODEL_RATE, INPUT_RATE * HOP

@@ -14,7 +14,7 @@ are what s3prl's Featurizer weighs.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,8 @@ from encodecmae_s3prl.upstream.masking import gather_visible, scatter_back, span
 
 FRAME_RATE = SAMPLE_RATE // HOP  # 75 frames/s
 IGNORE = -100                    # target value that no loss or accuracy counts (padding, missing ST codes)
+CHUNKS_PER_STEP = 16             # inference: 4 s chunks per pass (bounds memory for audio of any length)
+CPU_CODEC_SEGMENTS = 2           # of those, through EnCodec at once on a CPU (its activations dominate memory)
 
 # γ_q of the published v1 models: mean quantization error of each of the first 8 codebooks, summed to 1
 V1_CODEBOOK_WEIGHTS = (0.22407463, 0.1759858, 0.14499009, 0.12150037, 0.10315603, 0.08831368, 0.07608274,
@@ -138,13 +140,14 @@ class EncoderOutput:
     hidden_states: L + 2 tensors (B, T, D): the embedding (projection + positions), the ``a``
         stream after each of the L encoder layers, and the encoder output a + LN_final(b).
         With ``features_only`` it is [features (B, T, 128)] alone.
-    output: (B, T, D), the last of ``hidden_states`` (the paper's "last encoder layer").
+    output: (B, T, D), the last of ``hidden_states`` (the paper's "last encoder layer"); None when
+        ``encode`` was asked for other layers only.
     frame_lengths: (B,) long, ceil(samples / 320); frames past it are zeros.
     padding_mask: (B, T) bool, True = padding.
     """
 
     hidden_states: List[Tensor]
-    output: Tensor
+    output: Optional[Tensor]
     frame_lengths: Tensor
     padding_mask: Tensor
 
@@ -268,20 +271,22 @@ class EncodecMAE(nn.Module):
             raise ValueError(f"wav_lengths must lie in [1, {wav.shape[1]}] samples, got {wav_lengths.tolist()}")
         return wav, wav_lengths
 
-    def _codec_features(self, wav: Tensor, clip: Tensor, start: Tensor, length: Tensor) -> Tuple[Tensor, Tensor]:
+    def _codec_features(self, wav: Tensor, clip: Tensor, start: Tensor, length: Tensor,
+                        max_segments: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         """EnCodec features of N segments ``wav[clip[i], start[i] : start[i] + length[i]]``.
 
         EnCodec runs on each segment at its own length (zero padding would change the frames near
-        its end), batching the segments of equal length together.
+        its end), batching the segments of equal length together, at most ``max_segments`` at once
+        (its convolutions hold ~120 MB of activations per 4 s segment).
         Returns features (N, F, 128) float32 zero-padded, frames (N,).
         """
         frames = self.frame_lengths(length)
         out = wav.new_zeros(len(length), int(frames.max()), FEATURE_DIM, dtype=torch.float32)
         for size in torch.unique(length).tolist():
-            group = (length == size).nonzero().squeeze(1)
-            samples = start[group, None] + torch.arange(size, device=wav.device)
-            features = self.codec.features(wav[clip[group, None], samples])
-            out[group, : features.shape[1]] = features
+            for group in (length == size).nonzero().squeeze(1).split(max_segments or len(length)):
+                samples = start[group, None] + torch.arange(size, device=wav.device)
+                features = self.codec.features(wav[clip[group, None], samples])
+                out[group, : features.shape[1]] = features
         return out, frames
 
     def embed(self, features: Tensor, frame_lengths: Optional[Tensor] = None) -> Tensor:
@@ -293,56 +298,89 @@ class EncodecMAE(nn.Module):
         return x
 
     # --- inference ---------------------------------------------------------------------------
-    def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None) -> EncoderOutput:
-        """Every encoder layer, no masking.
+    def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, layers: Optional[Sequence[int]] = None,
+               chunks_per_step: int = CHUNKS_PER_STEP) -> EncoderOutput:
+        """Every encoder layer (or the ``layers`` asked for), no masking.
 
         Args:
             wav: (B, S) float, 24 kHz mono, zero-padded past each clip's length.
             wav_lengths: (B,) samples per clip; None = all S.
+            layers: indices into the L + 2 hidden states to keep (negative allowed); None = all.
+            chunks_per_step: 4 s chunks that go through EnCodec and the encoder together.
         Returns:
             ``EncoderOutput``, T = ceil(max length / 320). Clips longer than ``chunk_seconds`` are
             cut into chunks of ``chunk_frames`` frames (4 s = 300) that the encoder sees as
             separate clips (positions restart), the last one at its own length; the chunks'
-            frames are concatenated in time. Each clip gives the frames it gives alone.
+            frames are concatenated in time. Each clip gives the frames it gives alone. Memory
+            beyond the returned states is bounded by ``chunks_per_step``, whatever the length.
         """
         wav, lengths = self._check_audio(wav, wav_lengths)
-        batch = wav.shape[0]
-        chunk_samples = self.config.chunk_frames * HOP
+        frame_lengths = self.frame_lengths(lengths)
+        frames = int(frame_lengths.max())
+        padding = _padding_mask(frame_lengths, frames)
+        index = torch.arange(frames, device=wav.device)[None, :].expand(wav.shape[0], -1)
+        hidden = self.collect_blocks(self.encode_blocks(wav, lengths, index, ~padding, layers, chunks_per_step),
+                                     wav.shape[0], frames)
+        every = layers is None or self._hidden_count() - 1 in [i % self._hidden_count() for i in layers]
+        return EncoderOutput(hidden_states=hidden, output=hidden[-1] if every else None,
+                             frame_lengths=frame_lengths, padding_mask=padding)
+
+    @staticmethod
+    def collect_blocks(blocks: Iterator[Tuple[Tensor, Tensor, List[Tensor]]], batch: int, frames: int) -> List[Tensor]:
+        """Write the blocks of ``encode_blocks`` into zero-initialised (batch, frames, D) tensors."""
+        out: Optional[List[Tensor]] = None
+        for rows, cols, values in blocks:
+            if out is None:
+                out = [v.new_zeros(batch, frames, v.shape[-1]) for v in values]
+            for tensor, value in zip(out, values):
+                tensor[rows, cols] = value
+        return out
+
+    def _hidden_count(self) -> int:
+        return 1 if self.features_only else self.config.encoder_layers + 2
+
+    def encode_blocks(self, wav: Tensor, lengths: Tensor, output_index: Tensor, output_valid: Tensor,
+                      layers: Optional[Sequence[int]] = None, chunks_per_step: int = CHUNKS_PER_STEP
+                      ) -> Iterator[Tuple[Tensor, Tensor, List[Tensor]]]:
+        """The inference path, ``chunks_per_step`` 4 s chunks at a time, in time order.
+
+        Args:
+            wav: (B, S) 24 kHz, zero-padded; lengths: (B,) samples per clip (checked by the caller).
+            output_index: (B, J) long, the model frame shown at each output position (the identity for
+                ``encode``; s3prl's 213-sample grid for the upstream expert).
+            output_valid: (B, J) bool, positions to fill (False = padding).
+            layers: hidden-state indices to compute (None = all L + 2).
+        Yields:
+            (rows, cols, values): the output positions (rows[k], cols[k]) whose frames this step
+            computed, and one (K, D) tensor per kept layer. Every valid position comes exactly once.
+        """
+        count = self._hidden_count()
+        keep = list(range(count)) if layers is None else [i % count if -count <= i < count else _bad_layer(i, count)
+                                                          for i in layers]
+        chunk_frames = self.config.chunk_frames
+        chunk_samples = chunk_frames * HOP
         # the chunk table: chunk i is wav[clip[i], start[i] : start[i] + size[i]]
         chunks = torch.div(lengths + chunk_samples - 1, chunk_samples, rounding_mode="floor")  # (B,)
         first = chunks.cumsum(0) - chunks                                                   # (B,)
-        clip = torch.repeat_interleave(torch.arange(batch, device=wav.device), chunks)      # (N,)
+        clip = torch.repeat_interleave(torch.arange(len(lengths), device=wav.device), chunks)  # (N,)
         start = (torch.arange(len(clip), device=wav.device) - first[clip]) * chunk_samples
         size = torch.minimum(lengths[clip] - start, torch.full_like(start, chunk_samples))
-
-        features, chunk_frames = self._codec_features(wav, clip, start, size)
-        chunk_padding = _padding_mask(chunk_frames, features.shape[1])
-        if self.features_only:
-            hidden = [self.codec.standardise(features)]
-        else:
-            x = self.embed(features, chunk_frames)
-            output, per_layer = self.encoder(x, chunk_padding)
-            hidden = [x, *per_layer, output]
-
-        frame_lengths = self.frame_lengths(lengths)
-        padding = _padding_mask(frame_lengths, int(frame_lengths.max()))
-        if len(clip) == batch:  # no clip was cut: chunks are the clips
-            hidden = [h.masked_fill(padding[:, :, None], 0.0) for h in hidden]
-        else:
-            hidden = [self._join_chunks(h, first, padding) for h in hidden]
-        return EncoderOutput(hidden_states=hidden, output=hidden[-1], frame_lengths=frame_lengths,
-                             padding_mask=padding)
-
-    def _join_chunks(self, chunked: Tensor, first: Tensor, padding: Tensor) -> Tensor:
-        """(N, F, D) per chunk -> (B, T, D) per clip, frame t of clip b from chunk
-        first[b] + t // chunk_frames at t % chunk_frames; padding frames are zeros."""
-        count, width, dim = chunked.shape
-        t = torch.arange(padding.shape[1], device=chunked.device)[None, :]
-        chunk = (first[:, None] + torch.div(t, self.config.chunk_frames, rounding_mode="floor")).clamp_max(count - 1)
-        frame = (t % self.config.chunk_frames).clamp_max(width - 1)
-        flat = (chunk * width + frame).masked_fill(padding, 0)  # (B, T)
-        joined = chunked.reshape(count * width, dim)[flat.reshape(-1)].reshape(*flat.shape, dim)
-        return joined.masked_fill(padding[:, :, None], 0.0)
+        # where each output position's frame lives: chunk and frame within it
+        chunk_of = first[:, None] + torch.div(output_index, chunk_frames, rounding_mode="floor")  # (B, J)
+        frame_of = output_index % chunk_frames
+        for begin in range(0, len(clip), chunks_per_step):
+            end = min(begin + chunks_per_step, len(clip))
+            features, frames = self._codec_features(wav, clip[begin:end], start[begin:end], size[begin:end],
+                                                    None if wav.is_cuda else CPU_CODEC_SEGMENTS)
+            if self.features_only:
+                hidden = [self.codec.standardise(features)]
+            else:
+                x = self.embed(features, frames)
+                output, per_layer = self.encoder(x, _padding_mask(frames, features.shape[1]))
+                hidden = [x, *per_layer, output]
+            rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
+            chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
+            yield rows, cols, [hidden[i][chunk, frame] for i in keep]
 
     # --- pretraining -------------------------------------------------------------------------
     def forward(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, extra_targets: Optional[Tensor] = None,
@@ -481,6 +519,11 @@ def masked_prediction_loss(ce: Tensor, valid: Tensor, mask: Tensor, weights: Ten
     unmasked_loss = (ce * unmasked).sum(dim=(0, 1)) / unmasked.sum(dim=(0, 1)).clamp_min(1)
     loss = (weights.to(ce) * (delta * masked_loss + (1.0 - delta) * unmasked_loss)).sum()
     return loss, masked_loss, unmasked_loss
+
+
+def _bad_layer(index: int, count: int) -> int:
+    raise ValueError(f"layer {index} does not exist: this model has {count} hidden states (0..{count - 1}, or "
+                     f"-{count}..-1 from the end)")
 
 
 def _padding_mask(lengths: Tensor, frames: int) -> Tensor:

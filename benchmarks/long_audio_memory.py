@@ -1,0 +1,163 @@
+"""Peak memory (RSS) of long audio through EnCodecMAE: `extract` of one file, and one upstream forward.
+
+    .venv/bin/python benchmarks/long_audio_memory.py [--size base] [--extract-minutes 10,60] [--forward-minutes 10]
+        [--tree DIR]   # run another checkout's code (e.g. a `git worktree` of an older commit), for before/after
+
+Each measurement runs in a fresh subprocess; its peak RSS is `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`
+read after it exits. Audio: a 16 kHz mono WAV of harmonic tones; model: a random `--size` EnCodecMAE whose
+random-init codec is fitted to synthetic audio (weights do not change memory or cost). Prints one markdown row
+per measurement for benchmarks/README.md, with the CPU flags.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+# installs a finder that maps encodecmae_s3prl.* to the folders of another checkout (as setup.py's package_dir)
+TREE_SHIM = """
+import importlib.machinery, sys
+ROOT = {root!r}
+MAP = {{"encodecmae_s3prl": "encodecmae_s3prl", "encodecmae_s3prl.upstream": "upstream",
+        "encodecmae_s3prl.pretrain_task": "pretrain_task", "encodecmae_s3prl.downstream_probes": "downstream_probes"}}
+class _Tree:
+    def find_spec(self, name, path=None, target=None):
+        parts = name.split(".")
+        for depth in (2, 1):
+            head = ".".join(parts[:depth])
+            if head in MAP and len(parts) >= depth:
+                rest = parts[depth:]
+                folder = ROOT + "/" + MAP[head] + "".join("/" + p for p in rest[:-1])
+                base = folder + ("/" + rest[-1] if rest else "")
+                import os
+                if os.path.isfile(base + "/__init__.py"):
+                    return importlib.util.spec_from_file_location(name, base + "/__init__.py",
+                                                                  submodule_search_locations=[base])
+                if rest and os.path.isfile(base + ".py"):
+                    return importlib.util.spec_from_file_location(name, base + ".py")
+                return None
+        return None
+import importlib.util
+sys.meta_path.insert(0, _Tree())
+"""
+
+FORWARD = """
+import resource, sys, time, torch, soundfile, numpy as np
+import encodecmae_s3prl
+from s3prl import hub
+wav, rate = soundfile.read(sys.argv[1], dtype="float32")
+upstream = hub.encodecmae_local(ckpt=sys.argv[2]).eval()
+ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes: torch, s3prl, the model, the audio
+start = time.perf_counter()
+with torch.no_grad():
+    states = upstream([torch.from_numpy(wav)])["hidden_states"]
+seconds = time.perf_counter() - start
+size = sum(s.numel() * s.element_size() for s in states)
+print("RESULT", size, seconds, ready)
+"""
+
+
+def cpu_flags() -> str:
+    try:
+        flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return platform.processor() or "unknown"
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
+    return "+".join(f for f in wanted if f" {f}" in flags) or "none of avx2/avx512"
+
+
+def child(code_or_args: list[str], tree: str | None) -> tuple[float, str, float]:
+    """Run a fresh interpreter; (its peak RSS in GB, its stdout, wall seconds)."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    if tree:
+        prelude = TREE_SHIM.format(root=str(Path(tree).resolve()))
+        if code_or_args[0] == "-c":
+            code_or_args = ["-c", prelude + code_or_args[1], *code_or_args[2:]]
+        else:  # -m module args
+            code_or_args = ["-c", prelude + f"import runpy, sys; sys.argv = {code_or_args[1:]!r}; "
+                                            f"runpy.run_module({code_or_args[1]!r}, run_name='__main__')"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *code_or_args], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak <= before:
+        print("warning: a previous child had a higher peak; run one measurement per invocation", file=sys.stderr)
+    return peak / 1024 / 1024, proc.stdout, wall
+
+
+def write_audio(path: Path, minutes: float) -> None:
+    import numpy as np
+    import soundfile
+
+    rate = 16000
+    with soundfile.SoundFile(str(path), "w", rate, 1, "PCM_16") as handle:
+        rng = np.random.default_rng(0)
+        for second in range(int(minutes * 60)):
+            t = np.arange(rate) / rate
+            freq = 110 * 2 ** (rng.integers(0, 36) / 12)
+            handle.write((0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(rate)).astype(np.float32))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", default="base")
+    parser.add_argument("--extract-minutes", default="10,60")
+    parser.add_argument("--forward-minutes", default="10")
+    parser.add_argument("--tree", help="another checkout whose code to measure (default: this one)")
+    parser.add_argument("--work", type=Path, help="folder for the audio, checkpoint and outputs (default: temp)")
+    args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="long_audio_"))
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / f"{args.size}-{'tree' if args.tree else 'here'}.ckpt"
+    if not ckpt.exists():  # written by the code under test, so that it can read it
+        env_random = "import os; os.environ.setdefault('ENCODEC_CKPT', 'random')\n"
+        child(["-c", env_random + "import sys; from encodecmae_s3prl.synthetic import write_tiny_encodecmae_checkpoint "
+               "as w; w(sys.argv[1], size=sys.argv[2]) if 'size' in w.__code__.co_varnames else "
+               "sys.exit('this checkout cannot write a ' + sys.argv[2] + ' checkpoint')", str(ckpt), args.size],
+              args.tree)
+    label = f"{args.tree or 'this checkout'}"
+    rows = []
+    for minutes in [float(m) for m in args.forward_minutes.split(",") if m]:
+        audio = work / f"{minutes:g}min.wav"
+        if not audio.exists():
+            write_audio(audio, minutes)
+        peak, out, wall = child(["-c", FORWARD, str(audio), str(ckpt)], args.tree)
+        size, seconds, ready = (float(v) for v in out.split("RESULT", 1)[1].split())
+        grown = peak * 1024 ** 3 - ready
+        rows.append(f"| upstream forward, all {args.size} hidden states | {minutes:g} min | {peak:.2f} GB "
+                    f"({ready / 1024 ** 3:.2f} GB before the forward) | returns {size / 1024 ** 3:.2f} GB; the forward "
+                    f"added {grown / 1024 ** 3:.2f} GB = {grown / size:.2f}x of it | {wall:.0f} s | {label} |")
+    for minutes in [float(m) for m in args.extract_minutes.split(",") if m]:
+        audio = work / f"{minutes:g}min.wav"
+        if not audio.exists():
+            write_audio(audio, minutes)
+        out_dir = work / f"out-{minutes:g}"
+        peak, _, wall = child(["-m", "encodecmae_s3prl.extract", "-u", "encodecmae_local", "-k", str(ckpt),
+                               str(audio), "--out", str(out_dir), "--device", "cpu"], args.tree)
+        import numpy as np
+
+        kept = np.load(out_dir / f"{audio.stem}.npy", mmap_mode="r")
+        rows.append(f"| `extract`, last layer of {args.size} | {minutes:g} min | {peak:.2f} GB | output "
+                    f"{kept.nbytes / 1024 ** 3:.2f} GB {tuple(kept.shape)} | {wall:.0f} s | {label} |")
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, cpu flags {cpu_flags()}, torch threads "
+          f"{os.environ.get('OMP_NUM_THREADS', '2')}, {time.strftime('%Y-%m-%d')}")
+    print("| what | audio | peak RSS | kept | wall | code |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
