@@ -145,6 +145,13 @@ class _Resamplers:
         return self._cache[rate](wav)
 
 
+def draw_start_frame(file: AudioFile, crop_seconds: float, rng: np.random.Generator) -> int:
+    """A crop's first EnCodec frame, uniform over the starts that keep it inside the file (0 for short files)."""
+    crop_frames = int(round(crop_seconds * FRAME_RATE))
+    file_frames = file.num_frames * FRAME_RATE // file.sample_rate  # whole frames the file holds
+    return int(rng.integers(0, file_frames - crop_frames + 1)) if file_frames > crop_frames else 0
+
+
 def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
               resample: _Resamplers) -> tuple[torch.Tensor, int] | None:
     """A random crop of at most ``crop_seconds`` as 24 kHz mono float32 (samples,) and its first EnCodec
@@ -155,9 +162,7 @@ def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
     exact for rates that are multiples of 75 Hz (24, 48, 44.1, 22.05 kHz) and within half a sample otherwise.
     """
     want = int(math.ceil(crop_seconds * file.sample_rate))
-    crop_frames = int(round(crop_seconds * FRAME_RATE))
-    file_frames = file.num_frames * FRAME_RATE // file.sample_rate  # whole frames the file holds
-    start_frame = int(rng.integers(0, file_frames - crop_frames + 1)) if file_frames > crop_frames else 0
+    start_frame = draw_start_frame(file, crop_seconds, rng)
     start = min(int(round(start_frame * file.sample_rate / FRAME_RATE)), max(0, file.num_frames - want))
     try:
         data, rate = soundfile.read(file.path, start=start, stop=start + want, dtype="float32", always_2d=True)
@@ -173,17 +178,25 @@ def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
 
 @dataclass
 class Crop:
-    wav: torch.Tensor       # (samples,) float32, 24 kHz mono
+    wav: torch.Tensor | None  # (samples,) float32, 24 kHz mono; None when cut from a codec cache
     path: str
-    start_frame: int        # first EnCodec frame (75 Hz) of the crop in its file
+    start_frame: int          # first EnCodec frame (75 Hz) of the crop in its file
+    cached: object = None     # codec_cache.CachedCrop: features (frames, 128) fp16, codes (frames, Q) int16
+
+    @property
+    def frames(self) -> int:
+        return int(self.cached.features.shape[0]) if self.cached is not None else -(-self.wav.numel() // HOP)
 
 
 @dataclass
 class CropBatch:
-    wavs: torch.Tensor      # (batch, samples) float32, zero-padded, 24 kHz mono
-    lengths: torch.Tensor   # (batch,) valid samples per row
+    wavs: torch.Tensor | None  # (batch, samples) float32, zero-padded, 24 kHz mono; None from a codec cache
+    lengths: torch.Tensor      # (batch,) valid samples per row (from a cache: frames x 320)
     batch_index: int
     extra_targets: torch.Tensor | None = None  # (batch, frames) long, -100 where unknown (self-training)
+    features: torch.Tensor | None = None       # from a codec cache: (batch, frames, 128) float16, zero-padded
+    codes: torch.Tensor | None = None          # from a codec cache: (batch, frames, Q) int16
+    frame_lengths: torch.Tensor | None = None  # from a codec cache: (batch,) valid frames
 
 
 class CropSampler:
@@ -194,7 +207,7 @@ class CropSampler:
     """
 
     def __init__(self, files: Sequence[AudioFile], batch_size: int, crop_seconds: float = 4.0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, cache=None):
         if batch_size <= 0:
             raise CorpusError(f"train_batch_size must be positive, got {batch_size}")
         self.files = list(files)
@@ -206,6 +219,14 @@ class CropSampler:
         self.probabilities = seconds / seconds.sum()
         self.bad_files: set[str] = set()
         self._resample = _Resamplers()
+        self.cache = cache  # a codec_cache.CodecCache: crops of features and codes instead of audio
+
+    def use_cache(self, cache, files: Sequence[AudioFile]) -> None:
+        """From now on, crops of ``cache`` (features and codes) drawn over ``files`` (those it holds)."""
+        self.files = list(files)
+        seconds = np.array([f.seconds for f in self.files], dtype=np.float64)
+        self.probabilities = seconds / seconds.sum()
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.files)
@@ -222,6 +243,10 @@ class CropSampler:
             file = self.files[int(rng.choice(len(self.files), p=self.probabilities))]
             if file.path in self.bad_files:
                 continue
+            if self.cache is not None:  # the same draws as from audio: same files, same start frames
+                start_frame = draw_start_frame(file, self.crop_seconds, rng)
+                frames = int(round(self.crop_seconds * FRAME_RATE))
+                return Crop(None, file.path, start_frame, self.cache.crop(file.path, start_frame, frames))
             crop = read_crop(file, self.crop_seconds, rng, self._resample)
             if crop is not None and crop[0].numel() > 0:
                 return Crop(crop[0], file.path, crop[1])
@@ -238,15 +263,18 @@ class CropSampler:
 
 def collate(crops: Sequence[Crop], batch_index: int, targets=None) -> CropBatch:
     """Pad crops into a batch; with a self-training ``targets`` store, attach each crop's aligned codes."""
-    lengths = torch.tensor([c.wav.numel() for c in crops], dtype=torch.long)
-    padded = torch.zeros(len(crops), int(lengths.max()))
-    for row, crop in enumerate(crops):
-        padded[row, : crop.wav.numel()] = crop.wav
+    frames = max(c.frames for c in crops)
     extra = None
     if targets is not None:
-        frames = int(math.ceil(int(lengths.max()) / HOP))
         extra = torch.stack([targets.slice(c.path, c.start_frame, frames) for c in crops])
-    return CropBatch(padded, lengths, batch_index, extra)
+    pad = torch.nn.utils.rnn.pad_sequence
+    if crops[0].cached is not None:
+        frame_lengths = torch.tensor([c.frames for c in crops], dtype=torch.long)
+        features = pad([c.cached.features for c in crops], batch_first=True)
+        codes = pad([c.cached.codes for c in crops], batch_first=True)
+        return CropBatch(None, frame_lengths * HOP, batch_index, extra, features, codes, frame_lengths)
+    lengths = torch.tensor([c.wav.numel() for c in crops], dtype=torch.long)
+    return CropBatch(pad([c.wav for c in crops], batch_first=True), lengths, batch_index, extra)
 
 
 class _CropIndex(torch.utils.data.Dataset):

@@ -21,7 +21,7 @@ from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, load_checkpoint, model_config_from_yaml
 
 DATARC_KEYS = {"corpus", "train_batch_size", "crop_seconds", "num_workers", "prefetch_batches", "precision", "seed",
-               "target_store", "codec_init_clips", "init_from", "loader"}
+               "target_store", "codec_init_clips", "init_from", "loader", "codec_cache"}
 
 
 class ConfigError(ValueError):
@@ -79,6 +79,7 @@ class UpstreamPretrainExpert(nn.Module):
             files = self.targets.check(files, self.model_config.extra_targets)
         self.sampler = CropSampler(files, int(datarc["train_batch_size"]), float(datarc.get("crop_seconds", 4.0)),
                                    seed=self.seed, rank=self.rank, world_size=self.world_size)
+        self.files = files
 
         self.model = build_model(self.model_config, seed=self.seed)
         if datarc.get("init_from"):
@@ -88,6 +89,8 @@ class UpstreamPretrainExpert(nn.Module):
             clips = int(datarc.get("codec_init_clips", 64))
             wavs = [self.sampler.example(0, slot, CropSampler.CODEC_INIT).wav for slot in range(clips)]
             self.model.codec.init_from_audio(wavs, seed=self.seed)
+        if datarc.get("codec_cache"):
+            self._open_codec_cache(datarc["codec_cache"])
         if self.world_size > 1:  # torchrun: every rank draws its own crops, gradients are averaged
             self.model = nn.parallel.DistributedDataParallel(self.model.to(self.device))
         elif multi_gpu:
@@ -96,6 +99,19 @@ class UpstreamPretrainExpert(nn.Module):
         self.next_batch = 0
         self.precision = datarc.get("precision", "auto")
         self._last_time = None
+
+    def _open_codec_cache(self, folder: str) -> None:
+        """The codec cache of this run's codec, built or finished first if needed (rank 0; the others wait)."""
+        from encodecmae_s3prl.pretrain_task.codec_cache import CodecCache, build
+
+        codec, q = self.model.codec, self.model_config.num_codebooks
+        if self.rank == 0 and (not Path(folder, "meta.json").is_file() or CodecCache.open(folder).missing(self.files)):
+            counts = build(self.files, codec, folder, q, device=self.device)
+            print(f"[encodecmae] codec cache {folder}: {counts['built']} shard(s) built, {counts['present']} there")
+        if self.world_size > 1:
+            torch.distributed.barrier()
+        cache = CodecCache.open(folder)
+        self.sampler.use_cache(cache, cache.check(self.files, codec, q))
 
     def _init_from(self, path: str) -> None:
         """Start from another run's weights (the self-training stage 2 starts from stage 1): every tensor
@@ -135,13 +151,18 @@ class UpstreamPretrainExpert(nn.Module):
 
     def forward(self, data: CropBatch, records=None, global_step: int = 0, log_step: int = 1000, **kwargs):
         records = defaultdict(list) if records is None else records
-        wavs, lengths = data.wavs.to(self.device), data.lengths.to(self.device)
+        lengths = data.lengths.to(self.device)
         extra = data.extra_targets.to(self.device) if data.extra_targets is not None else None
+        if data.features is not None:  # from the codec cache: the frozen codec does not run
+            inputs = dict(features=data.features.to(self.device), frame_lengths=data.frame_lengths.to(self.device),
+                          codes=data.codes.to(self.device))
+        else:
+            inputs = dict(wav=data.wavs.to(self.device), wav_lengths=lengths)
         # the masks are a function of (seed, batch): a resumed run draws the same ones
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + data.batch_index * (self.world_size or 1)
                                                   + self.rank)
         with autocast(self.device, self.precision):
-            output = self.model(wavs, lengths, extra_targets=extra, generator=generator)
+            output = self.model(**inputs, extra_targets=extra, generator=generator)
         self.next_batch = data.batch_index + 1
 
         now = time.perf_counter()

@@ -383,12 +383,16 @@ class EncodecMAE(nn.Module):
             yield rows, cols, [hidden[i][chunk, frame] for i in keep]
 
     # --- pretraining -------------------------------------------------------------------------
-    def forward(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, extra_targets: Optional[Tensor] = None,
-                generator: Optional[torch.Generator] = None, mask: Optional[Tensor] = None) -> PretrainOutput:
-        """One masked-prediction step.
+    def forward(self, wav: Optional[Tensor] = None, wav_lengths: Optional[Tensor] = None,
+                extra_targets: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+                mask: Optional[Tensor] = None, features: Optional[Tensor] = None,
+                frame_lengths: Optional[Tensor] = None, codes: Optional[Tensor] = None) -> PretrainOutput:
+        """One masked-prediction step, from audio or from a codec cache's output.
 
         Args:
             wav: (B, S) float, 24 kHz, zero-padded; wav_lengths: (B,) samples (None = all S).
+            features, frame_lengths, codes: instead of ``wav``, the frozen codec's output (see
+                ``forward_features``), e.g. read from a codec cache.
             extra_targets: (B, T') long self-training codes in [0, extra_targets), IGNORE (-100)
                 where unknown; cropped or padded to T. Required iff config.extra_targets > 0.
             generator: randomness of the span mask.
@@ -398,22 +402,45 @@ class EncodecMAE(nn.Module):
 
         Clips are not cut into chunks here (pretraining crops are 4 s); each is seen whole.
         """
-        config = self.config
+        if features is not None:
+            if wav is not None or frame_lengths is None or codes is None:
+                raise ValueError("give either wav (and wav_lengths) or features, frame_lengths and codes")
+            return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask)
         wav, lengths = self._check_audio(wav, wav_lengths)
         batch = wav.shape[0]
         # one codec pass feeds both the input and the targets
         features, frame_lengths = self._codec_features(wav, torch.arange(batch, device=wav.device),
                                                        torch.zeros_like(lengths), lengths)
-        frames = features.shape[1]
+        codes = self.codec.codes(features, self.config.num_codebooks).transpose(1, 2)  # (B, T, Q)
+        return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask)
+
+    def forward_features(self, features: Tensor, frame_lengths: Tensor, codes: Tensor,
+                         extra_targets: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+                         mask: Optional[Tensor] = None) -> PretrainOutput:
+        """The masked-prediction step from the frozen codec's output on (what a codec cache feeds).
+
+        Args:
+            features: (B, T, 128) EnCodec encoder output (any float dtype), zero past ``frame_lengths``.
+            frame_lengths: (B,) long valid frames per clip.
+            codes: (B, T, Q) its RVQ codes (the targets), Q = config.num_codebooks; values past the
+                lengths are ignored.
+            extra_targets, generator, mask: as ``forward``.
+        """
+        config = self.config
+        batch, frames = features.shape[:2]
+        features = features.float()
+        frame_lengths = frame_lengths.to(features.device, torch.long)
         padding = _padding_mask(frame_lengths, frames)
-        targets = self.codec.codes(features, config.num_codebooks).transpose(1, 2)  # (B, T, Q)
-        targets = targets.masked_fill(padding[:, :, None], IGNORE)
+        if codes.shape != (batch, frames, config.num_codebooks):
+            raise ValueError(f"codes must be (batch, frames, num_codebooks) = {(batch, frames, config.num_codebooks)}"
+                             f", got {tuple(codes.shape)}")
+        targets = codes.to(features.device, torch.long).masked_fill(padding[:, :, None], IGNORE)
 
         if mask is None:
             mask = span_mask(frame_lengths, frames, config.mask_prop, config.mask_span, generator)
         elif mask.shape != (batch, frames):
             raise ValueError(f"mask must be (batch, frames) = {(batch, frames)}, got {tuple(mask.shape)}")
-        mask = mask.to(wav.device, torch.bool) & ~padding
+        mask = mask.to(features.device, torch.bool) & ~padding
 
         # encoder: visible frames only (MAE: dropped frames never reach it)
         x = self.embed(features, frame_lengths)

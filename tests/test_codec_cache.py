@@ -1,0 +1,126 @@
+"""Codec cache: EnCodec features and codes computed once per corpus file, crops sliced on frame boundaries."""
+import filecmp
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from encodecmae_s3prl.pretrain_task import codec_cache as cache_module
+from encodecmae_s3prl.pretrain_task.codec_cache import CodecCache, CodecCacheError, build, whole_file_features
+from encodecmae_s3prl.pretrain_task.corpus import CropSampler, collate, load_corpus
+from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone, write_wav
+from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = build_model(model_config_from_yaml({"model": "tiny"}))
+    fit_codec_to_synthetic_audio(model)
+    return model
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "audio"
+    for i, (rate, seconds) in enumerate([(24000, 6.0), (48000, 5.0), (16000, 7.3), (44100, 4.5), (24000, 2.0)]):
+        write_wav(root / f"f{i}.wav", harmonic_tone(110 * (i + 2), seconds, rate, rng), rate)
+    (root / "broken.wav").write_bytes(b"RIFF....")
+    soundfile.write(root / "nan.wav", np.full(8000, np.nan, np.float32), 16000, subtype="FLOAT")
+    return root
+
+
+def test_cached_crops_are_the_codec_of_the_file_and_match_the_crop_inside(tmp_path, corpus, model):
+    files = load_corpus([str(corpus)], progress=False)
+    counts = build(files, model.codec, tmp_path / "cache", 8, files_per_shard=2, progress=False)
+    assert counts["skipped"] == 1 and counts["built"] == 3  # nan.wav is unreadable; broken.wav is not in the corpus
+    cache = CodecCache.open(tmp_path / "cache")
+    usable = cache.check(files, model.codec, 8)
+    assert sorted(f.path.split("/")[-1] for f in usable) == [f"f{i}.wav" for i in range(5)]
+
+    sampler = CropSampler(files, batch_size=6, crop_seconds=2.0, seed=1)
+    audio = [sampler.example(0, slot) for slot in range(6)]
+    sampler.use_cache(cache, usable)
+    cached = [sampler.example(0, slot) for slot in range(6)]
+    for from_audio, from_cache in zip(audio, cached):
+        # the same draws: same file, same start frame, same number of frames
+        assert (from_audio.path, from_audio.start_frame, from_audio.frames) == \
+            (from_cache.path, from_cache.start_frame, from_cache.frames)
+        with torch.no_grad():
+            features = model.codec.features(from_audio.wav[None])[0]
+            codes = model.codec.codes(features[None], 8)[0].T
+        # EnCodec on the crop alone and the whole file's features agree inside the crop (not at its two edges)
+        inner = slice(40, from_audio.frames - 10)
+        agree = (codes[inner] == from_cache.cached.codes[inner].long()).float().mean()
+        assert agree > 0.9, (from_audio.path, float(agree))
+        relative = (features[inner] - from_cache.cached.features[inner].float()).norm() / features[inner].norm()
+        assert relative < 0.02
+
+    batch = collate(cached, 0)
+    assert batch.wavs is None and batch.features.dtype == torch.float16 and batch.codes.dtype == torch.int16
+    assert batch.features.shape == (6, 150, 128) and batch.codes.shape == (6, 150, 8)
+    model.train()
+    output = model(features=batch.features, frame_lengths=batch.frame_lengths, codes=batch.codes,
+                   generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(output.loss)
+
+
+def test_whole_file_features_in_windows_match_one_pass(model, monkeypatch):
+    wav = torch.from_numpy(harmonic_tone(220.0, 9.0, 24000, np.random.default_rng(3)))
+    with torch.no_grad():
+        whole = model.codec.features(wav[None])[0]
+        monkeypatch.setattr(cache_module, "WINDOW_SECONDS", 2)
+        monkeypatch.setattr(cache_module, "WARMUP_SECONDS", 1)
+        windowed = whole_file_features(model.codec, wav)
+    assert windowed.shape == whole.shape == (675, 128)
+    assert (windowed - whole).norm() / whole.norm() < 0.02  # 1 s of context: the windows barely show
+
+
+def test_interrupted_build_resumes_to_identical_files(tmp_path, corpus, model, monkeypatch):
+    files = load_corpus([str(corpus)], progress=False)
+    build(files, model.codec, tmp_path / "once", 8, files_per_shard=2, progress=False)
+
+    real_read, calls = cache_module.read_audio, []
+
+    def dies_on_the_fourth(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "read_audio", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        build(files, model.codec, tmp_path / "twice", 8, files_per_shard=2, progress=False)
+    assert len(list((tmp_path / "twice").glob("shard-*.json"))) == 1  # shard 0 complete, shard 1 not
+    monkeypatch.setattr(cache_module, "read_audio", real_read)
+    counts = build(files, model.codec, tmp_path / "twice", 8, files_per_shard=2, progress=False)
+    assert counts["present"] == 1 and counts["built"] == 2
+    names = sorted(p.name for p in (tmp_path / "once").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "twice").iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "once", tmp_path / "twice", names, shallow=False)
+    assert not mismatch and not errors
+
+    # two processes, disjoint shards, one cache
+    build(files, model.codec, tmp_path / "split", 8, shard=(0, 2), files_per_shard=2, progress=False)
+    build(files, model.codec, tmp_path / "split", 8, shard=(1, 2), files_per_shard=2, progress=False)
+    _, mismatch, errors = filecmp.cmpfiles(tmp_path / "once", tmp_path / "split", names, shallow=False)
+    assert not mismatch and not errors
+
+
+def test_cache_of_another_codec_or_changed_files_is_refused(tmp_path, corpus, model):
+    files = load_corpus([str(corpus)], progress=False)
+    build(files, model.codec, tmp_path / "cache", 8, progress=False)
+    other = build_model(model_config_from_yaml({"model": "tiny"}))
+    fit_codec_to_synthetic_audio(other, seed=5)
+    with pytest.raises(CodecCacheError, match="another codec"):
+        build(files, other.codec, tmp_path / "cache", 8, progress=False)
+    with pytest.raises(CodecCacheError, match="built with another codec"):
+        CodecCache.open(tmp_path / "cache").check(files, other.codec, 8)
+    write_wav(corpus / "f0.wav", harmonic_tone(999, 6.0, 24000, np.random.default_rng(9)), 24000)
+    with pytest.raises(CodecCacheError, match="changed since the codec cache was built"):
+        CodecCache.open(tmp_path / "cache").check(files, model.codec, 8)
+    with pytest.raises(CodecCacheError, match="not a codec cache"):
+        CodecCache.open(tmp_path / "nothing")
