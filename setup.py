@@ -6,7 +6,8 @@ subpackages of ``encodecmae_s3prl`` so nothing claims a bare top-level name.
 """
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Command, setup
+from setuptools.command.build import build
 
 SUBPACKAGE_ROOTS = {
     "encodecmae_s3prl": "encodecmae_s3prl",
@@ -23,6 +24,49 @@ packages = list(SUBPACKAGE_ROOTS) + [f"encodecmae_s3prl.downstream_probes.{p}" f
 package_dir = dict(SUBPACKAGE_ROOTS)
 package_dir.update({f"encodecmae_s3prl.downstream_probes.{p}": f"downstream_probes/{p}" for p in PROBES})
 
+# Imports the package at interpreter start-up, which only registers an import hook (no torch, no s3prl):
+# then `import s3prl.hub` / `from s3prl.nn import S3PRLUpstream` get the compat shims and our entries in any
+# import order, even without `import encodecmae_s3prl`. A broken or removed package never breaks start-up.
+AUTOLOAD_PTH = "encodecmae_s3prl-autoload.pth"
+AUTOLOAD_LINE = "import sys; exec('try:\\n import encodecmae_s3prl\\nexcept Exception:\\n pass')\n"
+
+
+class build_autoload_pth(Command):
+    """Write AUTOLOAD_PTH at the top of site-packages, in wheels and in editable installs alike.
+
+    A regular build puts it in build_lib (copied into the wheel's root). An editable (PEP 660) build
+    copies nothing from build_lib: there the file goes straight into the wheel being assembled, which
+    setuptools' editable_wheel hands to its build steps as the install command's install_lib.
+    """
+
+    description = f"write {AUTOLOAD_PTH}"
+    user_options = []
+    editable_mode = False  # set by setuptools' editable_wheel
+
+    def initialize_options(self):
+        self.build_lib = None
+        self.outputs = []
+
+    def finalize_options(self):
+        self.set_undefined_options("build", ("build_lib", "build_lib"))
+
+    def run(self):
+        folder = self.build_lib
+        if self.editable_mode:
+            folder = getattr(self.get_finalized_command("install"), "install_lib", None) or folder
+        target = Path(folder) / AUTOLOAD_PTH
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(AUTOLOAD_LINE)
+        self.outputs = [str(target)]
+
+    def get_outputs(self):
+        return self.outputs
+
+
+class build_with_autoload(build):
+    sub_commands = build.sub_commands + [("build_autoload_pth", None)]
+
+
 setup(
     name="encodecmae-s3prl",
     version="0.1.0",
@@ -31,6 +75,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={"": ["*.yaml"]},
+    cmdclass={"build": build_with_autoload, "build_autoload_pth": build_autoload_pth},
     include_package_data=True,
     install_requires=[
         "torch==2.9.1",

@@ -3,17 +3,37 @@
 They fill in what s3prl's scripts would read from paths relative to ``cd s3prl`` (default
 configs, the list of pretrain tasks) and a ``--device`` that exists on this machine, then
 hand over to s3prl's own ``main()``: every s3prl option and behaviour is unchanged.
+
+What they add around s3prl: ``--trust-checkpoint``; user errors (a missing, truncated, foreign or
+refused checkpoint, a bad corpus or dataset path, settings s3prl would only assert on) as one
+``error: ...`` line with exit status 2 (:func:`encodecmae_s3prl.errors.user_errors`, the helper every
+command of this project shares; ``ENCODECMAE_DEBUG=1`` shows the traceback); no experiment folder
+left behind by a run that failed to start; published checkpoints that fail fast when offline.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
+import yaml
+
 from encodecmae_s3prl import compat, registry
+from encodecmae_s3prl.errors import UserError, user_errors  # noqa: F401  (re-exported: the shared helper)
 
 PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large")
+TRUST_FLAG = "--trust-checkpoint"
+TRUST_ENV = "ENCODECMAE_TRUST_CHECKPOINT"  # = encodecmae_s3prl.upstream.checkpoint.TRUST_ENV
+# our hub entries that download a published checkpoint when -k is not given
+PUBLISHED_ENTRIES = ("encodecmae", "encodecmae_small", "encodecmae_base", "encodecmae_base_st", "encodecmae_large",
+                     "encodecmae_large_st")
+HELP_EPILOG = (f"\nencodecmae-s3prl adds:\n  {TRUST_FLAG}    load checkpoints (-k, -e) that need classes outside the "
+               f"safe allow-list: this runs code stored in the file, only for files you trust (= {TRUST_ENV}=1)\n"
+               "  user errors print one 'error: ...' line and exit 2; ENCODECMAE_DEBUG=1 shows the traceback")
 
 
 def _peek(argv: Sequence[str], *options: str, flag: bool = False):
@@ -35,6 +55,176 @@ def _resumes(argv: Sequence[str]) -> bool:
     return bool(_peek(argv, "-e", "--past_exp")) or _peek(argv, "-a", "--auto_resume", flag=True)
 
 
+def take_trust_flag(argv: Sequence[str]) -> list[str]:
+    """Remove ``--trust-checkpoint`` (s3prl's parser does not know it) and, if it was there, set
+    ``ENCODECMAE_TRUST_CHECKPOINT=1`` for this run: checkpoints then load with ``weights_only=False``."""
+    argv = list(argv)
+    if TRUST_FLAG in argv:
+        argv = [a for a in argv if a != TRUST_FLAG]
+        os.environ[TRUST_ENV] = "1"
+    return argv
+
+
+def check_past_exp(argv: Sequence[str]) -> None:
+    """``-e`` must name a checkpoint file or a folder holding ``states-*.ckpt`` (s3prl would trace back)."""
+    past = _peek(argv, "-e", "--past_exp")
+    if not past:
+        return
+    path = Path(past)
+    if path.is_dir():
+        if not any(path.glob("states-*.ckpt")):
+            raise UserError(f"-e {past}: the folder holds no states-*.ckpt to resume from; give a checkpoint "
+                            f"file (states-N.ckpt, dev-best.ckpt) or the folder of a run that saved one")
+    elif not path.is_file():
+        raise UserError(f"-e {past}: no such checkpoint file or folder; give a states-N.ckpt / dev-best.ckpt "
+                        f"written by this runner, or its experiment folder")
+
+
+def _check_file_option(argv: Sequence[str], what: str, *options: str) -> None:
+    value = _peek(argv, *options)
+    if value is not None and not Path(value).is_file():
+        raise UserError(f"{options[0]} {value}: no such {what} file; check the path")
+
+
+def parse_override(override: str | None) -> list[tuple[str, object]]:
+    """``-o "config.a.b=1,,args.x=y"`` as s3prl's ``utility.helper.override`` reads it: (key, value) pairs."""
+    pairs = []
+    if not override or override.lower() == "none":
+        return pairs
+    for option in override.split(",,"):
+        option = option.strip()
+        if not option:
+            continue
+        if "=" not in option:
+            raise UserError(f"-o: {option!r} is not KEY=VALUE (options are separated by ',,', e.g. "
+                            f"-o \"config.runner.total_steps=100,,config.optimizer.lr=1e-4\")")
+        key, value = option.split("=", 1)
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = value.strip()
+        pairs.append((key.strip(), parsed))
+    return pairs
+
+
+def effective_config(argv: Sequence[str]) -> dict:
+    """The experiment config as s3prl will see it: ``-c``'s YAML with the ``-o config.*`` overrides applied."""
+    config_path = _peek(argv, "-c", "--config")
+    config: dict = {}
+    if config_path and Path(config_path).is_file():
+        with open(config_path) as handle:
+            config = yaml.safe_load(handle) or {}
+    for key, value in parse_override(_peek(argv, "-o", "--override")):
+        first, *fields = key.split(".")
+        if first != "config" or not fields:
+            continue
+        target = config
+        for name in fields[:-1]:
+            if not isinstance(target.get(name), dict):
+                target[name] = {}
+            target = target[name]
+        target[fields[-1]] = value
+    return config
+
+
+def config_paths(config: dict, prefix: str = "config") -> dict[str, str]:
+    """Every string value of the config that looks like a path, by its ``-o`` key (lists: ``key[i]``)."""
+    paths = {}
+    for name, value in (config or {}).items():
+        key = f"{prefix}.{name}"
+        if isinstance(value, dict):
+            paths.update(config_paths(value, key))
+        elif isinstance(value, str) and os.sep in value:
+            paths[key] = value
+        elif isinstance(value, (list, tuple)):
+            paths.update({f"{key}[{i}]": v for i, v in enumerate(value) if isinstance(v, str) and os.sep in v})
+    return paths
+
+
+def check_runner_steps(config: dict) -> None:
+    """s3prl's pretrain runner asserts total_steps > log_step and > save_step only after building the data;
+    say it before anything is built (when the steps are given directly, not as n_epochs)."""
+    runner = config.get("runner") or {}
+    if (runner.get("n_epochs") or -1) > 0:
+        return
+    total = runner.get("total_steps")
+    for name in ("log_step", "save_step"):
+        value = runner.get(name)
+        if isinstance(total, int) and isinstance(value, int) and not total > value:
+            raise UserError(f"config.runner.total_steps = {total} must be greater than config.runner.{name} = {value} "
+                            f"(s3prl's runner needs it): raise total_steps or lower {name}, e.g. -o "
+                            f"\"config.runner.{name}={max(1, total // 2)}\"")
+
+
+# --- published checkpoints: fail fast offline ---------------------------------------------------
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """One HEAD request to the Hugging Face hub (``HF_ENDPOINT``), no retries; honours the proxy variables."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    import requests
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        requests.head(endpoint, timeout=timeout, allow_redirects=False)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def hub_offline_if_unreachable(timeout: float = 5.0) -> bool:
+    """If the hub does not answer one request, switch huggingface_hub to offline mode for this process: a
+    cached checkpoint then loads at once and a missing one fails at once, instead of ~25 s of retries.
+    Returns whether the hub is reachable."""
+    if hub_reachable(timeout):
+        return True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub" in sys.modules:  # the flag is read at import: set it where it is already imported
+        import huggingface_hub.constants
+        from huggingface_hub.utils import reset_sessions
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        reset_sessions()
+    return False
+
+
+def _uses_published_download(argv: Sequence[str]) -> bool:
+    return _peek(argv, "-u", "--upstream") in PUBLISHED_ENTRIES and not _peek(argv, "-k", "--upstream_ckpt")
+
+
+# --- a failed start leaves no experiment folder ------------------------------------------------------
+class NewExperimentFolder:
+    """The experiment folder a new run is about to create (and the parents it will create with it):
+    :meth:`remove` deletes them again if the run failed before writing any checkpoint."""
+
+    def __init__(self, argv: Sequence[str], kind: str):
+        self.created: list[Path] = []
+        if _resumes(argv) or _wants_help(argv):
+            return
+        expdir = _peek(argv, "-p", "--expdir")
+        name = _peek(argv, "-n", "--expname")
+        if expdir is None and name is None:
+            return
+        folder = Path(expdir) if expdir is not None else Path("result") / kind / name
+        # this folder and each missing parent: removed (deepest first) only if this run created them
+        for path in [folder, *folder.parents]:
+            if path.exists() or str(path) in ("", "."):
+                break
+            self.created.append(path)
+
+    def remove(self, _err: BaseException | None = None) -> None:
+        if not self.created or not self.created[0].is_dir():
+            return
+        folder = self.created[0]
+        if any(folder.rglob("*.ckpt")):
+            return  # something worth keeping was written
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in self.created[1:]:
+            try:
+                parent.rmdir()  # only if empty
+            except OSError:
+                break
+
+
 def downstream_config(name: str) -> Path:
     """Default ``config.yaml`` of ``-d NAME``: ours, else s3prl's (``./downstream`` as s3prl reads it, then installed)."""
     candidates = [registry.shipped_recipe_config(name),
@@ -43,8 +233,8 @@ def downstream_config(name: str) -> Path:
     for path in candidates:
         if path is not None and path.is_file():
             return path
-    raise SystemExit(
-        f"error: no config.yaml for downstream '{name}'. s3prl's pip package does not ship recipe configs; "
+    raise UserError(
+        f"no config.yaml for downstream '{name}'. s3prl's pip package does not ship recipe configs; "
         f"pass one with -c PATH (ours: {', '.join(registry.probe_names() + ['speech_commands', 'emotion'])})."
     )
 
@@ -61,15 +251,53 @@ def prepare_downstream_argv(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+def _check_downstream_start(argv: Sequence[str]) -> None:
+    if _wants_help(argv):
+        return
+    check_past_exp(argv)
+    if _resumes(argv):
+        return
+    if not _peek(argv, "-d", "--downstream") and not _peek(argv, "-c", "--config"):
+        raise UserError("run_downstream.py needs -d DOWNSTREAM (e.g. -d esc50) to start, or -e CKPT to resume / "
+                        "evaluate")
+    _check_file_option(argv, "config", "-c", "--config")
+
+
+_PATH_HINTS = {
+    "config.downstream_expert.datarc.meta_data":
+        "IEMOCAP's meta_data is written by `python -m encodecmae_s3prl.iemocap_preprocess /data/IEMOCAP_full_release`",
+}
+
+
 def run_downstream(argv: Sequence[str] | None = None) -> None:
     """``run_downstream.py``: s3prl's downstream script with our upstreams and probes registered."""
-    argv = sys.argv[1:] if argv is None else argv
-    registry.register()
-    compat.apply()
-    import s3prl.run_downstream as script
+    argv = take_trust_flag(sys.argv[1:] if argv is None else argv)
+    folder = NewExperimentFolder(argv, "downstream")
+    paths: dict[str, str] = {}
+    with user_errors(path_keys=paths, path_hints=_PATH_HINTS, on_user_error=folder.remove):
+        registry.register()
+        _check_downstream_start(argv)
+        if _uses_published_download(argv):
+            hub_offline_if_unreachable()
+        compat.apply()
+        argv = prepare_downstream_argv(argv)
+        if not _resumes(argv):
+            paths.update(config_paths(effective_config(argv)))
+        import s3prl.downstream.runner as runner
+        import s3prl.run_downstream as script
 
-    sys.argv = [sys.argv[0]] + prepare_downstream_argv(argv)
-    script.main()
+        compat.route_checkpoint_loads(script, runner)
+        sys.argv = [sys.argv[0]] + argv
+        _main_with_help(script.main, argv)
+
+
+def _main_with_help(main, argv: Sequence[str]) -> None:
+    try:
+        main()
+    except SystemExit:
+        if _wants_help(argv):
+            print(HELP_EPILOG)
+        raise
 
 
 def pretrain_config(upstream: str, kind: str, size: str | None = None) -> Path:
@@ -81,8 +309,8 @@ def pretrain_config(upstream: str, kind: str, size: str | None = None) -> Path:
         folder = compat.s3prl_package_dir() / "pretrain" / upstream
     path = folder / name
     if not path.is_file():
-        raise SystemExit(
-            f"error: {path} does not exist. s3prl's pip package omits the pretrain configs of '{upstream}'; "
+        raise UserError(
+            f"{path} does not exist. s3prl's pip package omits the pretrain configs of '{upstream}'; "
             f"pass -c (runner) and -g (model) explicitly."
         )
     return path
@@ -108,13 +336,43 @@ def prepare_pretrain_argv(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+def _check_pretrain_start(argv: Sequence[str]) -> None:
+    """What s3prl's run_pretrain.py would only assert on, or trace back for, after creating the folder."""
+    if _wants_help(argv):
+        return
+    check_past_exp(argv)
+    if _resumes(argv):
+        return
+    if not _peek(argv, "-u", "--upstream"):
+        raise UserError(f"run_pretrain.py needs -u TASK to start (ours: -u {registry.OUR_PRETRAIN_TASK}), "
+                        f"or -e CKPT / -a to resume")
+    if not _peek(argv, "-n", "--expname"):
+        raise UserError("run_pretrain.py needs -n NAME (the experiment name) to start a new experiment, also "
+                        "with -p DIR")
+    _check_file_option(argv, "runner config", "-c", "--config")
+    model_config = _peek(argv, "-g", "--upstream_config")
+    if model_config is not None and not Path(model_config).is_file():
+        raise UserError(f"-g {model_config}: no such model config file; give a YAML or one of our sizes: "
+                        f"{', '.join(PRETRAIN_MODEL_SIZES)}")
+
+
 def run_pretrain(argv: Sequence[str] | None = None) -> None:
     """``run_pretrain.py``: s3prl's pretrain script and runner with our task registered."""
-    argv = sys.argv[1:] if argv is None else argv
-    compat.enter_s3prl_script_environment()
-    registry.register()
-    sys.argv = [sys.argv[0]] + prepare_pretrain_argv(argv)
-    with compat.pretrain_tasks_listed([registry.OUR_PRETRAIN_TASK]):
-        import run_pretrain as script  # s3prl/run_pretrain.py, importable after enter_s3prl_script_environment
+    argv = take_trust_flag(sys.argv[1:] if argv is None else argv)
+    folder = NewExperimentFolder(argv, "pretrain")
+    paths: dict[str, str] = {}
+    with user_errors(path_keys=paths, on_user_error=folder.remove):
+        compat.enter_s3prl_script_environment()
+        registry.register()
+        argv = prepare_pretrain_argv(argv)
+        _check_pretrain_start(argv)
+        if not _resumes(argv) and not _wants_help(argv):
+            config = effective_config(argv)
+            check_runner_steps(config)
+            paths.update(config_paths(config))
+        sys.argv = [sys.argv[0]] + argv
+        with compat.pretrain_tasks_listed([registry.OUR_PRETRAIN_TASK]):
+            import run_pretrain as script  # s3prl/run_pretrain.py, importable after enter_s3prl_script_environment
 
-        script.main()
+            compat.route_checkpoint_loads(script)
+            _main_with_help(script.main, argv)

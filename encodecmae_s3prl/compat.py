@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -158,8 +160,14 @@ def enter_s3prl_script_environment() -> None:
     _atomic_runner_checkpoints(importlib.import_module("pretrain.runner"))
 
 
-class _TorchWithAtomicSave(types.ModuleType):
-    """``torch`` as one s3prl module sees it: identical, except ``save`` writes atomically and only on rank 0."""
+class _TorchWithSafeLoad(types.ModuleType):
+    """``torch`` as one s3prl script/runner module sees it: identical, except ``load`` of a path goes through
+    our ``safe_load`` and checks it holds what s3prl's runners resume from.
+
+    Reason: those modules ``torch.load`` only the ``-e`` checkpoint; a truncated, foreign or refused file gave a
+    bare PytorchStreamReader / UnpicklingError / KeyError('Args') traceback. ``safe_load`` names the file and
+    the fix (and honours ``--trust-checkpoint`` / ENCODECMAE_TRUST_CHECKPOINT).
+    """
 
     def __init__(self):
         super().__init__("torch")
@@ -168,13 +176,50 @@ class _TorchWithAtomicSave(types.ModuleType):
         return getattr(torch, name)
 
     @staticmethod
+    def load(f, map_location=None, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)) or args or set(kwargs) - {"weights_only"}:
+            return torch.load(f, map_location, *args, **kwargs)
+        from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
+
+        checkpoint = safe_load(f, map_location="cpu" if map_location is None else map_location)
+        if not (isinstance(checkpoint, dict) and "Args" in checkpoint and "Config" in checkpoint):
+            keys = list(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise CheckpointError(
+                f"-e {f} is not a checkpoint of s3prl's runner (it has {keys}, without 'Args' and 'Config'): give a "
+                f"states-N.ckpt or dev-best.ckpt written by run_pretrain.py / run_downstream.py (an upstream's "
+                f"weights go with -k instead)")
+        return checkpoint
+
+
+_EPOCH_CHECKPOINT = re.compile(r"states-epoch-\d+\.ckpt")
+
+
+class _TorchWithAtomicSave(_TorchWithSafeLoad):
+    """``torch`` for s3prl's pretrain runner: also ``save`` writes atomically, only on rank 0, and never
+    under the name ``states-epoch-N.ckpt``."""
+
+    @staticmethod
     def save(obj, path, *args, **kwargs):
         from encodecmae_s3prl.upstream.checkpoint import atomic_save
 
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_rank() != 0:
             return
-        atomic_save(obj, path)
+        atomic_save(obj, _step_named(path, inspect.currentframe().f_back))
+
+
+def _step_named(path, caller) -> str:
+    """Reason: s3prl's pretrain runner names its last checkpoint ``states-epoch-{n_epochs}.ckpt`` whenever it
+    counts at least one epoch (n_epochs > 0, or total_steps x accumulation >= the corpus's file count, i.e.
+    almost always), and names every other one ``states-{global_step}.ckpt``. Its own ``-e DIR`` / ``-a`` resume
+    and ``max_keep`` then sort the epoch file by its epoch number, as if it were the oldest step. Keep the
+    step name for it: ``states-{global_step}.ckpt``, what s3prl writes at every other save."""
+    path = str(path)
+    name = os.path.basename(path)
+    step = caller.f_locals.get("global_step") if caller is not None else None
+    if _EPOCH_CHECKPOINT.fullmatch(name) and isinstance(step, int):
+        return os.path.join(os.path.dirname(path), f"states-{step}.ckpt")
+    return path
 
 
 def _atomic_runner_checkpoints(runner_module) -> None:
@@ -182,6 +227,14 @@ def _atomic_runner_checkpoints(runner_module) -> None:
     truncated file that -e then cannot load) from every DDP rank at once; route it through atomic_save."""
     if not isinstance(getattr(runner_module, "torch", None), _TorchWithAtomicSave):
         runner_module.torch = _TorchWithAtomicSave()
+
+
+def route_checkpoint_loads(*modules) -> None:
+    """Give s3prl's script/runner modules the ``torch`` whose ``load`` is our ``safe_load`` (see
+    :class:`_TorchWithSafeLoad`); the pretrain runner's (atomic save) already has it."""
+    for module in modules:
+        if not isinstance(getattr(module, "torch", None), _TorchWithSafeLoad):
+            module.torch = _TorchWithSafeLoad()
 
 
 @contextlib.contextmanager

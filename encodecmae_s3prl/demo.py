@@ -16,22 +16,81 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from encodecmae_s3prl import synthetic
+from encodecmae_s3prl.errors import UserError, user_errors
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def encodec_weights_available() -> bool:
-    from encodecmae_s3prl.upstream.codec import EncodecWeightsError, build_encodec
+class EncodecChoice(NamedTuple):
+    """Which EnCodec the demo runs on: ``weights`` is the real 24 kHz weights file, or None for the seeded
+    random-init EnCodec (then fitted to the corpus); ``where`` says how it was decided."""
 
-    try:
-        build_encodec("pretrained")
-        return True
-    except EncodecWeightsError:
-        return False
+    weights: Optional[Path]
+    where: str
+
+    @property
+    def real(self) -> bool:
+        return self.weights is not None
+
+
+def choose_encodec(download: bool = True) -> EncodecChoice:
+    """The real EnCodec when its weights are found, as ``upstream/codec.py`` looks for them:
+    ``$ENCODEC_CKPT`` (a file; ``random`` asks for the random-init codec), then the torch hub cache
+    (``<torch hub dir>/checkpoints/encodec_24khz-d7cc33bc.th``), then, with ``download``, the encodec
+    package's download into that cache. A file that is there but is not EnCodec 24 kHz weights is an error,
+    never a silent fallback to the random codec."""
+    import torch
+
+    from encodecmae_s3prl.upstream.codec import ENCODEC_ENV, ENCODEC_FILE, EncodecWeightsError, build_encodec
+    from encodecmae_s3prl.upstream.checkpoint import CheckpointError
+
+    env = os.environ.get(ENCODEC_ENV, "")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_FILE
+    if env == "random":
+        return EncodecChoice(None, f"{ENCODEC_ENV}=random")
+    if env and env != "pretrained":
+        candidate, where = Path(env).expanduser(), f"${ENCODEC_ENV}"
+        if not candidate.is_file():
+            raise UserError(f"{ENCODEC_ENV}={env}: no such file; point it at {ENCODEC_FILE} (the real EnCodec "
+                            f"24 kHz weights), or unset it (or {ENCODEC_ENV}=random) for the random-init codec")
+    elif cached.is_file():
+        candidate, where = cached, "the torch hub cache"
+    elif download:
+        try:
+            build_encodec("pretrained")  # the encodec package's download into the torch hub cache
+        except (EncodecWeightsError, CheckpointError):
+            return EncodecChoice(None, "not found offline (no $ENCODEC_CKPT, nothing in the torch hub cache)")
+        candidate, where = cached, "downloaded to the torch hub cache"
+    else:
+        return EncodecChoice(None, "not found (no $ENCODEC_CKPT, nothing in the torch hub cache)")
+    build_encodec(str(candidate))  # EncodecWeightsError / CheckpointError (user errors) if it is not EnCodec
+    return EncodecChoice(candidate.resolve(), f"{where}: {candidate}")
+
+
+def pretrain_model_config(choice: EncodecChoice, folder: Path) -> str:
+    """``-g`` of the demo's pretraining: the ``tiny`` model on the real EnCodec (no corpus standardisation, as
+    the paper's models), or ``tiny`` as shipped (random-init EnCodec, standardised and fitted to the corpus)."""
+    if not choice.real:
+        return "tiny"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config_model_tiny_real_encodec.yaml"
+    path.write_text("# the demo's tiny EnCodecMAE on the real EnCodec 24 kHz (ENCODEC_CKPT points at its weights)\n"
+                    "model: tiny\nencodec_source: pretrained\nstandardise_features: false\n")
+    return str(path)
+
+
+def checkpoint_codec(checkpoint: Path) -> str:
+    """What EnCodec a pretraining checkpoint carries (EC, ECMAE-R and the pretrained model all run on it)."""
+    from encodecmae_s3prl.upstream.checkpoint import safe_load
+    from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY
+
+    state = safe_load(checkpoint)[CHECKPOINT_KEY]["state_dict"]
+    return "random-init" if bool(state["codec.random_weights"]) else "real"
 
 
 def write_corpus(root: Path, seed: int = 0) -> Path:
@@ -59,16 +118,23 @@ def main(argv=None) -> None:
     parser.add_argument("--grid-size", type=int, default=4, help="HEAR MLP configurations tried per probe")
     parser.add_argument("--max-epochs", type=int, default=200, help="HEAR MLP epochs (early stopping)")
     args = parser.parse_args(argv)
+    with user_errors():
+        run(args)
+
+
+def run(args) -> None:
     start = time.time()
     out = args.out.resolve()
-    real_codec = encodec_weights_available()
+    choice = choose_encodec()
     env = dict(os.environ)
-    if not real_codec:
-        env["ENCODEC_CKPT"] = "random"
-        os.environ["ENCODEC_CKPT"] = "random"
-    print("EnCodec weights: " + ("the real pretrained EnCodec 24 kHz" if real_codec else
-                                  "NOT available offline -> a seeded random-init EnCodec, standardised and with "
-                                  "codebooks fitted to the corpus (numbers are a smoke test, not the paper's)"))
+    if choice.real:
+        env["ENCODEC_CKPT"] = os.environ["ENCODEC_CKPT"] = str(choice.weights)  # every process: that very file
+    else:
+        env["ENCODEC_CKPT"] = os.environ["ENCODEC_CKPT"] = "random"
+    print("EnCodec weights: " + (f"the real pretrained EnCodec 24 kHz ({choice.where}), for every row" if choice.real
+                                 else f"{choice.where} -> a seeded random-init EnCodec, standardised and with "
+                                      f"codebooks fitted to the corpus, for every row (numbers are a smoke test, "
+                                      f"not the paper's)"))
 
     print("[1/3] writing the corpus and the probe datasets")
     corpus = write_corpus(out / "corpus")
@@ -80,22 +146,31 @@ def main(argv=None) -> None:
     print(f"[2/3] pretraining the tiny EnCodecMAE for {args.steps} steps (s3prl's runner)")
     expdir = out / "pretrain"
     shutil.rmtree(expdir, ignore_errors=True)  # a rerun pretrains afresh instead of mixing with old checkpoints
+    model_config = pretrain_model_config(choice, out / "config")
     override = (f"config.pretrain_expert.datarc.corpus=['{corpus}'],,config.pretrain_expert.datarc.train_batch_size=8,,"
                 "config.pretrain_expert.datarc.crop_seconds=2.0,,config.pretrain_expert.datarc.num_workers=1,,"
                 "config.pretrain_expert.datarc.codec_init_clips=128,,config.optimizer.lr=1.0e-3,,"
                 f"config.runner.total_steps={args.steps},,config.runner.log_step={min(20, args.steps // 2)},,"
                 f"config.runner.save_step={args.steps // 2},,config.runner.max_keep=1")
-    subprocess.run([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", "tiny", "-n", "demo", "-p",
-                    str(expdir), "-o", override], check=True, env=env, cwd=out)
+    proc = subprocess.run([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", model_config,
+                           "-n", "demo", "-p", str(expdir), "-o", override], env=env, cwd=out)
+    if proc.returncode == 2:  # a user error, already printed by run_pretrain.py
+        raise UserError(f"pretraining failed (run_pretrain.py's message above); see {expdir}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"run_pretrain.py failed with exit status {proc.returncode} (its traceback above)")
     checkpoint = max(expdir.glob("states-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    codec = checkpoint_codec(checkpoint)
 
     print("[3/3] HEAR protocol: EC, ECMAE-R, the pretrained model and fbank_no_cmvn on the probes")
     from encodecmae_s3prl import compare
 
-    # EC and ECMAE-R take the checkpoint's codec (with a random-init EnCodec: its fitted codebooks and statistics)
+    # EC and ECMAE-R take the checkpoint's codec: the real EnCodec, or the random-init one with the codebooks
+    # and statistics fitted to this corpus
     ours = "ECMAE-tiny (pretrained here)"
     specs = [f"encodec_features={checkpoint}", f"encodecmae_random={checkpoint}", f"{ours}={checkpoint}",
              "fbank_no_cmvn"]
+    print(f"EnCodec of EC, ECMAE-R and {ours}: the {codec} EnCodec stored in {checkpoint.name}"
+          + (f" ({choice.weights})" if codec == "real" else " (fitted to the corpus)"))
     results = compare.main(["--upstreams", ",".join(specs), "--probes", ",".join(probes),
                             *[f"--data={p}={path}" for p, path in probes.items()], "--out", str(out / "compare"),
                             "--grid-size", str(args.grid_size), "--max-epochs", str(args.max_epochs),
@@ -105,14 +180,14 @@ def main(argv=None) -> None:
     if pretrained is not None and random_mae is not None:
         verdict = "beats" if pretrained > random_mae else "does NOT beat"
         print(f"pitch accuracy: the pretrained model {verdict} ECMAE-R ({pretrained:.3f} vs {random_mae:.3f})")
-    if not real_codec:
+    if codec != "real":
         print("note: with a random-init EnCodec the EC row is weak by construction (the time-mean of a random "
               "codec's output keeps little pitch); with the real EnCodec it is the paper's EC baseline.")
     print(f"chart: {out / 'compare' / 'results.png'}")
     print(f"checkpoint: {checkpoint}")
     print(f"TensorBoard logs: tensorboard --logdir {expdir}")
-    print(f"EnCodec: {'real pretrained weights' if real_codec else 'random-init (offline)'}; "
-          f"total time {(time.time() - start) / 60:.1f} min")
+    used = f"real pretrained weights ({choice.weights})" if codec == "real" else f"random-init ({choice.where})"
+    print(f"EnCodec: {used}; total time {(time.time() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

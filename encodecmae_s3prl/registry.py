@@ -59,14 +59,36 @@ class _AliasLoader(importlib.abc.Loader):
         pass  # already executed under its real name
 
 
-class _HubLoader(importlib.abc.Loader):
-    """Runs s3prl's own ``s3prl.hub`` (after the compat shims it needs), then adds our entries."""
+class _WrappedLoader(importlib.abc.Loader):
+    """s3prl's own loader, with something run around its ``exec_module``; every other attribute
+    (``get_source``, ``get_resource_reader``, ...) is the real loader's."""
 
     def __init__(self, real_loader):
         self.real_loader = real_loader
 
+    def __getattr__(self, name):
+        return getattr(self.real_loader, name)
+
     def create_module(self, spec):
         return self.real_loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.real_loader.exec_module(module)
+
+
+class _S3prlLoader(_WrappedLoader):
+    """Runs s3prl's ``__init__`` after the compat shims: whatever of s3prl is imported next (``s3prl.hub``,
+    ``s3prl.nn``, ``s3prl.dataio``, ...) finds torchaudio patched, whatever the import order."""
+
+    def exec_module(self, module):
+        from encodecmae_s3prl import compat
+
+        compat.apply()
+        self.real_loader.exec_module(module)
+
+
+class _HubLoader(_WrappedLoader):
+    """Runs s3prl's own ``s3prl.hub`` (after the compat shims it needs), then adds our entries."""
 
     def exec_module(self, module):
         from encodecmae_s3prl import compat
@@ -76,20 +98,25 @@ class _HubLoader(importlib.abc.Loader):
         _add_hub_entries(module)
 
 
+_WRAPPED = {"s3prl": _S3prlLoader, "s3prl.hub": _HubLoader}
+
+
 class AliasFinder(importlib.abc.MetaPathFinder):
-    """Resolves ``alias[.sub]`` to the already-importable ``target[.sub]``, and hooks ``s3prl.hub``."""
+    """Resolves ``alias[.sub]`` to the already-importable ``target[.sub]``, and hooks ``s3prl`` (compat shims)
+    and ``s3prl.hub`` (our entries)."""
 
     def __init__(self, aliases: dict[str, str]):
         self.aliases = aliases
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == "s3prl.hub":
+        if fullname in _WRAPPED:
             for finder in sys.meta_path:
                 if finder is self or not hasattr(finder, "find_spec"):
                     continue
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:
-                    spec.loader = _HubLoader(spec.loader)
+                    if spec.loader is not None and not isinstance(spec.loader, _WrappedLoader):
+                        spec.loader = _WRAPPED[fullname](spec.loader)
                     return spec
             return None
         for alias, real in self.aliases.items():
@@ -120,7 +147,11 @@ def _add_hub_entries(hub) -> None:
 
 def register() -> None:
     """Idempotently make s3prl see us. Cheap: s3prl itself is only imported when someone imports it
-    (``s3prl.hub`` gets our entries, and the compat shims, at that moment)."""
+    (``s3prl`` gets the compat shims and ``s3prl.hub`` our entries at that moment).
+
+    The installed package calls this at interpreter start-up (``encodecmae_s3prl-autoload.pth``, see
+    setup.py), so ``import s3prl.hub`` / ``from s3prl.nn import S3PRLUpstream`` work, with our entries,
+    before or without ``import encodecmae_s3prl``."""
     if any(isinstance(f, AliasFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, AliasFinder(_aliases()))

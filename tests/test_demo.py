@@ -19,9 +19,94 @@ def test_demo_runs_end_to_end_and_reports_where_everything_is(tmp_path):
             assert "error" not in row[probe], (upstream, probe, row[probe])
     for row in ("| EC |", "| ECMAE-R |", "| ECMAE-tiny (pretrained here) |", "| fbank (no CMVN) |"):
         assert row in out
-    assert "EnCodec: random-init (offline)" in out or "EnCodec: real pretrained weights" in out
+    assert "EnCodec: random-init (" in out or "EnCodec: real pretrained weights (" in out
     assert (tmp_path / "demo" / "compare" / "results.png").stat().st_size > 0
     assert "pitch accuracy: the pretrained model" in out
     checkpoints = list((tmp_path / "demo" / "pretrain").glob("states-*.ckpt"))
     events = list((tmp_path / "demo" / "pretrain").glob("events.out.tfevents.*"))
     assert checkpoints and events and f"checkpoint: {checkpoints[0]}" in out
+
+
+def _fake_encodec_weights(path):
+    """A random-init EnCodec 24 kHz state dict (encoder.*, quantizer.*) standing in for the real weights file,
+    which cannot be downloaded here."""
+    import torch
+
+    from encodecmae_s3prl.upstream.codec import build_encodec
+
+    codec = build_encodec("random")
+    state = {f"{part}.{key}": value for part in ("encoder", "quantizer")
+             for key, value in getattr(codec, part).state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def test_demo_finds_the_real_encodec_where_the_codec_looks(tmp_path, monkeypatch):
+    import pytest
+
+    from encodecmae_s3prl import demo, errors
+    from encodecmae_s3prl.upstream.codec import ENCODEC_FILE
+
+    fake = _fake_encodec_weights(tmp_path / "weights" / ENCODEC_FILE)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty torch hub cache
+    monkeypatch.delenv("ENCODEC_CKPT", raising=False)
+    assert not demo.choose_encodec(download=False).real
+    monkeypatch.setenv("ENCODEC_CKPT", "random")
+    assert not demo.choose_encodec(download=False).real
+    monkeypatch.setenv("ENCODEC_CKPT", str(fake))
+    choice = demo.choose_encodec(download=False)
+    assert choice.real and choice.weights == fake.resolve() and "ENCODEC_CKPT" in choice.where
+
+    monkeypatch.delenv("ENCODEC_CKPT")
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / ENCODEC_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(fake.read_bytes())
+    choice = demo.choose_encodec(download=False)
+    assert choice.real and choice.weights == cached.resolve() and "torch hub cache" in choice.where
+
+    # a weights file that is named but missing, or is not EnCodec, is an error, never a silent random codec
+    monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "missing.th"))
+    with pytest.raises(errors.UserError):
+        demo.choose_encodec(download=False)
+    (tmp_path / "other.th").write_bytes(b"")
+    monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "other.th"))
+    with pytest.raises(Exception) as not_encodec:
+        demo.choose_encodec(download=False)
+    assert errors.user_error_message(not_encodec.value) is not None
+
+
+def test_demo_runs_every_row_on_the_real_encodec_when_found(tmp_path):
+    """The demo's pretraining config with (stand-in) real weights: the checkpoint carries that EnCodec, and
+    EC / ECMAE-R, which take the checkpoint's codec, run on it too."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from encodecmae_s3prl import demo
+    from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+    from encodecmae_s3prl.upstream.codec import ENCODEC_FILE
+    from test_pretrain import FAST
+
+    assert demo.pretrain_model_config(demo.EncodecChoice(None, "offline"), tmp_path) == "tiny"
+    fake = _fake_encodec_weights(tmp_path / "weights" / ENCODEC_FILE)
+    model_config = demo.pretrain_model_config(demo.EncodecChoice(fake, "test"), tmp_path / "config")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_wav(tmp_path / "corpus" / f"n{i}.wav", harmonic_tone(220.0 * (i + 1), 2.0, 16000, rng), 16000)
+    override = (f"config.pretrain_expert.datarc.corpus=['{tmp_path / 'corpus'}'],,{FAST},,"
+                "config.runner.total_steps=4,,config.runner.log_step=1,,config.runner.save_step=2")
+    proc = subprocess.run([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", model_config,
+                           "-n", "real", "-o", override], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, ENCODEC_CKPT=str(fake), OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    checkpoint = tmp_path / "result" / "pretrain" / "real" / "states-4.ckpt"
+    assert demo.checkpoint_codec(checkpoint) == "real"
+
+    import encodecmae_s3prl  # noqa: F401
+    from s3prl import hub
+
+    for entry in (hub.encodec_features, hub.encodecmae_random, hub.encodecmae_local):
+        assert not bool(entry(ckpt=str(checkpoint)).model.codec.random_weights), entry.__name__

@@ -1,0 +1,335 @@
+"""User errors as one ``error:`` line (exit 2, no traceback) in our commands; any import order of s3prl and
+us; the README's Python API block; IEMOCAP's meta_data without librosa; the last checkpoint's name.
+
+Every command runs in a fresh interpreter, as a user runs it."""
+import datetime
+import json
+import os
+import re
+import site
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from encodecmae_s3prl import errors
+from encodecmae_s3prl.synthetic import harmonic_tone, write_iemocap, write_tiny_encodecmae_checkpoint, write_wav
+from test_pretrain import FAST
+
+PY = sys.executable
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop(errors.DEBUG_ENV, None)
+    env.pop("ENCODECMAE_TRUST_CHECKPOINT", None)
+    env.update(extra)
+    return env
+
+
+def _run(args, cwd, timeout=300, **env):
+    return subprocess.run([PY, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=_env(**env))
+
+
+def _user_error(proc, *names) -> str:
+    """Exit 2, exactly one stderr line starting with 'error:' (naming each of ``names``), no traceback."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for name in names:
+        assert str(name) in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Our tiny checkpoint, a truncated copy, a foreign torch file, one that needs a class outside the
+    allow-list, a small corpus and a manifest with the wrong columns."""
+    root = tmp_path_factory.mktemp("files")
+    tiny = write_tiny_encodecmae_checkpoint(root / "tiny.ckpt")
+    data = tiny.read_bytes()
+    (root / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    torch.save({"model": {"w": torch.zeros(2)}}, root / "foreign.ckpt")
+    torch.save({"Args": datetime.timedelta(days=1), "Step": 3}, root / "unsafe.ckpt")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_wav(root / "corpus" / f"n{i}.wav", harmonic_tone(220.0 * (i + 1), 2.0, 16000, rng), 16000)
+    (root / "bad.tsv").write_text(f"{root / 'corpus'}\nn0.wav\n")
+    return {name: root / name for name in ("tiny.ckpt", "truncated.ckpt", "foreign.ckpt", "unsafe.ckpt", "corpus",
+                                           "bad.tsv")}
+
+
+# --- run_downstream.py --------------------------------------------------------------------------------------
+ESC50_ROOT = "config.downstream_expert.datarc.root"
+
+
+@pytest.mark.parametrize("which, words", [
+    ("missing", ["not found"]),
+    ("truncated.ckpt", ["cannot read checkpoint", "truncated"]),
+    ("foreign.ckpt", ["is not an EnCodecMAE checkpoint"]),
+    ("unsafe.ckpt", ["refused to load", "--trust-checkpoint"]),
+])
+def test_downstream_bad_upstream_checkpoint_is_one_line(tmp_path, files, which, words):
+    ckpt = tmp_path / "nowhere" / "model.ckpt" if which == "missing" else files[which]
+    proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "encodecmae_local", "-k", ckpt, "-d", "esc50",
+                 "-n", "x", "-o", f"{ESC50_ROOT}={tmp_path / 'esc50'}"], tmp_path)
+    _user_error(proc, ckpt, *words)
+    assert not (tmp_path / "result").exists()  # the failed start left no experiment folder
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "encodecmae_local", "-k", ckpt, "-d", "esc50",
+                 "-n", "x"], tmp_path, ENCODECMAE_DEBUG="1")
+    assert proc.returncode not in (0, 2) and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
+
+
+@pytest.mark.parametrize("recipe, key", [
+    ("esc50", ESC50_ROOT),
+    ("speech_commands", "config.downstream_expert.datarc.speech_commands_root"),
+    ("emotion", "config.downstream_expert.datarc.meta_data"),
+])
+def test_downstream_missing_dataset_root_names_the_key(tmp_path, recipe, key):
+    missing = tmp_path / "no_such_dataset"
+    overrides = {"esc50": f"{ESC50_ROOT}={missing}",
+                 "speech_commands": f"{key}={missing},,config.downstream_expert.datarc.speech_commands_test_root="
+                                    f"{missing}_test",
+                 "emotion": f"{ESC50_ROOT}={missing},,{key}={missing}/meta_data"}[recipe]
+    proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", recipe, "-n", "x",
+                 "-o", overrides], tmp_path)
+    line = _user_error(proc, missing, key.replace("config.", "", 1))
+    if recipe == "emotion":
+        assert "encodecmae_s3prl.iemocap_preprocess" in line
+    assert not (tmp_path / "result").exists()
+
+
+@pytest.mark.parametrize("script", ["run_downstream.py", "run_pretrain.py"])
+@pytest.mark.parametrize("which, words", [
+    ("missing", ["no such checkpoint"]),
+    ("truncated.ckpt", ["cannot read checkpoint"]),
+    ("unsafe.ckpt", ["refused to load", "--trust-checkpoint"]),
+])
+def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, files, script, which, words):
+    ckpt = tmp_path / "states-4.ckpt" if which == "missing" else files[which]
+    args = [REPO / script, "-e", ckpt] + (["-m", "evaluate"] if script == "run_downstream.py" else [])
+    _user_error(_run(args, tmp_path), ckpt, *words)
+
+
+def test_trust_checkpoint_flag_loads_what_the_allow_list_refuses(tmp_path, files):
+    # trusted, the file loads, and is then reported for what it is: not a checkpoint of s3prl's runner
+    proc = _run([REPO / "run_pretrain.py", "-e", files["unsafe.ckpt"], "--trust-checkpoint"], tmp_path)
+    line = _user_error(proc, files["unsafe.ckpt"], "not a checkpoint of s3prl's runner")
+    assert "refused" not in line
+    assert "--trust-checkpoint" in _run([REPO / "run_downstream.py", "-h"], tmp_path).stdout
+
+
+def test_published_checkpoint_offline_fails_fast(tmp_path):
+    """Hub unreachable (a closed local port, whatever this machine's network) and nothing cached: one request,
+    then the published-checkpoint message, not huggingface_hub's five retries (~25 s)."""
+    start = time.time()
+    proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "encodecmae_base", "-d", "esc50", "-n", "x",
+                 "-o", f"{ESC50_ROOT}={tmp_path}"], tmp_path, HF_ENDPOINT="http://127.0.0.1:9",
+                HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="")
+    _user_error(proc, "lpepino/encodecmae-base", "-k /path/to/model.pt")
+    assert "Retrying" not in proc.stderr
+    assert time.time() - start < 20  # start-up and imports take ~5 s here; the retries alone took 23 s
+
+
+# --- run_pretrain.py -------------------------------------------------------------------------------------------
+def _pretrain_args(corpus, steps=4, save=2, extra=""):
+    return [REPO / "run_pretrain.py", "-u", "encodecmae", "-g", "tiny", "-n", "run", "-o",
+            f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps={steps},,"
+            f"config.runner.log_step=1,,config.runner.save_step={save}" + (f",,{extra}" if extra else "")]
+
+
+@pytest.mark.parametrize("case", ["missing_corpus", "manifest_columns", "steps_equal", "epochs_too_few",
+                                  "missing_model_config"])
+def test_pretrain_start_errors_are_one_line_and_leave_no_folder(tmp_path, files, case):
+    missing = tmp_path / "no_such_corpus"
+    args, names = {
+        "missing_corpus": (_pretrain_args(missing), [missing, "pretrain_expert.datarc.corpus"]),
+        "manifest_columns": (_pretrain_args(files["bad.tsv"]), [f"{files['bad.tsv']}:2", "num_frames"]),
+        "steps_equal": (_pretrain_args(files["corpus"], steps=4, save=4),
+                        ["config.runner.total_steps = 4", "config.runner.save_step = 4"]),
+        # 4 files, batch 4: one epoch is 4 steps, which s3prl's runner asserts only after building the data
+        "epochs_too_few": (_pretrain_args(files["corpus"], save=10, extra="config.runner.n_epochs=1"),
+                           ["config.runner.n_epochs = 1", "config.runner.save_step = 10"]),
+        "missing_model_config": ([REPO / "run_pretrain.py", "-u", "encodecmae", "-g", tmp_path / "nope.yaml",
+                                  "-n", "run"], [tmp_path / "nope.yaml"]),
+    }[case]
+    _user_error(_run(args, tmp_path), *names)
+    assert not (tmp_path / "result").exists()
+
+
+def test_last_pretraining_checkpoint_is_named_by_its_step(tmp_path, files):
+    """4 files, 4 steps of batch 4: s3prl's runner counts one epoch and would name the last checkpoint
+    states-epoch-1.ckpt; it is states-4.ckpt, as the README says."""
+    proc = _run(_pretrain_args(files["corpus"], steps=4, save=2), tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "approximately 1 epochs" in proc.stdout + proc.stderr
+    names = sorted(p.name for p in (tmp_path / "result/pretrain/run").glob("states-*.ckpt"))
+    assert names == ["states-2.ckpt", "states-4.ckpt"], names
+
+
+# --- the shared helper ------------------------------------------------------------------------------------------
+def test_user_error_message_keeps_bugs_as_bugs():
+    from encodecmae_s3prl.upstream.model import EncodecMAEConfig
+
+    with pytest.raises(ValueError) as config_error:
+        EncodecMAEConfig.from_dict({"no_such_key": 1})
+    assert "no_such_key" in errors.user_error_message(config_error.value)
+    with pytest.raises(ValueError) as other:
+        int("x")
+    assert errors.user_error_message(other.value) is None
+    with pytest.raises(AssertionError) as bare:
+        assert 1 == 2
+    assert errors.user_error_message(bare.value) is None
+    assert errors.user_error_message(RuntimeError("boom")) is None
+    missing = FileNotFoundError(2, "No such file or directory", "/data/x/meta/a.json")
+    message = errors.user_error_message(missing, path_keys={"config.a.root": "/data/x", "config.a.meta": "/data/x/meta"})
+    assert message.startswith("/data/x/meta/a.json: no such file") and "config.a.meta" in message
+
+
+def test_user_errors_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        with errors.user_errors():
+            raise errors.UserError("bad thing\nin /some/file: fix it")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: bad thing in /some/file: fix it\n"
+    with pytest.raises(KeyError):
+        with errors.user_errors():
+            raise KeyError("a bug")
+
+
+# --- import order -----------------------------------------------------------------------------------------------
+IMPORT_ORDERS = {
+    "s3prl_first": "from s3prl.nn import S3PRLUpstream\nimport encodecmae_s3prl\n",
+    "ours_first": "import encodecmae_s3prl\nfrom s3prl.nn import S3PRLUpstream\n",
+    "hub_without_ours": "import s3prl.hub\nfrom s3prl.nn import S3PRLUpstream\n",
+}
+
+
+def test_the_autoload_pth_is_installed():
+    folders = site.getsitepackages()
+    assert any((Path(f) / "encodecmae_s3prl-autoload.pth").is_file() for f in folders), (
+        f"encodecmae_s3prl-autoload.pth is not in {folders}: run `make setup` (setup.py installs it)")
+
+
+@pytest.mark.parametrize("order", list(IMPORT_ORDERS))
+def test_any_import_order_works(tmp_path, files, order):
+    code = IMPORT_ORDERS[order] + (
+        "import sys, torch, torchaudio\n"
+        "from s3prl import hub\n"
+        "assert hasattr(torchaudio, 'set_audio_backend') and callable(hub.encodecmae_local)\n"
+        f"model = S3PRLUpstream('encodecmae_local', path_or_url={str(files['tiny.ckpt'])!r}).eval()\n"
+        "with torch.no_grad():\n"
+        "    hs, lens = model(torch.randn(1, 16000), torch.LongTensor([16000]))\n"
+        "print(len(hs), tuple(hs[-1].shape), 'encodecmae_s3prl' in sys.modules)\n")
+    proc = _run(["-c", code], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[:4] == ["4", "(1,", "76,", "64)"], proc.stdout
+
+
+def test_readme_python_api_runs_as_written(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    ckpt = re.search(r'ckpt = "([^"]+)"', code).group(1)
+    write_tiny_encodecmae_checkpoint(tmp_path / ckpt)
+    (tmp_path / "api.py").write_text(code)
+    proc = _run(["api.py"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = proc.stdout.strip().splitlines()[-2:]
+    assert first == "4 torch.Size([2, 225, 64])", first
+    assert second == "torch.Size([2, 226, 64]) tensor([226, 151])", second
+
+
+# --- IEMOCAP meta_data ------------------------------------------------------------------------------------------
+FIND_FILES = '''
+import glob, os
+
+def find_files(directory, *, ext=None, recurse=True, case_sensitive=False, limit=None, offset=0):
+    """librosa.util.find_files (librosa 0.10), the only librosa function s3prl's script uses."""
+    if ext is None:
+        ext = ["aac", "au", "flac", "m4a", "mp3", "ogg", "wav"]
+    elif isinstance(ext, str):
+        ext = [ext]
+    ext = set(ext)
+    if not case_sensitive:
+        ext = {e.lower() for e in ext} | {e.upper() for e in ext}
+    files = set()
+    for walk in (os.walk(directory) if recurse else [(directory,)]):
+        folder = os.path.abspath(os.path.expanduser(walk[0]))
+        for sub in ext:
+            files |= set(glob.glob(os.path.join(folder, "*" + os.path.extsep + sub)))
+    files = sorted(files)[offset:]
+    return files[:limit] if limit is not None else files
+'''
+
+
+def test_iemocap_preprocess_writes_what_s3prls_script_writes(tmp_path):
+    root, _ = write_iemocap(tmp_path / "IEMOCAP_full_release", per_emotion=2)
+    for path in sorted((root / "meta_data").rglob("*.json")):
+        path.unlink()
+    # what real label files also hold: exc (merged into hap), fru (dropped), a missing utterance, other lines
+    label = root / "Session2/dialog/EmoEvaluation/Ses02F_impro01.txt"
+    wav_dir = root / "Session2/sentences/wav/Ses02F_impro01"
+    write_wav(wav_dir / "Ses02F_impro01_M900.wav", np.zeros(8000, np.float32), 16000)
+    write_wav(wav_dir / "Ses02F_impro01_M901.wav", np.zeros(8000, np.float32), 16000)
+    (wav_dir / "._Ses02F_impro01_M900.wav").write_bytes(b"\0" * 10)  # macOS metadata, not audio
+    label.write_text(label.read_text() + "% header line\n[1.0 - 2.0]\tSes02F_impro01_M900\texc\t[2.5, 2.5, 2.5]\n"
+                     "[2.0 - 3.0]\tSes02F_impro01_M901\tfru\t[2.5, 2.5, 2.5]\n"
+                     "[3.0 - 4.0]\tSes02F_impro01_M999\tneu\t[2.5, 2.5, 2.5]\nC-E1:\tNeutral;\t()\n")
+
+    ours = tmp_path / "ours"
+    proc = _run(["-m", "encodecmae_s3prl.iemocap_preprocess", root, "--out", ours], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    stub = tmp_path / "stub" / "librosa"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("")
+    (stub / "util.py").write_text(FIND_FILES)
+    from encodecmae_s3prl.compat import s3prl_package_dir
+
+    script = s3prl_package_dir() / "downstream" / "emotion" / "IEMOCAP_preprocess.py"
+    proc = _run([script, root], tmp_path, PYTHONPATH=str(stub.parent))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    sessions = [f"Session{s}" for s in range(1, 6)]
+    for session in sessions:
+        for name in ("train_meta_data.json", "test_meta_data.json"):
+            mine = json.loads((ours / session / name).read_text())
+            theirs = json.loads((root / "meta_data" / session / name).read_text())
+            assert mine["labels"] == theirs["labels"] == {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
+            key = lambda e: e["path"]  # noqa: E731
+            assert sorted(mine["meta_data"], key=key) == sorted(theirs["meta_data"], key=key), (session, name)
+    test2 = json.loads((ours / "Session2" / "test_meta_data.json").read_text())["meta_data"]
+    extra = {e["path"].rsplit("/", 1)[1]: e["label"] for e in test2 if "_M9" in e["path"]}
+    assert extra == {"Ses02F_impro01_M900.wav": "hap"}
+    assert all(e["speaker"] == "Ses02F" for e in test2)
+
+
+def test_iemocap_preprocess_missing_root_is_one_line(tmp_path):
+    _user_error(_run(["-m", "encodecmae_s3prl.iemocap_preprocess", tmp_path / "nope"], tmp_path), tmp_path / "nope")
+
+
+def test_demo_with_a_missing_encodec_file_is_one_line(tmp_path):
+    missing = tmp_path / "encodec_24khz-d7cc33bc.th"
+    proc = _run(["-m", "encodecmae_s3prl.demo", "--out", tmp_path / "demo"], tmp_path, ENCODEC_CKPT=str(missing))
+    _user_error(proc, missing, "ENCODEC_CKPT")
+
+
+def test_the_s3prl_assertions_we_rewrite_are_in_the_installed_s3prl():
+    from encodecmae_s3prl.compat import s3prl_package_dir
+
+    for suffix, source in errors.S3PRL_ASSERTIONS:
+        lines = [line.strip() for line in (s3prl_package_dir() / suffix).read_text().splitlines()]
+        assert source in lines, (suffix, source)
