@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/long_audio_memory.py [--size base] [--extract-minutes 10,60] [--forward-minutes 10]
         [--tree DIR]   # run another checkout's code (e.g. a `git worktree` of an older commit), for before/after
 
-Each measurement runs in a fresh subprocess; its peak RSS is `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`
-read after it exits. Audio: a 16 kHz mono WAV of harmonic tones; model: a random `--size` EnCodecMAE whose
+Each measurement runs in a fresh subprocess; its peak RSS is the `ru_maxrss` that `os.wait4` reports for
+that child (the same figure as `resource.getrusage`, per process). Audio: a 16 kHz mono WAV of harmonic tones; model: a random `--size` EnCodecMAE whose
 random-init codec is fitted to synthetic audio (weights do not change memory or cost). Prints one markdown row
 per measurement for benchmarks/README.md, with the CPU flags.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -85,16 +84,17 @@ def child(code_or_args: list[str], tree: str | None) -> tuple[float, str, float]
         else:  # -m module args
             code_or_args = ["-c", prelude + f"import runpy, sys; sys.argv = {code_or_args[1:]!r}; "
                                             f"runpy.run_module({code_or_args[1]!r}, run_name='__main__')"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *code_or_args], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, *code_or_args], stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the max over all children
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        print("warning: a previous child had a higher peak; run one measurement per invocation", file=sys.stderr)
-    return peak / 1024 / 1024, proc.stdout, wall
+        raise SystemExit(f"child failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return usage.ru_maxrss / 1024 / 1024, stdout, wall
 
 
 def write_audio(path: Path, minutes: float) -> None:

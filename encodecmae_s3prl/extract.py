@@ -29,13 +29,13 @@ from tqdm import tqdm
 from encodecmae_s3prl import compat
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
-from encodecmae_s3prl.upstream.checkpoint import CheckpointError
+from encodecmae_s3prl.errors import UserError, user_errors
 
 UPSTREAM_RATE = 16_000  # s3prl hands every upstream 16 kHz mono
 LONG_SECONDS = 60.0
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A mistake in the command line: reported as one ``error:`` line, exit 2."""
 
 
@@ -234,14 +234,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--long-seconds", type=float, default=LONG_SECONDS,
                         help="files longer than this go alone (EnCodecMAE: streamed to disk)")
     parser.add_argument("--device", default=compat.default_device())
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a checkpoint that needs classes outside the safe allow-list (runs its code)")
     args = parser.parse_args(argv)
+    if args.trust_checkpoint:
+        os.environ["ENCODECMAE_TRUST_CHECKPOINT"] = "1"
     try:
-        return run(args)
-    except (UsageError, CheckpointError, FileNotFoundError) as err:
-        if os.environ.get("ENCODECMAE_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        with user_errors():
+            return run(args)
+    except SystemExit as exit_:  # user_errors exits 2 after printing the one line; callers get the status
+        return int(exit_.code or 0)
 
 
 if __name__ == "__main__":

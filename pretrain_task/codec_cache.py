@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CorpusError, load_corpus
+from encodecmae_s3prl.pretrain_task.corpus import AudioFile, load_corpus
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, HOP, SAMPLE_RATE, FrozenEncodec
 
@@ -267,11 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--files-per-shard", type=int, default=FILES_PER_SHARD)
     args = parser.parse_args(argv)
-    from encodecmae_s3prl.upstream.checkpoint import CheckpointError
-    from encodecmae_s3prl.upstream.codec import EncodecWeightsError
+    from encodecmae_s3prl.errors import user_errors
     from encodecmae_s3prl.upstream.loading import build_model, load_checkpoint, model_config_from_yaml
 
-    try:
+    with user_errors():
         if args.ckpt:
             model = load_checkpoint(args.ckpt)
         else:
@@ -283,9 +282,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = load_corpus(args.corpus)
         counts = build(files, model.codec, args.out, model.config.num_codebooks, args.shard, args.device,
                        args.files_per_shard)
-    except (CodecCacheError, CorpusError, CheckpointError, EncodecWeightsError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     hours = sum(f.seconds for f in files) / 3600
     size = sum(p.stat().st_size for p in args.out.glob("shard-*.npy"))
     print(f"codec cache {args.out}: {counts['built']} shard(s) built, {counts['present']} already there, "

@@ -56,7 +56,7 @@ def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = 
         raise CheckpointError(
             f"refused to load {path}: it needs a class outside the safe allow-list ({_first_line(err)}). "
             f"Loading it would run code stored in the file. If you trust who wrote it, set {TRUST_ENV}=1 "
-            f"(or pass --trust-checkpoint where the command offers it)."
+            f"(or pass --trust-checkpoint to run_pretrain.py, run_downstream.py or extract)."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(
@@ -70,7 +70,7 @@ def _first_line(err: BaseException) -> str:
     for line in text.splitlines():
         line = line.strip()
         if "Unsupported global" in line or "GLOBAL" in line:
-            return line
+            return line.split(" Please use", 1)[0]  # torch's advice would allow-list the class: not ours to give
     return text.splitlines()[0] if text else type(err).__name__
 
 

@@ -36,7 +36,15 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
     try:
         from huggingface_hub import hf_hub_download
 
-        paths = [hf_hub_download(repository, name, force_download=refresh) for name in HUB_FILES]
+        online = hub_reachable()
+        if refresh and not online:
+            raise PublishedCheckpointError(f"refresh needs the Hugging Face hub, which does not answer; pass a local "
+                                           f"model.pt with -k instead")
+        # offline: the cached copy at once, or a clear failure at once (hf_hub_download would retry for ~25 s)
+        paths = [hf_hub_download(repository, name, force_download=refresh, local_files_only=not online)
+                 for name in HUB_FILES]
+    except PublishedCheckpointError:
+        raise
     except Exception as err:  # offline, hub unreachable, or not cached
         raise PublishedCheckpointError(
             f"could not get {repository} from the Hugging Face hub ({type(err).__name__}: {err}). Either go "
@@ -45,3 +53,18 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
             f"(config.gin in the same folder)."
         ) from None
     return paths[0]
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """One HEAD request to the hub, no retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    import requests
+
+    try:
+        requests.head(constants.ENDPOINT, timeout=timeout, allow_redirects=False)
+    except requests.RequestException:
+        return False
+    return True
