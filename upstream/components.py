@@ -55,8 +55,11 @@ class SelfAttention(nn.Module):
     Heads are ``dim // heads`` wide and the projections ``inner = heads * head_dim`` wide, the v1
     rule: equal to ``dim`` when ``heads`` divides it, narrower otherwise (v1 large: 12 heads of 85
     channels, q/k/v 1024 -> 1020 and output 1020 -> 1024).
-    ``interleaved_heads=True`` is the v1 layout: the inner channels are viewed as (head_dim, H), so
-    channel c belongs to head c mod H. ``False`` is the usual (H, head_dim).
+
+    ``interleaved_heads=True`` is the v1 layout *in the state dict*: projected channel c belongs to
+    head c mod H. The parameters themselves are kept in the usual (H, head_dim) order, so that each
+    head's channels are contiguous and attention runs without copies (measured ~1.4x faster for this
+    block in bf16 on a CPU); state-dict hooks convert on save and load, so files keep v1's layout.
     """
 
     def __init__(self, dim: int, heads: int, interleaved_heads: bool = True, dropout: float = 0.0):
@@ -73,20 +76,19 @@ class SelfAttention(nn.Module):
         self.wk = nn.Linear(dim, self.inner_dim, bias=False)
         self.wv = nn.Linear(dim, self.inner_dim, bias=False)
         self.wo = nn.Linear(self.inner_dim, dim, bias=False)
+        if interleaved_heads:
+            self.register_state_dict_post_hook(_to_interleaved)
+            self.register_load_state_dict_pre_hook(_from_interleaved)
+
+    def interleaved_order(self) -> Tensor:
+        """index[c] = the (H, head_dim)-ordered channel that sits at v1's channel c = d * H + h."""
+        channel = torch.arange(self.inner_dim)
+        return (channel % self.heads) * self.head_dim + channel // self.heads
 
     def _split(self, x: Tensor) -> Tensor:
-        """(B, T, inner) -> (B, H, T, head_dim)."""
+        """(B, T, inner) -> (B, H, T, head_dim), a view."""
         batch, frames, _ = x.shape
-        if self.interleaved_heads:
-            return x.view(batch, frames, self.head_dim, self.heads).permute(0, 3, 1, 2)
         return x.view(batch, frames, self.heads, self.head_dim).transpose(1, 2)
-
-    def _merge(self, x: Tensor) -> Tensor:
-        """(B, H, T, head_dim) -> (B, T, inner), the inverse of ``_split``."""
-        batch, _, frames, _ = x.shape
-        if self.interleaved_heads:
-            return x.permute(0, 2, 3, 1).reshape(batch, frames, self.inner_dim)
-        return x.transpose(1, 2).reshape(batch, frames, self.inner_dim)
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         """
@@ -106,7 +108,32 @@ class SelfAttention(nn.Module):
             attend = attend[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=self.head_dim ** -0.5,
                                              dropout_p=self.dropout if self.training else 0.0)
-        return self.wo(self._merge(out))
+        batch, _, frames, _ = out.shape
+        return self.wo(out.transpose(1, 2).reshape(batch, frames, self.inner_dim))
+
+
+def _to_interleaved(module: SelfAttention, state_dict: dict, prefix: str, local_metadata) -> None:
+    """state_dict hook: our (H, head_dim) channel order -> v1's interleaved order."""
+    order = module.interleaved_order()
+    for name in ("wq", "wk", "wv"):
+        key = f"{prefix}{name}.weight"
+        if key in state_dict:
+            state_dict[key] = state_dict[key][order]
+    if f"{prefix}wo.weight" in state_dict:
+        state_dict[f"{prefix}wo.weight"] = state_dict[f"{prefix}wo.weight"][:, order]
+
+
+def _from_interleaved(module: SelfAttention, state_dict: dict, prefix: str, local_metadata, strict, missing_keys,
+                      unexpected_keys, error_msgs) -> None:
+    """load_state_dict hook: v1's interleaved channel order -> ours (the inverse of ``_to_interleaved``)."""
+    inverse = torch.argsort(module.interleaved_order())
+    for name in ("wq", "wk", "wv"):
+        key = f"{prefix}{name}.weight"
+        if key in state_dict and state_dict[key].shape[0] == module.inner_dim:
+            state_dict[key] = state_dict[key][inverse]
+    key = f"{prefix}wo.weight"
+    if key in state_dict and state_dict[key].dim() == 2 and state_dict[key].shape[1] == module.inner_dim:
+        state_dict[key] = state_dict[key][:, inverse]
 
 
 class FeedForward(nn.Sequential):

@@ -158,19 +158,26 @@ class PretrainOutput:
 
     loss: scalar float32, Σ_s w_s [δ masked_loss_s + (1-δ) unmasked_loss_s].
     masked_loss, unmasked_loss: (S,) mean cross-entropy per stream over masked / visible valid frames.
-    masked_accuracy: scalar, top-1 accuracy over masked valid frames, averaged over the Q codebooks.
     mask: (B, T) bool, True = masked.
     logits: (B, T, Q, 1024), the codebook predictions.
     frame_lengths: (B,) long.
+    targets: (B, T, Q) long codes, IGNORE at padding.
+    masked_accuracy(): scalar, top-1 accuracy over masked valid frames, averaged over the Q codebooks;
+        computed when asked (an argmax over every logit: logging steps only).
     """
 
     loss: Tensor
     masked_loss: Tensor
     unmasked_loss: Tensor
-    masked_accuracy: Tensor
     mask: Tensor
     logits: Tensor
     frame_lengths: Tensor
+    targets: Tensor
+
+    @torch.no_grad()
+    def masked_accuracy(self) -> Tensor:
+        hits = (self.logits.argmax(dim=-1) == self.targets) & self.mask[:, :, None]
+        return hits.sum() / (self.mask.sum() * self.targets.shape[-1]).clamp_min(1)
 
 
 class EncodecMAE(nn.Module):
@@ -466,12 +473,8 @@ class EncodecMAE(nn.Module):
 
         loss, masked_loss, unmasked_loss = masked_prediction_loss(ce, valid, mask, self.stream_weights,
                                                                   config.delta)
-        with torch.no_grad():
-            hits = (logits.argmax(dim=-1) == targets) & mask[:, :, None]
-            masked_accuracy = hits.sum() / (mask.sum() * config.num_codebooks).clamp_min(1)
         return PretrainOutput(loss=loss, masked_loss=masked_loss.detach(), unmasked_loss=unmasked_loss.detach(),
-                              masked_accuracy=masked_accuracy, mask=mask, logits=logits,
-                              frame_lengths=frame_lengths)
+                              mask=mask, logits=logits, frame_lengths=frame_lengths, targets=targets)
 
     def _align_extra_targets(self, extra: Tensor, padding: Tensor) -> Tensor:
         """(B, T') -> (B, T): cropped or IGNORE-padded to T, IGNORE at padding, values checked."""

@@ -1,0 +1,78 @@
+"""The lean training step: bf16 within tolerance of fp32, cached codec output equal to the codec's, the
+attention's internal head order invisible in files, accuracy on demand."""
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone
+from encodecmae_s3prl.upstream.components import SelfAttention
+from encodecmae_s3prl.upstream.model import EncodecMAE, get_config
+
+torch.set_num_threads(2)
+
+
+def _model(**overrides) -> EncodecMAE:
+    torch.manual_seed(0)
+    model = EncodecMAE(replace(get_config("tiny"), dim=96, heads=4, **overrides))
+    fit_codec_to_synthetic_audio(model)
+    return model.train()
+
+
+def _batch(count=4, seconds=2.0):
+    rng = np.random.default_rng(0)
+    wav = torch.stack([torch.from_numpy(harmonic_tone(110 * 2 ** (i / 3), seconds, 24000, rng)) for i in range(count)])
+    return wav, torch.full((count,), wav.shape[1])
+
+
+def test_bf16_loss_is_the_fp32_loss_within_bf16_tolerance():
+    model = _model()
+    wav, lengths = _batch()
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            output = model(wav, lengths, generator=torch.Generator().manual_seed(3))
+        losses[precision] = output.loss
+        assert output.loss.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: ~0.4 % per rounding; the loss of ~7 nats may move by a few hundredths
+    assert abs(losses["bf16"] - losses["fp32"]) / losses["fp32"] < 0.01, losses
+
+
+def test_step_from_codec_output_equals_step_from_audio():
+    """forward(features=..., codes=...) (what the codec cache feeds) is the same step as forward(wav)."""
+    model = _model()
+    wav, lengths = _batch()
+    with torch.no_grad():
+        features = model.codec.features(wav)
+        codes = model.codec.codes(features, 8).transpose(1, 2)
+        from_audio = model(wav, lengths, generator=torch.Generator().manual_seed(1))
+        cached = model(features=features, frame_lengths=model.frame_lengths(lengths), codes=codes,
+                       generator=torch.Generator().manual_seed(1))
+        # stored as the cache stores them: fp16 features, int16 codes
+        stored = model(features=features.half(), frame_lengths=model.frame_lengths(lengths), codes=codes.short(),
+                       generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(cached.loss, from_audio.loss)
+    assert torch.equal(cached.mask, from_audio.mask)
+    assert abs(stored.loss - from_audio.loss) / from_audio.loss < 1e-3
+    acc = from_audio.masked_accuracy()
+    hits = (from_audio.logits.argmax(-1) == codes) & from_audio.mask[:, :, None]
+    assert float(acc) == float(hits.sum() / (from_audio.mask.sum() * 8))
+
+
+def test_attention_runs_in_head_order_but_saves_v1_interleaved_order():
+    attention = SelfAttention(10, 3, interleaved_heads=True)  # 3 heads of 3 channels: 9 wide
+    state = attention.state_dict()
+    order = attention.interleaved_order()
+    assert order.tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]  # v1 channel c = d * 3 + h -> ours h * 3 + d
+    torch.testing.assert_close(state["wq.weight"], attention.wq.weight[order].detach())
+    torch.testing.assert_close(state["wo.weight"], attention.wo.weight[:, order].detach())
+    again = SelfAttention(10, 3, interleaved_heads=True)
+    again.load_state_dict(state)
+    x = torch.randn(2, 7, 10)
+    torch.testing.assert_close(again(x), attention(x))
+    # the v1 computation on the saved (interleaved) weights: channels viewed as (T, head_dim, H)
+    q, k, v = (x @ state[f"{w}.weight"].T for w in ("wq", "wk", "wv"))
+    q, k, v = (t.view(2, 7, 3, 3).permute(0, 3, 1, 2) for t in (q, k, v))
+    weights = torch.softmax(q @ k.transpose(-1, -2) * 3 ** -0.5, dim=-1)
+    merged = (weights @ v).permute(0, 2, 3, 1).reshape(2, 7, 9)
+    torch.testing.assert_close(attention(x), merged @ state["wo.weight"].T)
