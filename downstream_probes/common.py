@@ -44,25 +44,55 @@ class Clip:
         return self.path if self.duration is None and not self.start else f"{self.path}@{self.start:g}+{self.duration}"
 
 
-def read_clip(path: str, start: float = 0.0, duration: float | None = None) -> torch.Tensor | None:
-    """16 kHz mono float32 (samples,), or None when the file is unreadable, empty or not finite."""
+def read_clip(path: str, start: float = 0.0, duration: float | None = None,
+              rate: int = UPSTREAM_RATE) -> torch.Tensor | None:
+    """Mono float32 (samples,) at ``rate`` (16 kHz unless told: s3prl's convention), read at the file's own rate
+    and resampled once, straight to ``rate``; None when the file is unreadable, empty or not finite."""
     from encodecmae_s3prl.compat import load_audio
 
     try:
         frame_offset, num_frames = 0, -1
         if start or duration is not None:
-            rate = soundfile.info(str(path)).samplerate
-            frame_offset = int(round(start * rate))
-            num_frames = -1 if duration is None else int(round(duration * rate))
-        wav, rate = load_audio(path, frame_offset=frame_offset, num_frames=num_frames)
+            file_rate = soundfile.info(str(path)).samplerate
+            frame_offset = int(round(start * file_rate))
+            num_frames = -1 if duration is None else int(round(duration * file_rate))
+        wav, file_rate = load_audio(path, frame_offset=frame_offset, num_frames=num_frames)
     except Exception:
         return None
     if wav.numel() == 0 or not torch.isfinite(wav).all():
         return None
     wav = wav.mean(dim=0)
-    if rate != UPSTREAM_RATE:
-        wav = torchaudio.functional.resample(wav, rate, UPSTREAM_RATE)
+    if file_rate != rate:
+        wav = torchaudio.functional.resample(wav, file_rate, rate)
     return wav
+
+
+def upstream_rate(upstream: nn.Module) -> int:
+    """The rate an upstream's own model runs at, where we can feed it directly: 24 kHz for our EnCodecMAE
+    upstreams (``UpstreamExpert.model.encode``), 16 kHz for every other s3prl upstream (s3prl's convention)."""
+    from encodecmae_s3prl.upstream.expert import MODEL_RATE, UpstreamExpert
+
+    return MODEL_RATE if isinstance(upstream, UpstreamExpert) else UPSTREAM_RATE
+
+
+def encode_native(upstream: nn.Module, wavs: Sequence[torch.Tensor]) -> tuple[List[torch.Tensor], torch.Tensor]:
+    """Every hidden state of a batch of clips given at ``upstream_rate(upstream)``, and each clip's own frame count.
+
+    Ours: ``upstream.model.encode`` on the 24 kHz audio itself (s3prl's UpstreamExpert would take 16 kHz and
+    resample, losing 8-12 kHz); frame counts are the model's ``frame_lengths`` (75 Hz). Others: s3prl's
+    ``upstream(wavs)`` at 16 kHz, frames ``round(len / downsample rate)`` (all frames when it has no rate).
+    Returns (hidden states, each (batch, frames, dim)), frames (batch,) long."""
+    lengths = torch.tensor([len(w) for w in wavs])
+    if upstream_rate(upstream) != UPSTREAM_RATE:
+        padded = nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
+        encoded = upstream.model.encode(padded, lengths.to(padded.device))
+        return list(encoded.hidden_states), encoded.frame_lengths.cpu()
+    hidden = list(upstream(list(wavs))["hidden_states"])
+    total = hidden[0].shape[1]
+    if not hasattr(upstream, "get_downsample_rates"):
+        return hidden, torch.full((len(wavs),), total)
+    rate = upstream.get_downsample_rates("hidden_states")
+    return hidden, torch.tensor([max(1, min(total, round(n / rate))) for n in lengths.tolist()])
 
 
 class ClipDataset(Dataset):
@@ -160,13 +190,17 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Macro mAP over the classes that have at least one positive (scikit-learn's average_precision_score
-    with average='macro' on those classes; HEAR leaves classes without positives out the same way)."""
+    """Macro mAP over every class, as the HEAR kit computes it (heareval 2021.1.3 ``MeanAveragePrecision``:
+    scikit-learn's ``average_precision_score(targets, scores, average="macro")``): a class without positives
+    in ``targets`` counts as AP 0 (scikit-learn, 1.9 here, sets its recall to 1: AP 0); it is not left out."""
     scores, targets = scores.double().cpu().numpy(), targets.double().cpu().numpy()
-    present = np.flatnonzero(targets.sum(axis=0) > 0)
-    if present.size == 0:
-        return float("nan")
-    return float(np.mean([average_precision(scores[:, c], targets[:, c]) for c in present]))
+    return float(np.mean([average_precision(scores[:, c], targets[:, c]) if targets[:, c].sum() > 0 else 0.0
+                          for c in range(targets.shape[1])]))
+
+
+def fold_std(values: Sequence[float]) -> float:
+    """Spread over test folds as the HEAR kit reports it (pandas ``DataFrame.std``: ddof 1); 0 for one fold."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 METRICS = {"acc": accuracy, "pitch_acc": accuracy, "chroma_acc": chroma_accuracy, "mAP": mean_average_precision}

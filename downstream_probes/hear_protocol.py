@@ -3,19 +3,32 @@
 1. ``embed_splits``: the time-mean of every hidden state of every clip -> one ``.npy`` cache per
    (upstream, task), (clips, layers, dim) float32, shared by every fold and every rerun. s3prl's
    weighted sum commutes with the time-mean, so the cache serves both the last-layer protocol
-   (the paper's) and a learned softmax weighting of layers exactly.
-2. ``grid_search``: HEAR's shallow MLP (DESIGN §6): hidden layers {1, 2}, width 1024, dropout 0.1,
-   BatchNorm before ReLU, Adam, lr {3.2e-3, 1e-3, 3.2e-4, 1e-4}, init {xavier_uniform, xavier_normal},
-   batch 1024, validation every 3 epochs, early stopping with patience 20 (validations), at most
-   500 epochs; ``grid_size`` (8 in HEAR) configurations drawn from the 16 with a fixed seed; the
-   best on validation is tested. In weighted mode the softmax layer logits (zeros at the start:
-   equal weights) train with the MLP at 10x its learning rate.
+   (the paper's) and a learned softmax weighting of layers exactly. Each clip is read once at its own
+   rate and resampled straight to the upstream's native rate: 24 kHz into our EnCodecMAE's
+   ``model.encode`` (nothing between 8 and 12 kHz is lost), 16 kHz for other s3prl upstreams.
+2. ``grid_search`` / ``evaluate_folds``: the scene-task rules of the official kit, heareval 2021.1.3
+   (``heareval/predictions/task_predictions.py``), read from its code:
+   - grid: hidden layers {1, 2} x init {xavier_uniform, xavier_normal} x lr {3.2e-3, 1e-3, 3.2e-4, 1e-4}
+     in scikit-learn ``ParameterGrid`` order, shuffled by ``random`` seeded 42, the first ``grid_size`` (8) tried;
+   - MLP: per hidden layer Linear(1024) -> BatchNorm1d -> Dropout(0.1) -> ReLU, then a Linear projection;
+     weights Xavier with gain 1 after the input and sqrt(2) after a ReLU, biases PyTorch's default;
+   - Adam (torch defaults) at the grid's lr, batch 1024 in a fixed order (the kit never reshuffles), validation
+     every 3rd epoch, early stopping after 20 validations without a strict improvement, at most 500 epochs, the
+     best-on-validation state tested; scores as the kit's (softmax / sigmoid outputs, float32 selection);
+   - k-fold tasks: the configuration is selected on the first fold (test fold 0, validation fold 1) and the
+     other folds are trained with it, not searched again; mean and std (ddof 1) over folds;
+   - one torch random stream per task, seeded 42, drawn in the kit's order (the MLP's construction, the random
+     batch of its ``torchinfo.summary``, one draw per DataLoader pass, dropout), so CPU runs reproduce it.
+   Extension (``weighted=True``): softmax layer logits (zeros at the start: equal weights) train with the MLP at
+   10x its learning rate; the default last-layer mode is the kit's protocol.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import itertools
+import math
 import random
 import sys
 from dataclasses import dataclass
@@ -30,14 +43,22 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from encodecmae_s3prl.downstream_probes import recipe_tasks
-from encodecmae_s3prl.downstream_probes.common import (METRICS, UPSTREAM_RATE, Clip, ProbeDataError,
-                                                        check_audio_exists, read_clip)
+from encodecmae_s3prl.downstream_probes.common import (METRICS, Clip, ProbeDataError, check_audio_exists,
+                                                        encode_native, fold_std, read_clip, upstream_rate)
 
 RECIPES = {"speech_commands": recipe_tasks.SPEECH_COMMANDS_LAYOUT, "emotion": recipe_tasks.EMOTION_LAYOUT}
-MIN_SAMPLES = UPSTREAM_RATE // 10  # shorter clips are zero-padded to 0.1 s (convolutional front ends need ~25 ms)
+MIN_SECONDS = 0.1  # shorter clips are zero-padded to 0.1 s (convolutional front ends need ~25 ms)
+CACHE_FORMAT = "native-rate-1"  # part of every cache name: caches from 16 kHz-only embedding are not reused
 
-GRID = [dict(hidden_layers=h, lr=lr, init=init) for h, lr, init in
-        itertools.product((1, 2), (3.2e-3, 1e-3, 3.2e-4, 1e-4), ("xavier_uniform", "xavier_normal"))]
+# heareval 2021.1.3, predictions/task_predictions.py: PARAM_GRID and task_predictions / task_predictions_train
+KIT_SEED = 42  # seed_everything(42) once per task (its default --deterministic True)
+HIDDEN_DIM, DROPOUT, BATCH_SIZE = 1024, 0.1, 1024
+MAX_EPOCHS, CHECK_VAL_EVERY, PATIENCE = 500, 3, 20
+SUMMARY_BATCH = 64  # torchinfo.summary(predictor, input_size=(64, nfeatures)) draws torch.rand(64, nfeatures)
+# the grid axes in ParameterGrid's order (keys sorted: hidden_layers, initialization, lr; the last varies fastest)
+GRID_AXES = {"hidden_layers": (1, 2), "init": ("xavier_uniform", "xavier_normal"),
+             "lr": (3.2e-3, 1e-3, 3.2e-4, 1e-4)}
+GRID = [dict(zip(GRID_AXES, values)) for values in itertools.product(*GRID_AXES.values())]
 
 
 @dataclass
@@ -96,7 +117,21 @@ def load_task(probe: str, root: str | Path, test_fold: str | None = None) -> Pro
     for split in ("train", "dev", "test"):
         if not task.splits.get(split):
             raise ProbeDataError(f"probe {probe}: the {split} split of {root} is empty")
+    if probe != "hear":  # the hear probe reads HEAR tasks in the kit's order already
+        task.splits = kit_order(task.splits)
     return task
+
+
+def kit_order(splits: Dict[str, List[Clip]]) -> Dict[str, List[Clip]]:
+    """The HEAR kit trains in the order its embedding files were written, each split shuffled once by one
+    ``random.Random(0)`` and never again; for probes that are not HEAR tasks (whose files often come grouped
+    by class) the same rule on train, dev and test in that order."""
+    prng = random.Random(0)
+    ordered = {}
+    for split in ("train", "dev", "test"):
+        ordered[split] = list(splits[split])
+        prng.shuffle(ordered[split])
+    return ordered
 
 
 def _targets(task: ProbeTask, clips) -> np.ndarray:
@@ -117,31 +152,46 @@ def _clip_seconds(clip: Clip) -> float:
         return 0.0
 
 
+def _at_rate(path: str, rate: int) -> str:
+    """A HEAR task holds each clip once per rate (``TASK/<rate>/<split>/<file>``): the copy at ``rate`` when there
+    is one (what the kit reads for a module of that rate), else ``path`` (read at its rate and resampled)."""
+    p = Path(path)
+    rate_folder = p.parent.parent
+    if rate_folder.name.isdigit() and rate_folder.name != str(rate):
+        copy = rate_folder.parent / str(rate) / p.parent.name / p.name
+        if copy.is_file():
+            return str(copy)
+    return path
+
+
 @torch.no_grad()
 def embed_clips(upstream, clips: Sequence[Clip], device: str = "cpu", batch_size: int = 8,
                 desc: str = "embed") -> np.ndarray:
     """(N, layers, dim) float32: the time-mean of every hidden state of each clip (its own frames only).
 
-    Clips are read batch by batch (a corpus never sits in memory) in order of length, so padding
-    is small; an unreadable clip is embedded as 1 s of silence and named on stderr."""
-    rate = upstream.get_downsample_rates("hidden_states") if hasattr(upstream, "get_downsample_rates") else None
+    Each clip is read once at its own rate and resampled straight to the upstream's native rate (``upstream_rate``:
+    24 kHz into our ``model.encode``, 16 kHz for other s3prl upstreams). Clips are read batch by batch (a corpus
+    never sits in memory) in order of length, so padding is small; an unreadable clip is embedded as 1 s of
+    silence and named on stderr."""
+    rate = upstream_rate(upstream)
+    min_samples = int(rate * MIN_SECONDS)
     order = sorted(range(len(clips)), key=lambda i: -_clip_seconds(clips[i]))
     pooled, bad = [None] * len(clips), []
     for start in tqdm(range(0, len(order), batch_size), desc=desc, dynamic_ncols=True, leave=False):
         index = order[start:start + batch_size]
         batch = []
         for i in index:
-            wav = read_clip(clips[i].path, clips[i].start, clips[i].duration)
+            wav = read_clip(_at_rate(clips[i].path, rate), clips[i].start, clips[i].duration, rate)
             if wav is None:
                 bad.append(clips[i].key)
-                wav = torch.zeros(UPSTREAM_RATE)
-            if wav.numel() < MIN_SAMPLES:
-                wav = torch.nn.functional.pad(wav, (0, MIN_SAMPLES - wav.numel()))
+                wav = torch.zeros(rate)
+            if wav.numel() < min_samples:
+                wav = torch.nn.functional.pad(wav, (0, min_samples - wav.numel()))
             batch.append(wav.to(device))
-        stacked = torch.stack(list(upstream(batch)["hidden_states"]), dim=1)  # (batch, layers, frames, dim)
+        hidden, frames = encode_native(upstream, batch)
+        stacked = torch.stack(hidden, dim=1)  # (batch, layers, frames, dim)
         for row, i in enumerate(index):
-            frames = stacked.shape[2] if rate is None else max(1, min(stacked.shape[2], round(len(batch[row]) / rate)))
-            pooled[i] = stacked[row, :, :frames].float().mean(dim=1).cpu().numpy()
+            pooled[i] = stacked[row, :, :int(frames[row])].float().mean(dim=1).cpu().numpy()
     if bad:
         print(f"[hear] {len(bad)} unreadable clip(s) embedded as 1 s of silence: {', '.join(bad[:5])}"
               f"{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
@@ -150,7 +200,7 @@ def embed_clips(upstream, clips: Sequence[Clip], device: str = "cpu", batch_size
 
 def cache_path(cache_dir: Path, upstream_key: str, task: ProbeTask, keys: Sequence[str]) -> Path:
     """One file per (upstream, task): the key names the upstream (entry, checkpoint identity) and the clip list."""
-    digest = hashlib.sha1("\n".join([upstream_key, *keys]).encode()).hexdigest()[:16]
+    digest = hashlib.sha1("\n".join([CACHE_FORMAT, upstream_key, *keys]).encode()).hexdigest()[:16]
     label = "".join(c if c.isalnum() or c in "-_." else "_" for c in upstream_key.split("|")[0])
     return Path(cache_dir) / f"{label}-{task.name}-{digest}.npy"
 
@@ -177,23 +227,27 @@ def embed_splits(get_upstream: Callable[[], nn.Module], upstream_key: str, task:
 
 
 class LayerWeightedMLP(nn.Module):
-    """Softmax weights over layers (s3prl's weighted sum; 'last' mode fixes the last layer) -> HEAR MLP."""
+    """Softmax weights over layers (s3prl's weighted sum; 'last' mode reads the last layer) -> the HEAR kit's MLP
+    (heareval ``FullyConnectedPrediction``): per hidden layer Linear -> BatchNorm1d -> Dropout -> ReLU, then a
+    Linear projection. Each Linear keeps PyTorch's default bias; its weight is redrawn by ``init`` (Xavier
+    uniform or normal) with gain ``calculate_gain`` of what precedes it: 'linear' (1) for the input, 'relu'
+    (sqrt 2) after a hidden layer; each right after that Linear is built (the kit's order of random draws)."""
 
     def __init__(self, layers: int, dim: int, classes: int, hidden_layers: int, init: str, weighted: bool,
-                 hidden_dim: int = 1024):
+                 hidden_dim: int = HIDDEN_DIM, dropout: float = DROPOUT):
         super().__init__()
         self.weighted = weighted
         self.layer_logits = nn.Parameter(torch.zeros(layers)) if weighted else None
-        blocks, width = [], dim
+        init_weight = getattr(nn.init, init + "_")
+        blocks, width, previous = [], dim, "linear"
         for _ in range(hidden_layers):
-            blocks += [nn.Linear(width, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Dropout(0.1)]
-            width = hidden_dim
-        blocks.append(nn.Linear(width, classes))
-        self.mlp = nn.Sequential(*blocks)
-        for module in self.mlp:
-            if isinstance(module, nn.Linear):
-                getattr(nn.init, init + "_")(module.weight)
-                nn.init.zeros_(module.bias)
+            linear = nn.Linear(width, hidden_dim)
+            init_weight(linear.weight, gain=nn.init.calculate_gain(previous))
+            blocks += [linear, nn.BatchNorm1d(hidden_dim), nn.Dropout(dropout), nn.ReLU()]
+            width, previous = hidden_dim, "relu"
+        projection = nn.Linear(width, classes)
+        init_weight(projection.weight, gain=nn.init.calculate_gain(previous))
+        self.mlp = nn.Sequential(*blocks, projection)
 
     def layer_weights(self) -> torch.Tensor:
         return F.softmax(self.layer_logits, dim=0) if self.weighted else None
@@ -205,7 +259,8 @@ class LayerWeightedMLP(nn.Module):
 
 
 def _score(task: ProbeTask, logits: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
-    scores = torch.sigmoid(logits) if task.multilabel else logits
+    """The kit scores the predictor's outputs: softmax (multiclass) or sigmoid (multilabel) of the logits."""
+    scores = torch.sigmoid(logits) if task.multilabel else torch.softmax(logits, dim=-1)
     return {m: METRICS[m](scores, y) for m in task.metrics}
 
 
@@ -213,65 +268,142 @@ LAYER_LR_SCALE = 10.0  # layer logits: a handful of parameters, one Adam step pe
 
 
 def _adam(model: "LayerWeightedMLP", lr: float) -> torch.optim.Optimizer:
-    """Adam on the MLP at the grid's lr; the layer logits (weighted mode) at LAYER_LR_SCALE x lr, so that
-    they can move within HEAR's epoch budget (with Adam each step moves a logit by about lr)."""
+    """torch's Adam with its defaults at the grid's lr (the kit's ``optim``); in weighted mode the layer logits
+    at LAYER_LR_SCALE x lr, so that they can move within HEAR's epoch budget (each Adam step moves a logit by
+    about lr)."""
     groups = [{"params": list(model.mlp.parameters()), "lr": lr}]
     if model.layer_logits is not None:
         groups.append({"params": [model.layer_logits], "lr": lr * LAYER_LR_SCALE})
-    try:  # the fused kernel (CPU and CUDA in torch >= 2.4) is ~1.5x faster on these small MLPs
-        return torch.optim.Adam(groups, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(groups)
+    return torch.optim.Adam(groups, lr=lr)
 
 
-def train_one(task: ProbeTask, data: Dict[str, dict], params: dict, weighted: bool, max_epochs: int, seed: int,
-              device: str = "cpu", hidden_dim: int = 1024):
-    """One HEAR configuration: train on ``train``, validate every 3 epochs on ``dev`` (early stopping,
-    patience 20 validations), test the best-on-dev state. Returns (dev score, test metrics, layer weights)."""
-    torch.manual_seed(seed)
-    x = {s: torch.from_numpy(d["x"]).to(device) for s, d in data.items()}
-    y = {s: torch.from_numpy(d["y"]).to(device) for s, d in data.items()}
-    model = LayerWeightedMLP(x["train"].shape[1], x["train"].shape[2], len(task.classes), params["hidden_layers"],
-                             params["init"], weighted, hidden_dim).to(device)
+def _loader_pass() -> None:
+    """Each pass over a torch DataLoader draws its base seed from torch's default generator
+    (``torch.utils.data``: ``torch.empty((), dtype=torch.int64).random_()``); the kit iterates a DataLoader for
+    every training epoch and every validation, so the same draws keep our dropout masks on the kit's stream."""
+    torch.empty((), dtype=torch.int64).random_()
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(chunk) for chunk in x.split(BATCH_SIZE)])
+
+
+@contextlib.contextmanager
+def kit_rng(seed: int = KIT_SEED, device: str = "cpu"):
+    """One random stream per task as the kit's ``seed_everything(seed)``, without touching the caller's."""
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def train_one(task: ProbeTask, data: Dict[str, dict], params: dict, weighted: bool, max_epochs: int = MAX_EPOCHS,
+              seed: int | None = None, device: str = "cpu", hidden_dim: int = HIDDEN_DIM) -> dict:
+    """One HEAR configuration as the kit trains it: batches of 1024 in the data's order (never reshuffled; a last
+    batch of a single clip is skipped, where the kit's BatchNorm would fail), validation on ``dev`` every 3rd epoch,
+    early stopping after 20 validations without a strict improvement, the best-on-dev state tested.
+    ``seed`` None continues the caller's torch stream (``kit_rng``), else seeds it first.
+    Returns {"valid": float32 dev score, "test": {metric: value}, "layer_weights", "epoch": best epoch}."""
+    if max_epochs < CHECK_VAL_EVERY:
+        raise ValueError(f"max_epochs={max_epochs}: the HEAR protocol validates every {CHECK_VAL_EVERY} epochs, "
+                         f"so at least {CHECK_VAL_EVERY} are needed")
+    if seed is not None:
+        torch.manual_seed(seed)
+    as_tensor = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if weighted else \
+        (lambda a: torch.from_numpy(np.ascontiguousarray(a[:, -1:])))  # last mode: the last layer, contiguous
+    x = {s: as_tensor(d["x"]).to(device) for s, d in data.items()}
+    y = {s: torch.from_numpy(np.asarray(d["y"])).to(device) for s, d in data.items()}
+    model = LayerWeightedMLP(data["train"]["x"].shape[1], x["train"].shape[2], len(task.classes),
+                             params["hidden_layers"], params["init"], weighted, hidden_dim)  # on CPU, as the kit
+    torch.rand(SUMMARY_BATCH, x["train"].shape[2])  # the kit's torchinfo.summary draws this random batch
+    model.to(device)
     optimizer = _adam(model, params["lr"])
     loss_fn = F.binary_cross_entropy_with_logits if task.multilabel else F.cross_entropy
-    best, best_state, waited, n = -float("inf"), None, 0, x["train"].shape[0]
+    best, best_state, best_epoch, waited, n = -math.inf, None, -1, 0, x["train"].shape[0]
     for epoch in range(max_epochs):
+        _loader_pass()
         model.train()
-        for index in torch.randperm(n, device=device).split(1024):
-            if index.numel() < 2:  # BatchNorm needs two samples
+        for start in range(0, n, BATCH_SIZE):
+            if n - start < 2:  # BatchNorm needs two samples
                 continue
-            loss = loss_fn(model(x["train"][index]), y["train"][index])
+            loss = loss_fn(model(x["train"][start:start + BATCH_SIZE]), y["train"][start:start + BATCH_SIZE])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        if epoch % 3 == 2 or epoch == max_epochs - 1:
-            model.eval()
-            with torch.no_grad():
-                value = _score(task, model(x["dev"]), y["dev"])[task.metrics[0]]
-            if value > best or best_state is None:
-                best, waited = value, 0
-                best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            else:
-                waited += 1
-                if waited >= 20:
-                    break
+        if (epoch + 1) % CHECK_VAL_EVERY:
+            continue
+        _loader_pass()
+        model.eval()
+        value = float(np.float32(_score(task, _predict(model, x["dev"]), y["dev"])[task.metrics[0]]))
+        if best_state is None or value > best:  # ModelCheckpoint / EarlyStopping: strict improvement, min_delta 0
+            best, best_epoch, waited = value, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+        if waited >= PATIENCE or not math.isfinite(value):  # EarlyStopping(patience=20, check_finite=True)
+            break
     model.load_state_dict(best_state)
     model.eval()
-    with torch.no_grad():
-        test = _score(task, model(x["test"]), y["test"])
-        weights = model.layer_weights()
-    return best, test, (weights.cpu().tolist() if weights is not None else None)
+    test = _score(task, _predict(model, x["test"]), y["test"])
+    weights = model.layer_weights()
+    return {"valid": best, "test": test, "layer_weights": weights.detach().cpu().tolist() if weights is not None
+            else None, "epoch": best_epoch}
+
+
+def grid_configs(grid_size: int = 8, seed: int = KIT_SEED) -> List[dict]:
+    """The configurations the kit tries: ``ParameterGrid(PARAM_GRID)`` shuffled by ``random`` seeded ``seed``
+    (``seed_everything(42)``), the first ``grid_size``."""
+    configs = [dict(c) for c in GRID]
+    random.Random(seed).shuffle(configs)
+    return configs[:grid_size]
+
+
+def _search(task: ProbeTask, data: Dict[str, dict], weighted: bool, grid_size: int, max_epochs: int, seed: int,
+            device: str, hidden_dim: int) -> dict:
+    runs = []
+    for params in grid_configs(grid_size, seed):
+        runs.append({"params": params, **train_one(task, data, params, weighted, max_epochs, None, device,
+                                                    hidden_dim)})
+    best = max(runs, key=lambda r: r["valid"])  # the first of equal validation scores, as the kit's stable sort
+    return {**best, "grid": [{"params": r["params"], "valid": r["valid"], "epoch": r["epoch"]} for r in runs]}
 
 
 def grid_search(task: ProbeTask, data: Dict[str, dict], weighted: bool = False, grid_size: int = 8,
-                max_epochs: int = 500, seed: int = 0, device: str = "cpu", hidden_dim: int = 1024) -> dict:
-    """The best of ``grid_size`` HEAR configurations on validation, with its test metrics (``hidden_dim`` is
-    HEAR's 1024; smaller only for quick looks)."""
-    configs = random.Random(seed).sample(GRID, min(grid_size, len(GRID)))
-    best = None
-    for i, params in enumerate(configs):
-        valid, test, weights = train_one(task, data, params, weighted, max_epochs, seed + i, device, hidden_dim)
-        if best is None or valid > best["valid"]:
-            best = {"valid": valid, "test": test, "params": params, "layer_weights": weights}
-    return best
+                max_epochs: int = MAX_EPOCHS, seed: int = KIT_SEED, device: str = "cpu",
+                hidden_dim: int = HIDDEN_DIM) -> dict:
+    """The best of ``grid_size`` HEAR configurations on validation, with its test metrics; every configuration's
+    validation score under "grid" (``hidden_dim`` is HEAR's 1024; smaller only for quick looks)."""
+    with kit_rng(seed, device):
+        return _search(task, data, weighted, grid_size, max_epochs, seed, device, hidden_dim)
+
+
+def evaluate_folds(folds: Sequence, load: Callable[[object], tuple], weighted: bool = False, grid_size: int = 8,
+                   max_epochs: int = MAX_EPOCHS, seed: int = KIT_SEED, device: str = "cpu",
+                   hidden_dim: int = HIDDEN_DIM) -> dict:
+    """The kit's rule for a task with several test folds: grid search on the first fold only, the selected
+    configuration trained on each other fold, every fold tested; one random stream for the whole task.
+
+    ``load(fold)`` -> (ProbeTask, data) for that test fold. Returns {metric: mean over folds,
+    "std": {metric: std over folds, ddof 1}, "params": the selected configuration, "grid": the first fold's
+    search, "folds": [{"fold", "valid", "test", "params", "layer_weights", "epoch"}, ...],
+    "layer_weights": their mean (weighted mode) or None}."""
+    per_fold = []
+    with kit_rng(seed, device):
+        task, data = load(folds[0])
+        search = _search(task, data, weighted, grid_size, max_epochs, seed, device, hidden_dim)
+        grid = search.pop("grid")
+        per_fold.append({"fold": folds[0], **search})
+        del data
+        for fold in folds[1:]:
+            task, data = load(fold)
+            per_fold.append({"fold": fold, "params": search["params"],
+                             **train_one(task, data, search["params"], weighted, max_epochs, None, device,
+                                         hidden_dim)})
+            del data
+    names = list(per_fold[0]["test"])
+    metrics = {m: float(np.mean([f["test"][m] for f in per_fold])) for m in names}
+    weights = [f["layer_weights"] for f in per_fold if f["layer_weights"]]
+    return {**metrics, "std": {m: fold_std([f["test"][m] for f in per_fold]) for m in names},
+            "params": search["params"], "grid": grid, "folds": per_fold,
+            "layer_weights": np.mean(weights, axis=0).tolist() if weights else None}

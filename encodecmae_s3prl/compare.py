@@ -14,7 +14,8 @@ layer weights and reports them.
 Probes: ours (``nsynth_pitch``, ``gtzan_genre``, ``esc50``, ``fsd50k``, ``hear``) and s3prl's recipes
 ``speech_commands`` (``--data speech_commands=TRAIN_ROOT,TEST_ROOT``, Speech Commands v0.01) and
 ``emotion`` (``--data emotion=IEMOCAP_ROOT``, with s3prl's ``meta_data/`` inside, or ``ROOT,META_DATA``).
-k-fold probes run every test fold; tables show the mean (± std over folds in results.md).
+k-fold probes run every test fold as the HEAR kit does (heareval 2021.1.3): the MLP configuration is selected
+on the first fold and reused on the others; tables show the mean (± std over folds, ddof 1, in results.md).
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 
 from encodecmae_s3prl import compat
-from encodecmae_s3prl.downstream_probes.hear_protocol import (embed_splits, grid_search, load_task, task_folds,
-                                                              task_names)
+from encodecmae_s3prl.downstream_probes.common import fold_std
+from encodecmae_s3prl.downstream_probes.hear_protocol import (CHECK_VAL_EVERY, MAX_EPOCHS, embed_splits,
+                                                              evaluate_folds, load_task, task_folds, task_names)
 
 PAPER_NAMES = {"encodec_features": "EC", "encodecmae_random": "ECMAE-R", "fbank_no_cmvn": "fbank (no CMVN)"}
 
@@ -91,24 +93,24 @@ class LazyUpstream:
         return self.model
 
 
+NOT_METRICS = ("folds", "layer_weights", "std", "params", "grid")  # what evaluate returns besides metrics
+
+
 def evaluate(get_upstream, key: str, probe: str, root: str, cache: Path, weighted: bool, grid_size: int,
              max_epochs: int, device: str, hidden_dim: int = 1024) -> dict:
-    """Metrics averaged over the probe's test folds, plus per-fold values and learned layer weights."""
-    per_fold = []
-    for fold in task_folds(probe, root):
+    """Metrics averaged over the probe's test folds (HEAR: configuration selected on the first fold, reused on
+    the others), their std, the selected configuration, per-fold values and learned layer weights."""
+    def load(fold):
         task = load_task(probe, root, fold)
-        data = embed_splits(get_upstream, key, task, cache, device)
-        best = grid_search(task, data, weighted=weighted, grid_size=grid_size, max_epochs=max_epochs, device=device,
-                           hidden_dim=hidden_dim)
-        per_fold.append({"fold": fold, **best})
-    metrics = {m: float(np.mean([f["test"][m] for f in per_fold])) for m in per_fold[0]["test"]}
-    weights = [f["layer_weights"] for f in per_fold if f["layer_weights"]]
-    return {**metrics, "folds": per_fold, "layer_weights": np.mean(weights, axis=0).tolist() if weights else None}
+        return task, embed_splits(get_upstream, key, task, cache, device)
+
+    return evaluate_folds(task_folds(probe, root), load, weighted=weighted, grid_size=grid_size,
+                          max_epochs=max_epochs, device=device, hidden_dim=hidden_dim)
 
 
 def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    summary = {u: {p: ({k: v for k, v in r.items() if k not in ("folds", "layer_weights")} if "error" not in r
+    summary = {u: {p: ({k: v for k, v in r.items() if k not in NOT_METRICS} if "error" not in r
                        else {"error": r["error"]}) for p, r in row.items()} for u, row in results.items()}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     (out / "details.json").write_text(json.dumps(results, indent=2, default=str))
@@ -130,7 +132,7 @@ def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], ou
         for (probe, metric), cell in zip(columns, cells[1:]):
             folds = results[upstream].get(probe, {}).get("folds") or []
             if len(folds) > 1 and metric in folds[0]["test"]:
-                std = float(np.std([f["test"][metric] for f in folds]))
+                std = fold_std([f["test"][metric] for f in folds])
                 cell = f"{cell} ± {std:.3f}"
             shown.append(cell.replace("|", "/").replace("\n", " "))
         lines.append("| " + " | ".join(shown) + " |")
@@ -149,7 +151,7 @@ def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], ou
 def _metrics_of(results, probe) -> List[str]:
     for row in results.values():
         if probe in row and "error" not in row[probe]:
-            return [k for k in row[probe] if k not in ("folds", "layer_weights")]
+            return [k for k in row[probe] if k not in NOT_METRICS]
     return ["error"]
 
 
@@ -168,7 +170,7 @@ def _bar_chart(results, columns, path: Path) -> None:
             result = results[upstream].get(probe, {})
             folds = [f["test"][metric] for f in result.get("folds") or [] if metric in f["test"]]
             values.append(result.get(metric, 0.0) if "error" not in result else 0.0)
-            errors.append(float(np.std(folds)) if len(folds) > 1 else 0.0)
+            errors.append(fold_std(folds))
             if "error" in result:
                 ax.text(column + i * width, 0.02, "error", rotation=90, ha="center", va="bottom", fontsize=7)
         ax.bar(np.arange(len(columns)) + i * width, values, width, yerr=errors, capsize=2,
@@ -196,15 +198,17 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
     parser.add_argument("--mode", choices=["last", "weighted"], default="last",
                         help="last layer (the paper's HEAR protocol) or learned softmax layer weights")
     parser.add_argument("--grid-size", type=int, default=8, help="HEAR configurations tried (of 16)")
-    parser.add_argument("--max-epochs", type=int, default=500, help="HEAR: 500 (early stopping usually ends sooner)")
+    parser.add_argument("--max-epochs", type=int, default=MAX_EPOCHS,
+                        help="HEAR: 500 (early stopping usually ends sooner; validation every 3rd epoch)")
     parser.add_argument("--hidden-dim", type=int, default=1024, help="MLP width; HEAR: 1024 (smaller: quick looks)")
     parser.add_argument("--device", default=compat.default_device())
     args = parser.parse_args(argv)
 
     if not 1 <= args.grid_size <= 16:
         parser.error(f"--grid-size must be in 1..16 (HEAR's grid has 16 configurations), got {args.grid_size}")
-    if args.max_epochs < 1 or args.hidden_dim < 1:
-        parser.error(f"--max-epochs and --hidden-dim must be positive, got {args.max_epochs}, {args.hidden_dim}")
+    if args.max_epochs < CHECK_VAL_EVERY or args.hidden_dim < 1:
+        parser.error(f"--max-epochs must be >= {CHECK_VAL_EVERY} (HEAR validates every {CHECK_VAL_EVERY} epochs) and "
+                     f"--hidden-dim positive, got {args.max_epochs}, {args.hidden_dim}")
     bad = [item for item in args.data if "=" not in item]
     if bad:
         parser.error(f"--data takes PROBE=PATH, got {bad[0]!r}")

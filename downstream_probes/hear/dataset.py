@@ -3,9 +3,13 @@
 
 Scene-level tasks only (one embedding per clip), multiclass or multilabel; folds as the metadata says:
 ``trainvaltest`` uses train/valid/test, ``new_split_kfold`` and ``presplit_kfold`` use HEAR's fold rule.
+Clips come in the order the HEAR kit trains on them (heareval 2021.1.3 never reshuffles: its training
+order is the order in which ``memmap_embeddings`` wrote the embeddings, each split's files shuffled once by
+one ``random.Random(0)`` going through the splits in metadata order).
 """
 import csv
 import json
+import random
 from pathlib import Path
 
 from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits, natural_key
@@ -71,7 +75,7 @@ def build_splits(root: Path, test_fold: str | None):
         labels_path = root / f"{split}.json"
         labels = _read_json(labels_path)
         clips = []
-        for name, values in sorted(labels.items()):
+        for name, values in labels.items():  # file order, as the kit reads it
             values = values if isinstance(values, list) else [values]
             unknown = [v for v in values if str(v) not in index]
             if unknown:
@@ -81,7 +85,14 @@ def build_splits(root: Path, test_fold: str | None):
             clips.append(Clip(str(root / "16000" / split / name), tuple(index[str(v)] for v in values)))
         return clips
 
+    kit_order = random.Random(0)  # heareval.embeddings.task_embeddings: prng.seed(0), then one shuffle per split
+    names = list(meta.get("splits") or [])
     if meta["split_mode"] == "trainvaltest":
-        return {"train": split_clips("train"), "dev": split_clips("valid"), "test": split_clips("test")}, classes, meta
-    by_fold = {split: split_clips(split) for split in meta["splits"]}
-    return fold_splits(by_fold, test_fold), classes, meta
+        names += [s for s in ("train", "valid", "test") if s not in names]
+    by_split = {}
+    for split in names:
+        by_split[split] = split_clips(split)
+        kit_order.shuffle(by_split[split])
+    if meta["split_mode"] == "trainvaltest":
+        return {"train": by_split["train"], "dev": by_split["valid"], "test": by_split["test"]}, classes, meta
+    return fold_splits(by_split, test_fold), classes, meta

@@ -1,0 +1,330 @@
+"""Our HEAR protocol against the organisers' own kit (heareval 2021.1.3), on the same embeddings.
+
+Builds two small synthetic HEAR scene tasks as hear-preprocess lays them out (a 5-fold ``new_split_kfold``
+multiclass task and a ``trainvaltest`` multilabel one with a class absent from its test split; audio at 16000
+and 24000 Hz), then per upstream:
+
+1. the kit's ``heareval.embeddings.runner`` embeds every task through ``encodecmae_s3prl.hear_api``, and our
+   cache (``hear_protocol.embed_splits``) embeds it too; the kit's memmaps and our cache are compared row by
+   row (same order, same values);
+2. the kit's memmaps are overwritten with our cache's rows (exactly the same inputs for both), the kit's
+   ``heareval.predictions.runner`` trains and tests its predictors, and ``compare.evaluate`` does ours;
+3. both sides' selected configuration, per-grid-point validation scores, best epochs and test scores are
+   printed side by side and written to ``WORK/agreement.json`` and ``WORK/agreement.md``;
+4. the official ``hear-validator`` runs on ``fbank_no_cmvn``, the tiny checkpoint and ``encodecmae_random`` on
+   that checkpoint's fitted codec, as is and with 24000 added to its list of accepted rates.
+
+The kit lives in its own folder, never in .venv (see README, "HEAR kit agreement"); ``--install`` puts it
+there with pip (``--no-deps --target``), and the stubs it needs are written to ``--stubs``:
+
+    .venv/bin/python scripts/hear_kit_check.py --work /tmp/kitcheck --kit /tmp/hearkit --install
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+KIT_METRIC = {"top1_acc": "acc", "mAP": "mAP"}  # the kit's score name -> ours
+# heareval 2021.1.3 and what it imports, without their pinned 2021 stacks (numpy 1.19, tensorflow, numba 0.48):
+# pure-python packages, installed with --no-deps into their own folder and layered on .venv by PYTHONPATH
+KIT_PACKAGES = ["heareval==2021.1.3", "hearvalidator==2021.0.2", "pytorch-lightning==1.9.5", "torchmetrics==1.4.3",
+                "lightning-utilities==0.11.9", "torchinfo==1.8.0", "pandas", "python-dateutil", "pytz", "tzdata", "six",
+                "more-itertools", "python-slugify", "text-unidecode", "intervaltree", "sortedcontainers",
+                "setuptools<80"]  # setuptools: pkg_resources for lightning_fabric
+STUBS = {  # imported at module top by the kit, used only by TensorFlow models and event (timestamp) tasks
+    "tensorflow/__init__.py": (
+        "class Module:  # isinstance(model, tf.Module) is False for torch models\n    pass\n\n\n"
+        "class _Test:\n    @staticmethod\n    def is_gpu_available(*args, **kwargs):\n"
+        "        return True  # heareval.embeddings.runner refuses a GPU torch sees and TF does not\n\n\n"
+        "test = _Test()\n\n\ndef device(name):\n    raise RuntimeError('tensorflow stub: no TF models')\n"),
+    "sed_eval/__init__.py": "from . import sound_event  # noqa: F401\n",
+    "sed_eval/sound_event.py": (
+        "class SoundEventMetrics:\n    def __init__(self, *a, **k):\n"
+        "        raise RuntimeError('sed_eval stub: event-based scores are not available')\n\n\n"
+        "class SegmentBasedMetrics(SoundEventMetrics):\n    pass\n\n\n"
+        "class EventBasedMetrics(SoundEventMetrics):\n    pass\n"),
+    "dcase_util/__init__.py": "from . import containers  # noqa: F401\n",
+    "dcase_util/containers.py": "class MetaDataContainer(list):\n    pass\n",
+    "librosa/__init__.py": "",  # hearkit.baseline only
+    # numpy 2 dropped the aliases pytorch-lightning 1.9 uses (np.Inf in EarlyStopping / ModelCheckpoint)
+    "sitecustomize.py": (
+        "import numpy as _np\n\nfor _name, _value in (('Inf', _np.inf), ('NaN', _np.nan), ('NAN', _np.nan), "
+        "('PINF', _np.inf)):\n    if not hasattr(_np, _name):\n        setattr(_np, _name, _value)\n"),
+}
+
+
+def install_kit(kit: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(kit), *KIT_PACKAGES],
+                   check=True)
+
+
+def write_stubs(stubs: Path) -> None:
+    for name, text in STUBS.items():
+        (stubs / name).parent.mkdir(parents=True, exist_ok=True)
+        (stubs / name).write_text(text)
+
+
+# --- the synthetic tasks ---------------------------------------------------------------------------------
+
+def _clip(labels, seconds: float, rng: np.random.Generator, rate: int = 48_000) -> np.ndarray:
+    """A mixture of the labels' sound classes in loud noise, so that scores are neither chance nor perfect."""
+    from encodecmae_s3prl.synthetic import sound_class
+
+    wav = sum(sound_class(c, seconds, rate, rng) * rng.uniform(0.3, 1.0) for c in labels)
+    wav = wav / (np.abs(wav).max() + 1e-9) + rng.normal(0, rng.uniform(0.3, 0.9), wav.shape)
+    return (0.5 * wav / np.abs(wav).max()).astype(np.float32)
+
+
+def write_task(root: Path, name: str, split_mode: str, prediction_type: str, counts: dict, classes: int,
+               seed: int, absent_from_test: tuple = ()) -> Path:
+    """One HEAR scene task: task_metadata.json, labelvocabulary.csv, <split>.json and <rate>/<split>/<file>.wav
+    at 16000 and 24000 Hz, each resampled from one 48 kHz original (as hear-preprocess does)."""
+    import torch
+    import torchaudio
+
+    from encodecmae_s3prl.synthetic import write_wav
+
+    rng = np.random.default_rng(seed)
+    task = root / name
+    for split, count in counts.items():
+        labels = {}
+        for n in range(count):
+            if prediction_type == "multilabel":
+                allowed = [c for c in range(classes) if not (split == "test" and c in absent_from_test)]
+                chosen = sorted(rng.choice(allowed, size=int(rng.integers(1, 3)), replace=False).tolist())
+            else:
+                chosen = [int(rng.integers(0, classes))]
+            original = torch.from_numpy(_clip(chosen, 1.0, rng))
+            file = f"{split}_{n:03d}.wav"
+            for rate in (16_000, 24_000):
+                wav = torchaudio.functional.resample(original, 48_000, rate).numpy()
+                write_wav(task / str(rate) / split / file, wav, rate)
+            labels[file] = [f"class{c}" for c in chosen]
+        (task / f"{split}.json").write_text(json.dumps(labels, indent=1))
+    (task / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},class{i}\n" for i in range(classes)))
+    (task / "task_metadata.json").write_text(json.dumps({
+        "task_name": name, "version": "kitcheck", "embedding_type": "scene", "prediction_type": prediction_type,
+        "split_mode": split_mode, "splits": list(counts), "sample_duration": 1.0,
+        "evaluation": ["mAP", "d_prime"] if prediction_type == "multilabel" else ["top1_acc"]}, indent=1))
+    return task
+
+
+def write_tasks(root: Path) -> list[Path]:
+    return [write_task(root, "kfold_scenes", "new_split_kfold", "multiclass",
+                       {f"fold{k:02d}": 40 for k in range(5)}, classes=5, seed=1),
+            write_task(root, "tvt_multilabel", "trainvaltest", "multilabel",
+                       {"train": 120, "valid": 40, "test": 40}, classes=5, seed=2, absent_from_test=(4,))]
+
+
+# --- the kit, in its own folder ---------------------------------------------------------------------------
+
+def kit_env(kit: Path, stubs: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(stubs), str(kit), str(REPO)])
+    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # the kit's torch.load of its own Lightning checkpoints
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def run_kit(args: list, env: dict, cwd: Path, log: Path) -> None:
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"kit command failed ({proc.returncode}): {' '.join(args)}\n"
+                         + "".join(log.read_text().splitlines(True)[-40:]))
+    print(f"  kit {args[0]} done in {time.perf_counter() - start:.0f} s (log {log})")
+
+
+def _params(hparams: dict) -> dict:
+    init = "xavier_uniform" if "xavier_uniform" in hparams["initialization"] else "xavier_normal"
+    return {"hidden_layers": int(hparams["hidden_layers"]), "init": init, "lr": float(hparams["lr"])}
+
+
+def kit_grid(task_dir: Path) -> list:
+    """The kit's grid points in the order tried: (validation score, epoch, hparams), from prediction.log."""
+    points = []
+    for line in (task_dir / "prediction.log").read_text().splitlines():
+        match = re.search(r" result: (\[.*\])$", line)
+        if match:
+            score, epoch, hparams, _ = json.loads(match.group(1))
+            points.append({"valid": score, "epoch": epoch, "params": _params(hparams)})
+    return points
+
+
+# --- one upstream on one task -------------------------------------------------------------------------------
+
+def check(label: str, spec: str, entry: str, ckpt: str | None, tasks: list[Path], work: Path, env: dict,
+          grid_points: int, max_epochs: int) -> dict:
+    from encodecmae_s3prl import compare
+    from encodecmae_s3prl.downstream_probes import hear_protocol
+
+    emb_root = work / "embeddings" / label
+    model_args = ["--model", spec] if Path(spec).is_file() else ["--model-options", json.dumps({"upstream": spec})]
+    print(f"[{label}] kit embeddings: heareval.embeddings.runner encodecmae_s3prl.hear_api {' '.join(model_args)}")
+    run_kit(["heareval.embeddings.runner", "encodecmae_s3prl.hear_api", *model_args, "--tasks-dir",
+             str(work / "tasks"), "--embeddings-dir", str(emb_root)], env, work, work / f"embed-{label}.log")
+    (module_dir,) = [d for d in emb_root.iterdir() if d.is_dir()]
+    upstream = compare.LazyUpstream(entry, ckpt, "cpu")
+    key = compare.upstream_key(label, entry, ckpt)
+    results = {}
+    for task_root in tasks:
+        kit_dir = module_dir / task_root.name
+        meta = json.loads((task_root / "task_metadata.json").read_text())
+        folds = hear_protocol.task_folds("hear", task_root)
+        # 1. the same embeddings, in the same order: the kit's memmaps vs our cache (last layer)
+        diffs = []
+        for split in meta["splits"]:
+            if meta["split_mode"] == "trainvaltest":
+                task, part = hear_protocol.load_task("hear", task_root), {"valid": "dev"}.get(split, split)
+            else:  # fold j is the dev fold when fold j-1 tests (HEAR's rule)
+                task, part = hear_protocol.load_task("hear", task_root, folds[folds.index(split) - 1]), "dev"
+            ours = hear_protocol.embed_splits(upstream, key, task, work / "cache", "cpu")[part]["x"][:, -1]
+            shape = tuple(json.loads((kit_dir / f"{split}.embedding-dimensions.json").read_text()))
+            kit = np.memmap(kit_dir / f"{split}.embeddings.npy", dtype=np.float32, mode="r+", shape=shape)
+            diffs.append(float(np.abs(kit - ours).max() / (np.abs(ours).max() + 1e-12)))
+            kit[:] = ours  # 2. exactly the same inputs on both sides
+            kit.flush()
+            del kit
+        rate = hear_protocol.upstream_rate(upstream())
+        # 3. the kit's predictions
+        for stale in ("prediction-done.json", "test.predicted-scores.json", "prediction.log"):
+            (kit_dir / stale).unlink(missing_ok=True)
+        print(f"[{label}] kit predictions on {task_root.name}")
+        start = time.perf_counter()
+        run_kit(["heareval.predictions.runner", str(kit_dir), "--grid-points", str(grid_points)], env, work,
+                work / f"predict-{label}-{task_root.name}.log")
+        kit_seconds = time.perf_counter() - start
+        scores = json.loads((kit_dir / "test.predicted-scores.json").read_text())
+        metric = meta["evaluation"][0]
+        kit_folds = {name: v for name, v in scores.items() if isinstance(v, dict) and f"test_{metric}" in v}
+        kit_result = {"grid": kit_grid(kit_dir), "test": {f: v[f"test_{metric}"] for f, v in kit_folds.items()},
+                      "valid": {f: v["validation_score"] for f, v in kit_folds.items()},
+                      "epoch": {f: v["epoch"] for f, v in kit_folds.items()}, "seconds": kit_seconds}
+        if "aggregated_scores" in scores:
+            kit_result["mean"] = scores["aggregated_scores"][f"test_{metric}_mean"]
+            kit_result["std"] = scores["aggregated_scores"][f"test_{metric}_std"]
+        else:
+            kit_result["mean"], kit_result["std"] = next(iter(kit_result["test"].values())), 0.0
+        kit_result["params"] = _params(scores["hparams"])  # the kit's own record of its best grid point
+        # 4. ours: compare.evaluate on the same cache
+        print(f"[{label}] ours (compare.evaluate) on {task_root.name}")
+        start = time.perf_counter()
+        ours = compare.evaluate(upstream, key, "hear", str(task_root), work / "cache", weighted=False,
+                                grid_size=grid_points, max_epochs=max_epochs, device="cpu")
+        our_seconds = time.perf_counter() - start
+        name = KIT_METRIC[metric]
+        fold_names = [f["fold"] or "test" for f in ours["folds"]]
+        our_result = {"grid": ours["grid"], "params": ours["params"],
+                      "test": {n: f["test"][name] for n, f in zip(fold_names, ours["folds"])},
+                      "valid": {n: f["valid"] for n, f in zip(fold_names, ours["folds"])},
+                      "epoch": {n: f["epoch"] for n, f in zip(fold_names, ours["folds"])},
+                      "mean": ours[name], "std": ours["std"][name], "seconds": our_seconds}
+        results[task_root.name] = {"metric": metric, "embedding_rel_diff": max(diffs), "rate": rate,
+                                   "kit": kit_result, "ours": our_result}
+        print(json.dumps(results[task_root.name], indent=1, default=str)[:3000])
+    return results
+
+
+def table(results: dict) -> str:
+    lines = ["| upstream | task | metric | selected (kit) | selected (ours) | same grid valid scores | "
+             "kit mean ± std | ours mean ± std | max abs diff per fold | embeddings rel. diff |", "|" + "---|" * 10]
+
+    def show(p):
+        return f"{p['hidden_layers']}x1024, {p['init'].replace('xavier_', '')}, lr {p['lr']:g}"
+
+    for label, tasks in results.items():
+        for task, r in tasks.items():
+            kit, ours = r["kit"], r["ours"]
+            same_grid = len(kit["grid"]) == len(ours["grid"]) and all(
+                a["params"] == b["params"] and abs(a["valid"] - b["valid"]) < 1e-6 and a["epoch"] == b["epoch"]
+                for a, b in zip(kit["grid"], ours["grid"]))
+            diff = max(abs(kit["test"][f] - ours["test"][f]) for f in kit["test"])
+            lines.append(f"| {label} | {task} | {r['metric']} | {show(kit['params'])} | {show(ours['params'])} | "
+                         f"{'yes' if same_grid else 'no'} ({len(kit['grid'])} points) | {kit['mean']:.4f} ± "
+                         f"{kit['std']:.4f} | {ours['mean']:.4f} ± {ours['std']:.4f} | {diff:.1e} | "
+                         f"{r['embedding_rel_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+VALIDATE_24K = ("import sys\nfrom hearvalidator import validate\n"
+                "validate.ValidateModel.ACCEPTABLE_SAMPLE_RATE.append(24000)\n"
+                "sys.argv = ['hear-validator', *sys.argv[1:]]\nvalidate.main()\n")
+
+
+def validator(models: list, env: dict, work: Path) -> list:
+    """hear-validator on each model spec, as is and with 24000 Hz accepted (hearvalidator 2021.0.2 accepts only
+    16000, 22050, 44100 and 48000). Returns rows (spec, as is, with 24000 accepted)."""
+    rows = []
+    for spec in models:
+        outcome = []
+        for command in (["-m", "hearvalidator.validate"], ["-c", VALIDATE_24K]):
+            proc = subprocess.run([sys.executable, *command, "encodecmae_s3prl.hear_api", "--model", spec], cwd=work,
+                                  env=env, capture_output=True, text=True)
+            out = proc.stdout + proc.stderr
+            rate = re.search(r"Model sample rate is: (\d+)", out)
+            if proc.returncode == 0 and "Looks good!" in out:
+                sizes = re.findall(r"Received embedding of shape: torch.Size\((\[.*?\])\)", out)
+                hop = re.search(r"Interval between timestamps is ([0-9.]+)ms", out)
+                outcome.append(f"passes ({rate.group(1)} Hz, timestamp {sizes[0]} every {float(hop.group(1)):.2f} ms, "
+                               f"scene {sizes[-1]})")
+            else:
+                last = [line for line in out.splitlines() if line.strip()][-1]
+                outcome.append(f"fails at {rate.group(1) + ' Hz: ' if rate else ''}{last.strip()[:160]}")
+        rows.append((spec, *outcome))
+        print(f"hear-validator {spec}: {outcome}")
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="a scratch folder (tasks, embeddings, logs)")
+    parser.add_argument("--kit", type=Path, required=True,
+                        help="folder holding heareval 2021.1.3, pytorch-lightning 1.9.x ... (pip --target)")
+    parser.add_argument("--install", action="store_true", help="pip install the kit into --kit first")
+    parser.add_argument("--stubs", type=Path, default=None,
+                        help="where to write the tensorflow / sed_eval / dcase_util stubs and the numpy-alias "
+                             "sitecustomize.py (default WORK/stubs)")
+    parser.add_argument("--upstreams", default="fbank_no_cmvn,tiny",
+                        help="fbank_no_cmvn and/or tiny (a tiny random EnCodecMAE checkpoint, 24 kHz)")
+    parser.add_argument("--grid-points", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    from encodecmae_s3prl import synthetic
+
+    work = args.work.resolve()
+    (work / "tasks").mkdir(parents=True, exist_ok=True)
+    if args.install:
+        install_kit(args.kit.resolve())
+    stubs = (args.stubs or work / "stubs").resolve()
+    write_stubs(stubs)
+    tasks = write_tasks(work / "tasks")
+    env = kit_env(args.kit.resolve(), stubs)
+    ckpt = str(synthetic.write_tiny_encodecmae_checkpoint(work / "tiny" / "states-1.ckpt"))
+    results = {}
+    for label in [u for u in args.upstreams.split(",") if u]:
+        if label == "tiny":
+            results[label] = check(label, ckpt, "encodecmae_local", ckpt, tasks, work, env, args.grid_points, 500)
+        else:
+            results[label] = check(label, label, label, None, tasks, work, env, args.grid_points, 500)
+    rows = validator(["fbank_no_cmvn", ckpt, f"encodecmae_random:{ckpt}"], env, work)
+    text = table(results) + "\n\n| hear-validator --model | as is | with 24000 accepted |\n|---|---|---|\n" + \
+        "\n".join(f"| `{spec.replace(str(work), 'WORK')}` | {a} | {b} |" for spec, a, b in rows)
+    (work / "agreement.json").write_text(json.dumps({"predictions": results, "validator": rows}, indent=1,
+                                                    default=str))
+    (work / "agreement.md").write_text(text + "\n")
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
