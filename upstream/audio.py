@@ -6,6 +6,7 @@ signal is resampled once with torchaudio's windowed-sinc resampler.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -14,7 +15,7 @@ import soundfile
 import torch
 import torchaudio
 
-BLOCK_SECONDS = 30  # read (and mix down) this much at a time
+BLOCK_SECONDS = 30  # read (and mix down), and resample, this much at a time
 
 
 class AudioReadError(ValueError):
@@ -53,6 +54,31 @@ def read_audio(path: str | os.PathLike, rate: int, start: int = 0, frames: Optio
         raise AudioReadError(f"{path}: no samples (empty file or span)")
     if not bool(torch.isfinite(wav).all()):
         raise AudioReadError(f"{path}: contains NaN or infinite samples; fix or remove the file")
-    if file_rate != rate:
-        wav = torchaudio.functional.resample(wav, file_rate, rate)
-    return wav
+    return resample(wav, file_rate, rate)
+
+
+def resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """torchaudio's windowed-sinc resampling along the last axis, in blocks of ``BLOCK_SECONDS``.
+
+    Each block is resampled with a margin of real samples on both sides and cut on the resampler's
+    phase grid (``orig / gcd`` input samples = ``new / gcd`` output samples), so the result equals
+    resampling the whole signal at once (up to float rounding) while its temporaries stay the size
+    of one block instead of several times the signal."""
+    if orig == new:
+        return wav
+    common = math.gcd(orig, new)
+    period_in, period_out = orig // common, new // common
+    length = wav.shape[-1]
+    block = period_in * max(1, BLOCK_SECONDS * orig // period_in)
+    if length <= 2 * block:
+        return torchaudio.functional.resample(wav, orig, new)
+    margin = period_in * math.ceil(1024 / period_in)  # the sinc kernel spans a few dozen input samples
+    target = math.ceil(new * length / orig)
+    out = wav.new_empty(*wav.shape[:-1], target)
+    for start in range(0, length, block):
+        low, high = max(0, start - margin), min(length, start + block + margin)
+        piece = torchaudio.functional.resample(wav[..., low:high], orig, new)
+        first, stop = start // period_in * period_out, min(target, (start + block) // period_in * period_out)
+        offset = low // period_in * period_out
+        out[..., first:stop] = piece[..., first - offset: stop - offset]
+    return out

@@ -20,7 +20,7 @@ TRUST_ENV = "ENCODECMAE_TRUST_CHECKPOINT"
 
 # The only non-tensor, non-builtin classes found in checkpoints we load:
 # s3prl stores its CLI args as an argparse.Namespace; Lightning-era files store pathlib paths.
-SAFE_GLOBALS = [argparse.Namespace, Path, type(Path("."))]
+SAFE_GLOBALS = (argparse.Namespace, Path, type(Path(".")))
 
 
 class CheckpointError(RuntimeError):
@@ -29,7 +29,7 @@ class CheckpointError(RuntimeError):
 
 def register_safe_globals() -> None:
     """Allow-list SAFE_GLOBALS for every ``torch.load(weights_only=True)`` in the process."""
-    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+    torch.serialization.add_safe_globals([*SAFE_GLOBALS])
 
 
 def _trusted_by_env() -> bool:
@@ -46,12 +46,14 @@ def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}. Check the path given with -k / --ckpt.")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file is truncated, copy or download it again.")
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file is truncated, copy or download it "
+                              "again.")
     register_safe_globals()
     if trust or _trusted_by_env():
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # memory-mapped: tensors are read from the file as they are used, not copied in first
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refused to load {path}: it needs a class outside the safe allow-list ({_first_line(err)}). "

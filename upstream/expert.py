@@ -12,9 +12,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torchaudio
 from torch import Tensor
 
+from encodecmae_s3prl.upstream.audio import resample
 from encodecmae_s3prl.upstream.loading import load_model_for_inference
 
 INPUT_RATE = 16_000
@@ -88,9 +88,12 @@ class UpstreamExpert(nn.Module):
             if not torch.isfinite(wav).all():
                 raise ValueError(f"waveform {i}: contains NaN or infinite samples")
         lengths_16k = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
-        padded = nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
+        if len(wavs) == 1:  # a long clip alone: no padded copy
+            padded = wavs[0].float()[None]
+        else:
+            padded = nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
         # zero padding is exactly what the resampler sees at a clip's end alone, so batching is exact
-        resampled = torchaudio.functional.resample(padded, INPUT_RATE, MODEL_RATE)
+        resampled = resample(padded, INPUT_RATE, MODEL_RATE)
         lengths_24k = torch.div(lengths_16k * MODEL_RATE + INPUT_RATE - 1, INPUT_RATE, rounding_mode="floor")
         return resampled[:, : int(lengths_24k.max())], lengths_24k, lengths_16k
 

@@ -227,7 +227,8 @@ def config_from_v1(state_dict: Dict[str, Tensor], gin: Optional[Dict[str, Any]] 
     settings = {k: gin[k] for k in ("decoder_heads", "mask_prop", "mask_span", "delta") if k in gin}
     if settings.get("decoder_heads") == gin["heads"]:
         settings.pop("decoder_heads")
-    for stack, heads in (("visible_encoder", int(gin["heads"])), ("decoder", int(gin.get("decoder_heads", gin["heads"])))):
+    decoder_heads = int(gin.get("decoder_heads", gin["heads"]))
+    for stack, heads in (("visible_encoder", int(gin["heads"])), ("decoder", decoder_heads)):
         _check_heads(state_dict, stack, heads, from_weights["dim"])
     return EncodecMAEConfig(
         **from_weights, heads=int(gin["heads"]), codebook_weights=tuple(weights), **settings,
@@ -311,8 +312,8 @@ def load_v1(path: Union[str, os.PathLike], gin_path: Union[str, os.PathLike, Non
         raise V1CheckpointError(f"{path}: {err}") from None
 
     converted = convert_v1_state_dict(state)
-    model = EncodecMAE(config, codec=build_encodec("random", config.num_codebooks))
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only
+        expected = EncodecMAE(config, codec=build_encodec("random", config.num_codebooks)).state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
     wrong = sorted(k for k in set(expected) & set(converted) if expected[k].shape != converted[k].shape)
@@ -321,8 +322,7 @@ def load_v1(path: Union[str, os.PathLike], gin_path: Union[str, os.PathLike, Non
             f"{path} does not fit the EnCodecMAE v1 architecture it describes ({config.encoder_layers} encoder "
             f"layers, D={config.dim}): missing {_few(missing)}, unexpected {_few(unexpected)}, wrong shape "
             f"{_few(wrong)}. Accepted: {ACCEPTED}")
-    model.load_state_dict(converted)
-    return model.eval()
+    return EncodecMAE.from_state_dict(config, converted).eval()
 
 
 def _few(keys: list, n: int = 5) -> str:

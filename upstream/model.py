@@ -212,11 +212,16 @@ class EncodecMAE(nn.Module):
                                         config.shared_feed_forward)
         self.head = nn.Linear(dim, config.num_codebooks * config.codebook_size)
         self.extra_head = nn.Linear(dim, config.extra_targets) if config.extra_targets else None
-        weights = list(config.codebook_weights) + ([config.extra_weight] if config.extra_targets else [])
-        self.register_buffer("stream_weights", torch.tensor(weights), persistent=False)
+        self.register_buffer("stream_weights", self._stream_weights(), persistent=False)
         # True turns ``encode`` into the paper's EC baseline: EnCodec features, no transformer
         self.features_only = False
         self._init_weights()
+
+    def _stream_weights(self) -> Tensor:
+        """(S,) loss weight of each target stream: the γ_q, then the extra stream's."""
+        config = self.config
+        weights = list(config.codebook_weights) + ([config.extra_weight] if config.extra_targets else [])
+        return torch.tensor(weights, device="cpu")
 
     def _init_weights(self) -> None:
         # as v1 (after the official JAX ViT): xavier-uniform linear weights, zero biases
@@ -234,9 +239,15 @@ class EncodecMAE(nn.Module):
     def from_state_dict(cls, config: EncodecMAEConfig, state_dict: Dict[str, Tensor]) -> "EncodecMAE":
         """Rebuild a saved model. The state dict holds the codec too, so no EnCodec weights are
         fetched (the codec is built random and overwritten)."""
-        codec = build_encodec("random", config.num_codebooks, config.standardise_features)
-        model = cls(config, codec=codec)
-        model.load_state_dict(state_dict)
+        with torch.device("meta"):  # no random init to overwrite: the parameters become the loaded tensors
+            model = cls(config, codec=build_encodec("random", config.num_codebooks, config.standardise_features))
+        model.load_state_dict(state_dict, assign=True)
+        # what the state dict does not hold is derived from the config: rebuild it on the loaded device
+        device = next(model.parameters()).device
+        model.stream_weights = model._stream_weights().to(device)
+        leftovers = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if leftovers:
+            raise RuntimeError(f"tensors not in the state dict and not rebuilt: {leftovers[:5]}")
         return model
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
