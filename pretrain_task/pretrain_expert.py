@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,22 +22,51 @@ from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSam
 from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, load_checkpoint, model_config_from_yaml
 
-DATARC_KEYS = {"corpus", "train_batch_size", "crop_seconds", "num_workers", "prefetch_batches", "precision", "seed",
-               "target_store", "codec_init_clips", "init_from", "loader", "codec_cache"}
-
-
 class ConfigError(ValueError):
     pass
 
 
-def _check_datarc(datarc: dict) -> None:
-    unknown = set(datarc) - DATARC_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)} in pretrain_expert.datarc; valid keys: "
-                          f"{sorted(DATARC_KEYS)}")
-    if datarc.get("precision", "auto") not in PRECISIONS:
-        raise ConfigError(f"pretrain_expert.datarc.precision must be one of {PRECISIONS}, "
-                          f"got {datarc['precision']!r}")
+@dataclass(frozen=True)
+class PretrainDataConfig:
+    """``pretrain_expert.datarc`` of the runner config; defaults are those of the shipped config_runner.yaml."""
+
+    corpus: Tuple[str, ...] = ()          # folders and/or manifest .tsv files
+    train_batch_size: int = 128
+    crop_seconds: float = 4.0
+    num_workers: int = 8                  # crops decoded in parallel (loader processes / threads)
+    loader: str = "torch"                 # torch DataLoader | fairseq2 pipeline
+    prefetch_batches: int = 2
+    precision: str = "auto"               # autocast: auto | bf16 | fp16 | fp32
+    seed: int = 0
+    target_store: Optional[str] = None    # self-training (stage 2): folder written by self_training.py
+    codec_cache: Optional[str] = None     # codec_cache.py folder; built at start if missing; None: codec on the fly
+    codec_init_clips: int = 64            # crops that fit a random-init codec to the corpus
+    init_from: Optional[str] = None       # checkpoint whose weights start this run (self-training stage 2)
+
+    def __post_init__(self):
+        corpus = [self.corpus] if isinstance(self.corpus, str) else list(self.corpus or [])
+        object.__setattr__(self, "corpus", tuple(str(c) for c in corpus))
+        rules = [
+            (self.train_batch_size >= 1, "train_batch_size", self.train_batch_size, ">= 1"),
+            (self.crop_seconds > 0, "crop_seconds", self.crop_seconds, "> 0"),
+            (self.num_workers >= 0, "num_workers", self.num_workers, ">= 0"),
+            (self.loader in ("torch", "fairseq2"), "loader", self.loader, "'torch' or 'fairseq2'"),
+            (self.prefetch_batches >= 1, "prefetch_batches", self.prefetch_batches, ">= 1"),
+            (self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}"),
+            (self.codec_init_clips >= 1, "codec_init_clips", self.codec_init_clips, ">= 1"),
+        ]
+        for ok, name, value, rule in rules:
+            if not ok:
+                raise ConfigError(f"pretrain_expert.datarc.{name} = {value!r}: must be {rule}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PretrainDataConfig":
+        """From the YAML's dict; unknown keys are an error that lists the valid ones."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in pretrain_expert.datarc; valid keys: {sorted(valid)}")
+        return cls(**values)
 
 
 def _distributed(device: str) -> tuple[int, int, str]:
@@ -59,8 +90,7 @@ class UpstreamPretrainExpert(nn.Module):
             upstream_config: path of a ``config_model*.yaml``, or on resume the dict saved in the checkpoint.
         """
         super().__init__()
-        _check_datarc(datarc)
-        self.datarc = datarc
+        self.datarc = data = PretrainDataConfig.from_dict(dict(datarc))
         self.rank, self.world_size, self.device = _distributed(device)
         self.multi_gpu = multi_gpu
         if isinstance(upstream_config, (str, os.PathLike)):
@@ -69,35 +99,35 @@ class UpstreamPretrainExpert(nn.Module):
         self.upstream_config = dict(upstream_config)
         self.model_config = model_config_from_yaml(self.upstream_config)
 
-        files = load_corpus(datarc["corpus"], progress=self.rank == 0)
-        self.seed = int(datarc.get("seed", 0))
+        files = load_corpus(list(data.corpus), progress=self.rank == 0)
+        self.seed = data.seed
         self.targets = None
-        if datarc.get("target_store"):
+        if data.target_store:
             from encodecmae_s3prl.pretrain_task.self_training import TargetStore
 
-            self.targets = TargetStore.open(datarc["target_store"])
+            self.targets = TargetStore.open(data.target_store)
             files = self.targets.check(files, self.model_config.extra_targets)
-        self.sampler = CropSampler(files, int(datarc["train_batch_size"]), float(datarc.get("crop_seconds", 4.0)),
+        self.sampler = CropSampler(files, data.train_batch_size, data.crop_seconds,
                                    seed=self.seed, rank=self.rank, world_size=self.world_size)
         self.files = files
 
         self.model = build_model(self.model_config, seed=self.seed)
-        if datarc.get("init_from"):
-            self._init_from(datarc["init_from"])
+        if data.init_from:
+            self._init_from(data.init_from)
         elif self.model.codec.needs_corpus_init():
             # a random-init EnCodec only means something once standardised and with codebooks fitted to the corpus
-            clips = int(datarc.get("codec_init_clips", 64))
+            clips = data.codec_init_clips
             wavs = [self.sampler.example(0, slot, CropSampler.CODEC_INIT).wav for slot in range(clips)]
             self.model.codec.init_from_audio(wavs, seed=self.seed)
-        if datarc.get("codec_cache"):
-            self._open_codec_cache(datarc["codec_cache"])
+        if data.codec_cache:
+            self._open_codec_cache(data.codec_cache)
         if self.world_size > 1:  # torchrun: every rank draws its own crops, gradients are averaged
             self.model = nn.parallel.DistributedDataParallel(self.model.to(self.device))
         elif multi_gpu:
             raise ConfigError("--multi_gpu (s3prl's single-process DataParallel) is not supported for encodecmae: "
                               "launch DDP instead, e.g. torchrun --nproc_per_node 4 run_pretrain.py -u encodecmae ...")
         self.next_batch = 0
-        self.precision = datarc.get("precision", "auto")
+        self.precision = data.precision
         self._last_time = None
 
     def _open_codec_cache(self, folder: str) -> None:
@@ -142,9 +172,8 @@ class UpstreamPretrainExpert(nn.Module):
         return all_states
 
     def get_train_dataloader(self) -> CropLoader:
-        return CropLoader(self.sampler, start_batch=self.next_batch, num_workers=int(self.datarc.get("num_workers", 2)),
-                          prefetch=int(self.datarc.get("prefetch_batches", 2)), targets=self.targets,
-                          backend=self.datarc.get("loader", "torch"))
+        return CropLoader(self.sampler, start_batch=self.next_batch, num_workers=self.datarc.num_workers,
+                          prefetch=self.datarc.prefetch_batches, targets=self.targets, backend=self.datarc.loader)
 
     def on_before_zero_grad(self) -> None:
         pass

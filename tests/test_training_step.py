@@ -76,3 +76,24 @@ def test_attention_runs_in_head_order_but_saves_v1_interleaved_order():
     weights = torch.softmax(q @ k.transpose(-1, -2) * 3 ** -0.5, dim=-1)
     merged = (weights @ v).permute(0, 2, 3, 1).reshape(2, 7, 9)
     torch.testing.assert_close(attention(x), merged @ state["wo.weight"].T)
+
+
+def test_pretrain_data_config_defaults_are_the_shipped_yaml():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import pytest
+    import yaml
+
+    from encodecmae_s3prl.pretrain_task.pretrain_expert import ConfigError, PretrainDataConfig
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "pretrain_task" / "config_runner.yaml").read_text())
+    datarc = shipped["pretrain_expert"]["datarc"]
+    defaults = asdict(PretrainDataConfig())
+    assert {k: defaults[k] for k in datarc} == {**datarc, "corpus": tuple(datarc["corpus"])}
+    assert PretrainDataConfig.from_dict(datarc) == PretrainDataConfig()
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['batch_size'\] in pretrain_expert.datarc; valid keys"):
+        PretrainDataConfig.from_dict({"batch_size": 8})
+    with pytest.raises(ConfigError, match="pretrain_expert.datarc.loader = 'tf': must be 'torch' or 'fairseq2'"):
+        PretrainDataConfig.from_dict({"loader": "tf"})
+    assert PretrainDataConfig.from_dict({"corpus": "/data/a.tsv"}).corpus == ("/data/a.tsv",)
