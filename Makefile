@@ -1,14 +1,22 @@
-# make test : create .venv with the pinned stack if needed, then run the test suite.
-# make demo : the offline end-to-end demo (pretrain tiny EnCodecMAE, probe, compare).
+# make test      : create .venv with the pinned stack if needed, lint, then run the whole test suite (CI).
+# make test-fast : the tests not marked slow (no end-to-end runs of the scripts in fresh interpreters).
+# make lint      : ruff on the repository, mypy on upstream/ (settings in pyproject.toml).
+# make demo      : the offline end-to-end demo (pretrain tiny EnCodecMAE, probe, compare).
 PY := .venv/bin/python
 
-.PHONY: setup test demo bench
+.PHONY: setup lint test test-fast demo bench
 
 setup:
 	bash scripts/setup_venv.sh
 
-test: setup
+lint: setup  # both checks run, then it fails if either found something
+	@status=0; .venv/bin/ruff check . || status=1; bash scripts/typecheck.sh || status=1; exit $$status
+
+test: setup lint
 	$(PY) -m pytest tests -q
+
+test-fast: setup
+	$(PY) -m pytest tests -q -m "not slow"
 
 demo: setup
 	$(PY) -m encodecmae_s3prl.demo

@@ -14,11 +14,12 @@ SUBPACKAGE_ROOTS = {
     "encodecmae_s3prl.upstream": "upstream",
     "encodecmae_s3prl.pretrain_task": "pretrain_task",
     "encodecmae_s3prl.downstream_probes": "downstream_probes",
+    "encodecmae_s3prl.evaluation": "encodecmae_s3prl/evaluation",
 }
 
 HERE = Path(__file__).resolve().parent
 # every downstream_probes/<name>/ folder is one probe package (an s3prl recipe)
-PROBES = sorted(p.name for p in (HERE / "downstream_probes").iterdir() if (p / "__init__.py").is_file())
+PROBES = sorted(p.name for p in (HERE / "downstream_probes").iterdir() if (p / "dataset.py").is_file())
 
 packages = list(SUBPACKAGE_ROOTS) + [f"encodecmae_s3prl.downstream_probes.{p}" for p in PROBES]
 package_dir = dict(SUBPACKAGE_ROOTS)
@@ -74,7 +75,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir=package_dir,
-    package_data={"": ["*.yaml"]},
+    package_data={"": ["*.yaml"], "encodecmae_s3prl.downstream_probes": ["recipe_configs/*/config.yaml"]},
     cmdclass={"build": build_with_autoload, "build_autoload_pth": build_autoload_pth},
     include_package_data=True,
     install_requires=[

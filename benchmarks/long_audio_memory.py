@@ -4,9 +4,9 @@
         [--tree DIR]   # run another checkout's code (e.g. a `git worktree` of an older commit), for before/after
 
 Each measurement runs in a fresh subprocess; its peak RSS is the `ru_maxrss` that `os.wait4` reports for
-that child (the same figure as `resource.getrusage`, per process). Audio: a 16 kHz mono WAV of harmonic tones; model: a random `--size` EnCodecMAE whose
-random-init codec is fitted to synthetic audio (weights do not change memory or cost). Prints one markdown row
-per measurement for benchmarks/README.md, with the CPU flags.
+that child (the same figure as `resource.getrusage`, per process). Audio: a 16 kHz mono WAV of harmonic tones;
+model: a random `--size` EnCodecMAE whose random-init codec is fitted to synthetic audio (weights do not
+change memory or cost). Prints one markdown row per measurement for benchmarks/README.md, with the CPU flags.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def write_audio(path: Path, minutes: float) -> None:
     rate = 16000
     with soundfile.SoundFile(str(path), "w", rate, 1, "PCM_16") as handle:
         rng = np.random.default_rng(0)
-        for second in range(int(minutes * 60)):
+        for _ in range(int(minutes * 60)):
             t = np.arange(rate) / rate
             freq = 110 * 2 ** (rng.integers(0, 36) / 12)
             handle.write((0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(rate)).astype(np.float32))
@@ -123,8 +123,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / f"{args.size}-{'tree' if args.tree else 'here'}.ckpt"
     if not ckpt.exists():  # written by the code under test, so that it can read it
-        env_random = "import os; os.environ.setdefault('ENCODEC_CKPT', 'random')\n"
-        child(["-c", env_random + "import sys; from encodecmae_s3prl.synthetic import write_tiny_encodecmae_checkpoint "
+        child(["-c", "import sys; from encodecmae_s3prl.synthetic import write_tiny_encodecmae_checkpoint "
                "as w; w(sys.argv[1], size=sys.argv[2]) if 'size' in w.__code__.co_varnames else "
                "sys.exit('this checkout cannot write a ' + sys.argv[2] + ' checkpoint')", str(ckpt), args.size],
               args.tree)

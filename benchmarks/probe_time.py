@@ -47,9 +47,10 @@ def startup_seconds() -> float:
 
 
 def cached_mode(upstream_name: str, ckpt: str | None, root: Path, work: Path, epochs: int) -> dict:
-    import encodecmae_s3prl  # noqa: F401
-    from encodecmae_s3prl.downstream_probes import hear_protocol
     from s3prl import hub
+
+    import encodecmae_s3prl  # noqa: F401
+    from encodecmae_s3prl.evaluation import hear_protocol
 
     start = time.perf_counter()
     upstream = getattr(hub, upstream_name)(**({"ckpt": ckpt} if ckpt else {})).eval()

@@ -1,27 +1,41 @@
-"""What every utterance-level probe shares: clip datasets, the pooled MLP, metrics, the s3prl expert.
+"""What every utterance-level probe shares: the task contract, clip datasets, the MLP, metrics, the s3prl expert.
 
-A probe folder only says how its dataset names files, labels and splits (``dataset.py``) and
-which metrics it reports; loading, pooling, the MLP and logging live here, once.
+A probe is one folder, ``downstream_probes/<name>/`` or ``<name>/`` in a folder listed in
+``ENCODECMAE_PROBE_PATH`` (see ``encodecmae_s3prl.registry``), holding two files:
+
+- ``dataset.py``: ``load_task(root: Path, test_fold: str | None = None) -> ProbeTask`` (the clips of train /
+  dev / test, the class names, ``multilabel``, ``metrics``, the layout quoted in errors) and
+  ``folds(root: Path) -> list`` (the test folds a full evaluation runs over; ``[None]`` for a dataset with fixed
+  splits, also when ``folds`` is left out);
+- ``config.yaml``: s3prl's runner config for ``run_downstream.py -d <name>``, ``downstream_expert.datarc.root``
+  naming the data (``datarc.test_fold`` for k-fold datasets).
+
+Loading, checking, pooling, the MLP and logging live here, once: the s3prl runner (``expert.py`` beside this
+file, the ``DownstreamExpert`` of every probe) and the HEAR protocol (``encodecmae_s3prl.evaluation``) both
+train on the ``ProbeTask`` that ``load_probe_task`` returns.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, NamedTuple, Sequence
 
 import numpy as np
 import soundfile
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchaudio
 from torch.utils.data import DataLoader, Dataset
 
-UPSTREAM_RATE = 16_000
+from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
+from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
+from encodecmae_s3prl.upstream.expert import INPUT_RATE, UpstreamExpert  # INPUT_RATE: s3prl's 16 kHz convention
 
 
 class ProbeDataError(ValueError):
@@ -44,35 +58,48 @@ class Clip:
         return self.path if self.duration is None and not self.start else f"{self.path}@{self.start:g}+{self.duration}"
 
 
-def read_clip(path: str, start: float = 0.0, duration: float | None = None,
-              rate: int = UPSTREAM_RATE) -> torch.Tensor | None:
-    """Mono float32 (samples,) at ``rate`` (16 kHz unless told: s3prl's convention), read at the file's own rate
-    and resampled once, straight to ``rate``; None when the file is unreadable, empty or not finite."""
-    from encodecmae_s3prl.compat import load_audio
+@dataclass
+class ProbeTask:
+    """One probe's data as a probe's ``dataset.py`` describes it (``load_task``): what the s3prl expert and the
+    HEAR protocol train on."""
 
+    name: str
+    splits: Dict[str, List[Clip]]  # train / dev / test
+    classes: List[str]
+    multilabel: bool = False  # several labels per clip: sigmoid + BCE, else softmax + cross-entropy
+    metrics: tuple = ("acc",)  # names in METRICS; the first one selects the model on dev
+    layout: str = "the layout its publisher distributes"  # the dataset's layout, quoted in error messages
+    kit_ordered: bool = False  # clips already in the HEAR kit's training order (HEAR tasks): not reordered
+
+
+class TaskSource(NamedTuple):
+    """How a task is read, one entry of the HEAR protocol's table: a probe folder's ``dataset.py`` through
+    ``probe_source``, each of s3prl's recipes through ``evaluation.recipe_tasks.RECIPES``."""
+
+    folds: Callable[[Path], list]  # root -> the test folds ([None] without folds)
+    load_task: Callable[..., ProbeTask]  # (root, test_fold) -> a checked ProbeTask
+
+
+def read_clip(path: str, start: float = 0.0, duration: float | None = None,
+              rate: int = INPUT_RATE) -> torch.Tensor | None:
+    """Mono float32 (samples,) at ``rate`` (16 kHz unless told: s3prl's convention), read at the file's own rate
+    and resampled once, straight to ``rate`` (``upstream.audio.read_audio``); None when the file is unreadable,
+    empty or not finite. ``start`` and ``duration`` are in seconds."""
     try:
-        frame_offset, num_frames = 0, -1
+        first, frames = 0, None
         if start or duration is not None:
             file_rate = soundfile.info(str(path)).samplerate
-            frame_offset = int(round(start * file_rate))
-            num_frames = -1 if duration is None else int(round(duration * file_rate))
-        wav, file_rate = load_audio(path, frame_offset=frame_offset, num_frames=num_frames)
-    except Exception:
+            first = int(round(start * file_rate))
+            frames = None if duration is None else int(round(duration * file_rate))
+        return read_audio(path, rate, first, frames)
+    except (AudioReadError, RuntimeError, OSError):  # soundfile's errors are RuntimeErrors
         return None
-    if wav.numel() == 0 or not torch.isfinite(wav).all():
-        return None
-    wav = wav.mean(dim=0)
-    if file_rate != rate:
-        wav = torchaudio.functional.resample(wav, file_rate, rate)
-    return wav
 
 
 def upstream_rate(upstream: nn.Module) -> int:
     """The rate an upstream's own model runs at, where we can feed it directly: 24 kHz for our EnCodecMAE
     upstreams (``UpstreamExpert.model.encode``), 16 kHz for every other s3prl upstream (s3prl's convention)."""
-    from encodecmae_s3prl.upstream.expert import MODEL_RATE, UpstreamExpert
-
-    return MODEL_RATE if isinstance(upstream, UpstreamExpert) else UPSTREAM_RATE
+    return SAMPLE_RATE if isinstance(upstream, UpstreamExpert) else INPUT_RATE
 
 
 def encode_native(upstream: nn.Module, wavs: Sequence[torch.Tensor]) -> tuple[List[torch.Tensor], torch.Tensor]:
@@ -83,7 +110,7 @@ def encode_native(upstream: nn.Module, wavs: Sequence[torch.Tensor]) -> tuple[Li
     ``upstream(wavs)`` at 16 kHz, frames ``round(len / downsample rate)`` (all frames when it has no rate).
     Returns (hidden states, each (batch, frames, dim)), frames (batch,) long."""
     lengths = torch.tensor([len(w) for w in wavs])
-    if upstream_rate(upstream) != UPSTREAM_RATE:
+    if isinstance(upstream, UpstreamExpert):
         padded = nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
         encoded = upstream.model.encode(padded, lengths.to(padded.device))
         return list(encoded.hidden_states), encoded.frame_lengths.cpu()
@@ -103,7 +130,7 @@ class ClipDataset(Dataset):
         self.clips = list(clips)
         self.num_classes = num_classes
         self.multilabel = multilabel
-        self.max_samples = int(max_seconds * UPSTREAM_RATE) if max_seconds else None
+        self.max_samples = int(max_seconds * INPUT_RATE) if max_seconds else None
         self.bad: set[str] = set()
 
     def __len__(self) -> int:
@@ -117,7 +144,7 @@ class ClipDataset(Dataset):
                 self.bad.add(clip.path)
                 print(f"[probe] unreadable audio {clip.path}: using 1 s of silence ({len(self.bad)} so far)",
                       file=sys.stderr)
-            wav = torch.zeros(UPSTREAM_RATE)
+            wav = torch.zeros(INPUT_RATE)
         if self.max_samples and wav.numel() > self.max_samples:
             wav = wav[: self.max_samples]
         if self.multilabel:
@@ -129,7 +156,7 @@ class ClipDataset(Dataset):
 
     @staticmethod
     def collate_fn(samples):
-        wavs, targets, names = zip(*samples)
+        wavs, targets, names = zip(*samples, strict=True)
         if isinstance(targets[0], torch.Tensor):
             targets = torch.stack(targets)
         else:
@@ -164,6 +191,58 @@ def fold_splits(items_by_fold: Dict[str, list], test_fold: str | None = None) ->
     valid = folds[(i + 1) % len(folds)]
     return {"train": [x for f in folds if f not in (test_fold, valid) for x in items_by_fold[f]],
             "dev": items_by_fold[valid], "test": items_by_fold[test_fold]}
+
+
+# --- reading a probe's task ---------------------------------------------------------------
+
+def check_task(task: ProbeTask, root: str | Path) -> ProbeTask:
+    """``task`` as read from ``root``, checked: metrics we compute, every listed audio file on disk (named when
+    missing), no empty split. ``root`` is only quoted (its first part for a 'TRAIN,TEST' spec)."""
+    unknown = [m for m in task.metrics if m not in METRICS]
+    if not task.metrics or unknown:
+        raise ProbeDataError(f"probe {task.name}: metrics {list(task.metrics)} must be a non-empty tuple of "
+                             f"{sorted(METRICS)}")
+    check_audio_exists(task.splits, Path(str(root).split(",")[0]), task.layout)
+    for split in ("train", "dev", "test"):
+        if not task.splits.get(split):
+            raise ProbeDataError(f"probe {task.name}: the {split} split of {root} has no clips; check the dataset "
+                                 f"layout: {task.layout}")
+    return task
+
+
+def dataset_module(probe: str):
+    """The ``dataset.py`` of a probe folder (the registry makes probes found in ENCODECMAE_PROBE_PATH importable
+    under the same package name as ours)."""
+    try:
+        return importlib.import_module(f"{__package__}.{probe}.dataset")
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith(f"{__package__}.{probe}"):
+            raise  # an import inside dataset.py failed: its own error
+        raise ProbeDataError(f"unknown probe {probe!r}: no {probe}/dataset.py among the probe folders") from None
+
+
+def _check_root(probe: str, root: str | Path) -> Path:
+    if not Path(root).is_dir():
+        raise ProbeDataError(f"data for probe {probe}: {root} is not a folder")
+    return Path(root)
+
+
+def probe_folds(probe: str, root: str | Path) -> List[str | None]:
+    """The test folds a probe is evaluated on (its ``dataset.folds``): every fold of a k-fold dataset, else [None]."""
+    module = dataset_module(probe)
+    folds = getattr(module, "folds", None)
+    return list(folds(_check_root(probe, root))) if folds else [None]
+
+
+def load_probe_task(probe: str, root: str | Path, test_fold: str | None = None) -> ProbeTask:
+    """A probe's ``dataset.load_task(root, test_fold)``, named ``probe`` and checked (``check_task``)."""
+    task = dataset_module(probe).load_task(_check_root(probe, root), test_fold)
+    return check_task(replace(task, name=probe), root)
+
+
+def probe_source(probe: str) -> TaskSource:
+    """A probe folder as a TaskSource (folds, checked load_task)."""
+    return TaskSource(partial(probe_folds, probe), partial(load_probe_task, probe))
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -209,17 +288,30 @@ METRICS = {"acc": accuracy, "pitch_acc": accuracy, "chroma_acc": chroma_accuracy
 # --- model -------------------------------------------------------------------------------
 
 class PooledMLP(nn.Module):
-    """Time-mean of the features -> HEAR-style MLP: [Linear -> BatchNorm -> ReLU -> Dropout] x layers -> Linear."""
+    """The one MLP of every probe, on pooled (batch, dim) features: [Linear -> BatchNorm1d -> Dropout -> ReLU] x
+    ``hidden_layers`` -> Linear, the HEAR kit's layout (heareval ``FullyConnectedPrediction``; a Dropout before
+    or after the ReLU gives the same values, as a ReLU commutes with a positive scale).
+
+    ``init`` None keeps PyTorch's default initialisation (the s3prl runner probes). ``'xavier_uniform'`` /
+    ``'xavier_normal'`` (the HEAR protocol): each Linear keeps PyTorch's default bias; its weight is redrawn right
+    after it is built (the kit's order of random draws) with the gain ``calculate_gain`` of what precedes it:
+    'linear' (1) for the input, 'relu' (sqrt 2) after a hidden layer."""
 
     def __init__(self, input_dim: int, num_classes: int, hidden_dim: int = 1024, hidden_layers: int = 1,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, init: str | None = None):
         super().__init__()
-        blocks, width = [], input_dim
+        init_weight = getattr(nn.init, init + "_") if init else None
+        blocks, width, previous = [], input_dim, "linear"
         for _ in range(hidden_layers):
-            blocks += [nn.Linear(width, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Dropout(dropout)]
-            width = hidden_dim
-        blocks.append(nn.Linear(width, num_classes))
-        self.mlp = nn.Sequential(*blocks)
+            linear = nn.Linear(width, hidden_dim)
+            if init_weight:
+                init_weight(linear.weight, gain=nn.init.calculate_gain(previous))
+            blocks += [linear, nn.BatchNorm1d(hidden_dim), nn.Dropout(dropout), nn.ReLU()]
+            width, previous = hidden_dim, "relu"
+        projection = nn.Linear(width, num_classes)
+        if init_weight:
+            init_weight(projection.weight, gain=nn.init.calculate_gain(previous))
+        self.mlp = nn.Sequential(*blocks, projection)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """pooled (batch, dim) -> logits (batch, classes)."""
@@ -227,41 +319,23 @@ class PooledMLP(nn.Module):
 
 
 class PooledProbeExpert(nn.Module):
-    """An s3prl DownstreamExpert for clip-level tasks. Subclasses implement ``build_splits`` (and ``folds`` for
-    k-fold datasets) and set ``layout``, the dataset layout quoted in error messages."""
+    """An s3prl DownstreamExpert for one ProbeTask: the time-mean of the upstream features -> PooledMLP.
 
-    metrics: tuple = ("acc",)
-    multilabel: bool = False
-    layout: str = "the layout its publisher distributes"
+    ``datarc``: batch sizes, ``num_workers``, ``max_seconds``; ``modelrc``: ``hidden_dim``, ``hidden_layers``,
+    ``dropout``. ``expert.py`` beside this file builds it from s3prl's arguments (``-d`` names the probe)."""
 
-    @classmethod
-    def folds(cls, root: Path) -> List[str | None]:
-        """The test folds a full evaluation runs over (``datarc.test_fold`` values); [None] without folds."""
-        return [None]
-
-    def __init__(self, upstream_dim: int, downstream_expert: dict, expdir: str, **kwargs):
+    def __init__(self, upstream_dim: int, task: ProbeTask, expdir: str | Path, datarc: dict | None = None,
+                 modelrc: dict | None = None):
         super().__init__()
-        self.datarc = dict(downstream_expert["datarc"])
-        self.modelrc = dict(downstream_expert.get("modelrc", {}))
+        self.task = task
+        self.datarc = dict(datarc or {})
+        modelrc = dict(modelrc or {})
         self.expdir = Path(expdir)
-        root = self.datarc.get("root")
-        if not root or not Path(root).is_dir():
-            raise ProbeDataError(f"downstream_expert.datarc.root = {root!r} is not a folder: set it in the probe's "
-                                 f"config.yaml or with -o config.downstream_expert.datarc.root=/path/to/dataset")
-        splits, self.classes = self.build_splits(Path(root))
-        check_audio_exists(splits, Path(root), self.layout)
-        self.datasets = {name: ClipDataset(clips, len(self.classes), self.multilabel,
-                                           self.datarc.get("max_seconds"))
-                         for name, clips in splits.items()}
-        for name, dataset in self.datasets.items():
-            if len(dataset) == 0:
-                raise ProbeDataError(f"split {name!r} of {root} has no clips: check the dataset layout")
-        self.model = PooledMLP(upstream_dim, len(self.classes), self.modelrc.get("hidden_dim", 1024),
-                               self.modelrc.get("hidden_layers", 1), self.modelrc.get("dropout", 0.1))
+        self.datasets = {name: ClipDataset(clips, len(task.classes), task.multilabel, self.datarc.get("max_seconds"))
+                         for name, clips in task.splits.items()}
+        self.model = PooledMLP(upstream_dim, len(task.classes), modelrc.get("hidden_dim", 1024),
+                               modelrc.get("hidden_layers", 1), modelrc.get("dropout", 0.1))
         self.register_buffer("best_score", torch.full((1,), -math.inf))
-
-    def build_splits(self, root: Path) -> tuple[Dict[str, List[Clip]], List[str]]:
-        raise NotImplementedError
 
     def get_dataloader(self, split: str, epoch: int = 0) -> DataLoader:
         if split not in self.datasets:
@@ -278,7 +352,7 @@ class PooledProbeExpert(nn.Module):
         pooled = padded.sum(dim=1) / lengths[:, None].clamp_min(1)
         logits = self.model(pooled)
         targets = targets.to(logits.device)
-        if self.multilabel:
+        if self.task.multilabel:
             loss = F.binary_cross_entropy_with_logits(logits, targets)
         else:
             loss = F.cross_entropy(logits, targets)
@@ -289,17 +363,18 @@ class PooledProbeExpert(nn.Module):
 
     def log_records(self, split, records, logger, global_step, **kwargs):
         logits, targets = torch.cat(records["logits"]), torch.cat(records["targets"])
-        scores = torch.sigmoid(logits) if self.multilabel else logits
-        values = {name: METRICS[name](scores, targets) for name in self.metrics}
+        scores = torch.sigmoid(logits) if self.task.multilabel else logits
+        metrics = self.task.metrics
+        values = {name: METRICS[name](scores, targets) for name in metrics}
         values["loss"] = float(np.mean(records["loss"]))
-        prefix = f"{type(self).__module__.split('.')[-2]}/{split}-"
+        prefix = f"{self.task.name}/{split}-"
         for name, value in values.items():
             logger.add_scalar(prefix + name, value, global_step=global_step)
             print(f"{split} {name}: {value:.4f}")
         with open(self.expdir / "log.log", "a") as handle:
             handle.write(f"step {global_step} {split} " + " ".join(f"{k}={v:.4f}" for k, v in values.items()) + "\n")
         save = []
-        if split == "dev" and values[self.metrics[0]] > float(self.best_score):
-            self.best_score.fill_(values[self.metrics[0]])
+        if split == "dev" and values[metrics[0]] > float(self.best_score):
+            self.best_score.fill_(values[metrics[0]])
             save.append("dev-best.ckpt")
         return save

@@ -226,7 +226,8 @@ class NewExperimentFolder:
 
 
 def downstream_config(name: str) -> Path:
-    """Default ``config.yaml`` of ``-d NAME``: ours, else s3prl's (``./downstream`` as s3prl reads it, then installed)."""
+    """Default ``config.yaml`` of ``-d NAME``: ours, else s3prl's (``./downstream`` as s3prl reads it, then
+    installed)."""
     candidates = [registry.shipped_recipe_config(name),
                   Path("downstream") / name / "config.yaml",
                   compat.s3prl_package_dir() / "downstream" / name / "config.yaml"]
@@ -235,7 +236,7 @@ def downstream_config(name: str) -> Path:
             return path
     raise UserError(
         f"no config.yaml for downstream '{name}'. s3prl's pip package does not ship recipe configs; "
-        f"pass one with -c PATH (ours: {', '.join(registry.probe_names() + ['speech_commands', 'emotion'])})."
+        f"pass one with -c PATH (ours: {', '.join(registry.probe_names() + registry.recipe_names())})."
     )
 
 

@@ -1,6 +1,6 @@
 """The only place that patches s3prl 0.4.18 and torchaudio 2.9 so they work together.
 
-Each shim is minimal, idempotent, and says why it exists (DESIGN §4). Nothing here
+Each shim is minimal, idempotent, and says why it exists (its ``Reason:``). Nothing here
 edits installed files; everything is applied in-process by :func:`apply`.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ def s3prl_package_dir() -> Path:
 
     spec = importlib.util.find_spec("s3prl")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("s3prl is not installed in this environment: run `make setup` (or pip install s3prl==0.4.18).")
+        raise ImportError("s3prl is not installed in this environment: run `make setup` "
+                          "(or pip install s3prl==0.4.18).")
     return Path(list(spec.submodule_search_locations)[0])
 
 

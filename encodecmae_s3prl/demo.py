@@ -46,8 +46,8 @@ def choose_encodec(download: bool = True) -> EncodecChoice:
     never a silent fallback to the random codec."""
     import torch
 
-    from encodecmae_s3prl.upstream.codec import ENCODEC_ENV, ENCODEC_FILE, EncodecWeightsError, build_encodec
     from encodecmae_s3prl.upstream.checkpoint import CheckpointError
+    from encodecmae_s3prl.upstream.codec import ENCODEC_ENV, ENCODEC_FILE, EncodecWeightsError, build_encodec
 
     env = os.environ.get(ENCODEC_ENV, "")
     cached = Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_FILE

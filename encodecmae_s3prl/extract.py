@@ -27,9 +27,10 @@ import torch
 from tqdm import tqdm
 
 from encodecmae_s3prl import compat
-from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
-from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.errors import UserError, user_errors
+from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
+from encodecmae_s3prl.registry import load_hub_upstream
+from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 
 UPSTREAM_RATE = 16_000  # s3prl hands every upstream 16 kHz mono
 LONG_SECONDS = 60.0
@@ -40,16 +41,8 @@ class UsageError(UserError, ValueError):
 
 
 def load_upstream(name: str, ckpt: str | None = None, model_config: str | None = None, device: str = "cpu"):
-    import encodecmae_s3prl  # noqa: F401  (registers our entries)
-    from s3prl import hub
-
-    if not hasattr(hub, name) or name.startswith("_"):
-        known = sorted(n for n in dir(hub) if not n.startswith("_"))
-        raise UsageError(f"unknown upstream {name!r}; s3prl.hub has: {', '.join(known)}")
-    kwargs = {"ckpt": ckpt} if ckpt else {}
-    if model_config:
-        kwargs["model_config"] = model_config
-    return getattr(hub, name)(**kwargs).to(device).eval()
+    """``registry.load_hub_upstream`` (an unknown name is a user error listing s3prl.hub's entries)."""
+    return load_hub_upstream(name, ckpt, device, **({"model_config": model_config} if model_config else {}))
 
 
 def plan(inputs: Iterable[str]) -> List[Tuple[Path, Path]]:
@@ -119,7 +112,7 @@ def _atomic_npy(target: Path, array: np.ndarray) -> None:
 def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, all_layers: bool) -> tuple:
     """One long clip through ``UpstreamExpert.stream``, each block written at its place in the ``.npy``
     (positioned writes, no memory map): memory holds one block, not the clip's embeddings."""
-    count = upstream.model.config.encoder_layers + 2 if not upstream.model.features_only else 1
+    count = upstream.model.hidden_count()
     layers = list(range(count)) if all_layers else [layer if layer is not None else -1]
     if not all(-count <= i < count for i in layers):
         raise UsageError(f"--layer {layer}: this upstream has {count} hidden states (0..{count - 1}, or negative "
@@ -179,7 +172,7 @@ def run(args) -> int:
             for item in batch:  # find the culprit: each file alone, with its own reason
                 run_batch([item])
             return
-        for (path, out, _), array in zip(batch, arrays):
+        for (path, out, _), array in zip(batch, arrays, strict=True):
             save(path, out, array)
 
     seconds = {path: _seconds(path) for path, _ in pairs}

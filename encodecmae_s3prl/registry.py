@@ -3,17 +3,30 @@
 s3prl finds things by module name: ``s3prl.hub.<entry>``, ``pretrain.<name>.pretrain_expert``
 (inside ``cd s3prl``) and ``s3prl.downstream.<name>.expert``. We answer those names with an
 import alias: the s3prl name and our name are the same module object, imported once.
+
+Probes: every folder holding a ``dataset.py`` (and a ``config.yaml``), in ``downstream_probes/`` or in a
+folder listed in ``ENCODECMAE_PROBE_PATH`` (``os.pathsep``-separated, like ``PATH``). Each is
+``encodecmae_s3prl.downstream_probes.<name>`` and ``s3prl.downstream.<name>``; its ``expert`` is the shared
+``downstream_probes/expert.py`` unless the folder has its own. So adding a probe is adding one folder.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
+from encodecmae_s3prl.errors import UserError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 OUR_PRETRAIN_TASK = "encodecmae"
+PROBES_PACKAGE = "encodecmae_s3prl.downstream_probes"
+GENERIC_EXPERT = f"{PROBES_PACKAGE}.expert"  # the DownstreamExpert of a probe folder without its own expert.py
+PROBE_PATH_ENV = "ENCODECMAE_PROBE_PATH"  # more folders of probe folders, os.pathsep-separated
+RECIPE_CONFIGS = "recipe_configs"  # downstream_probes/recipe_configs/<recipe>/config.yaml: s3prl recipes' configs
 
 
 def package_folder(package: str) -> Path:
@@ -22,30 +35,60 @@ def package_folder(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+@functools.lru_cache(maxsize=None)
 def _probe_folder() -> Path:
-    return package_folder("encodecmae_s3prl.downstream_probes")
+    return package_folder(PROBES_PACKAGE)
+
+
+def _probes_in(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir())
+            if p.name.isidentifier() and (p / "dataset.py").is_file()}
+
+
+def probe_folders() -> dict[str, Path]:
+    """Every probe, name -> folder: each ``downstream_probes/<name>/`` holding a ``dataset.py``, then each such
+    ``<name>/`` in the folders ``ENCODECMAE_PROBE_PATH`` lists (read at every call). A name is taken once: a
+    listed folder named like anything in ``downstream_probes/`` (a probe, ``common``, ``expert``, ...) or like an
+    earlier one is skipped. (A probe named like one of s3prl's recipes would take over ``s3prl.downstream.<name>``:
+    pick another name.)"""
+    shipped = _probe_folder()
+    found = _probes_in(shipped)
+    for entry in os.environ.get(PROBE_PATH_ENV, "").split(os.pathsep):
+        if entry.strip():
+            for name, folder in _probes_in(Path(entry.strip()).expanduser()).items():
+                if name not in found and not (shipped / name).exists() and not (shipped / f"{name}.py").exists():
+                    found[name] = folder
+    return found
 
 
 def probe_names() -> list[str]:
-    """Our s3prl-style probes: every ``downstream_probes/<name>/`` holding an ``expert.py``."""
-    return sorted(p.name for p in _probe_folder().iterdir() if (p / "expert.py").is_file())
+    """Our s3prl-style probes (see :func:`probe_folders`), sorted."""
+    return sorted(probe_folders())
+
+
+def recipe_names() -> list[str]:
+    """The s3prl recipes whose config we ship (s3prl's pip package omits them)."""
+    folder = _probe_folder() / RECIPE_CONFIGS
+    return sorted(p.parent.name for p in folder.glob("*/config.yaml"))
 
 
 def shipped_recipe_config(name: str) -> Path | None:
-    """A ``config.yaml`` we ship for a probe or for an s3prl recipe whose config pip omits."""
-    path = _probe_folder() / name / "config.yaml"
+    """The ``config.yaml`` of ``-d NAME`` that we provide: a probe folder's, or ours for an s3prl recipe whose
+    config pip omits (``downstream_probes/recipe_configs/NAME/config.yaml``)."""
+    folder = probe_folders().get(name) or _probe_folder() / RECIPE_CONFIGS / name
+    path = folder / "config.yaml"
     return path if path.is_file() else None
 
 
 def _aliases() -> dict[str, str]:
-    aliases = {
+    """The fixed aliases; probes are resolved at import time (:func:`_probe_spec`)."""
+    return {
         f"pretrain.{OUR_PRETRAIN_TASK}": "encodecmae_s3prl.pretrain_task",
         f"s3prl.pretrain.{OUR_PRETRAIN_TASK}": "encodecmae_s3prl.pretrain_task",
         "s3prl.upstream.encodecmae": "encodecmae_s3prl.upstream",
     }
-    for name in probe_names():
-        aliases[f"s3prl.downstream.{name}"] = f"encodecmae_s3prl.downstream_probes.{name}"
-    return aliases
 
 
 class _AliasLoader(importlib.abc.Loader):
@@ -101,9 +144,60 @@ class _HubLoader(_WrappedLoader):
 _WRAPPED = {"s3prl": _S3prlLoader, "s3prl.hub": _HubLoader}
 
 
+class _EmptyPackageLoader(importlib.abc.Loader):
+    """A probe folder from ENCODECMAE_PROBE_PATH without ``__init__.py``: an empty package at that folder."""
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        pass
+
+
+def _alias_spec(fullname: str, real_name: str):
+    """``fullname`` as another name for the importable ``real_name`` (one module object), or None."""
+    real_spec = importlib.util.find_spec(real_name)
+    if real_spec is None:
+        return None
+    spec = importlib.util.spec_from_loader(
+        fullname, _AliasLoader(real_name), is_package=real_spec.submodule_search_locations is not None
+    )
+    if real_spec.submodule_search_locations is not None:
+        spec.submodule_search_locations = list(real_spec.submodule_search_locations)
+    return spec
+
+
+def _probe_spec(fullname: str):
+    """``s3prl.downstream.<probe>[.sub]`` -> ``encodecmae_s3prl.downstream_probes.<probe>[.sub]``; that package for a
+    probe from ENCODECMAE_PROBE_PATH (at its folder); ``<probe>.expert`` -> the shared expert when the folder has
+    none. None for every other name (s3prl's own recipes, our other modules)."""
+    for prefix in ("s3prl.downstream.", PROBES_PACKAGE + "."):
+        if fullname.startswith(prefix):
+            break
+    else:
+        return None
+    rest = fullname[len(prefix):]
+    name, _, sub = rest.partition(".")
+    folder = probe_folders().get(name)
+    if folder is None:
+        return None
+    if prefix == "s3prl.downstream.":
+        return _alias_spec(fullname, f"{PROBES_PACKAGE}.{rest}")
+    if not sub and folder.parent != _probe_folder():
+        init = folder / "__init__.py"
+        if init.is_file():
+            return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[str(folder)])
+        spec = importlib.util.spec_from_loader(fullname, _EmptyPackageLoader(), is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        return spec
+    if sub == "expert" and not (folder / "expert.py").is_file():
+        return _alias_spec(fullname, GENERIC_EXPERT)
+    return None
+
+
 class AliasFinder(importlib.abc.MetaPathFinder):
-    """Resolves ``alias[.sub]`` to the already-importable ``target[.sub]``, and hooks ``s3prl`` (compat shims)
-    and ``s3prl.hub`` (our entries)."""
+    """Resolves ``alias[.sub]`` to the already-importable ``target[.sub]``, makes the probe folders importable
+    (:func:`_probe_spec`), and hooks ``s3prl`` (compat shims) and ``s3prl.hub`` (our entries)."""
 
     def __init__(self, aliases: dict[str, str]):
         self.aliases = aliases
@@ -119,18 +213,12 @@ class AliasFinder(importlib.abc.MetaPathFinder):
                         spec.loader = _WRAPPED[fullname](spec.loader)
                     return spec
             return None
+        spec = _probe_spec(fullname)
+        if spec is not None:
+            return spec
         for alias, real in self.aliases.items():
             if fullname == alias or fullname.startswith(alias + "."):
-                real_name = real + fullname[len(alias):]
-                real_spec = importlib.util.find_spec(real_name)
-                if real_spec is None:
-                    return None
-                spec = importlib.util.spec_from_loader(
-                    fullname, _AliasLoader(real_name), is_package=real_spec.submodule_search_locations is not None
-                )
-                if real_spec.submodule_search_locations is not None:
-                    spec.submodule_search_locations = list(real_spec.submodule_search_locations)
-                return spec
+                return _alias_spec(fullname, real + fullname[len(alias):])
         return None
 
 
@@ -157,3 +245,22 @@ def register() -> None:
     sys.meta_path.insert(0, AliasFinder(_aliases()))
     if "s3prl.hub" in sys.modules:  # imported before us: shims came too late for it, but entries still land
         _add_hub_entries(sys.modules["s3prl.hub"])
+
+
+class UnknownUpstreamError(UserError, ValueError):
+    """An upstream name that ``s3prl.hub`` does not have."""
+
+
+def load_hub_upstream(entry: str, ckpt: str | None = None, device: str = "cpu", **options):
+    """``s3prl.hub.<entry>(ckpt=ckpt, **options)`` (``ckpt`` only when given), on ``device``, in eval mode: any s3prl
+    upstream, ours included. How ``extract``, ``compare`` and the HEAR API build upstreams.
+
+    Raises UnknownUpstreamError (a ValueError) naming the hub's entries when ``entry`` is not one of them."""
+    register()
+    from s3prl import hub
+
+    if entry.startswith("_") or not callable(getattr(hub, entry, None)):
+        known = sorted(n for n in dir(hub) if not n.startswith("_") and callable(getattr(hub, n)))
+        raise UnknownUpstreamError(f"unknown upstream {entry!r}; s3prl.hub has: {', '.join(known)}")
+    kwargs = {"ckpt": ckpt} if ckpt else {}
+    return getattr(hub, entry)(**kwargs, **options).to(device).eval()

@@ -199,9 +199,9 @@ def write_fsd50k(root: Path, labels=("Bark", "Siren", "Rain"), per_split=(24, 8,
     root = Path(root)
     truth = root / "FSD50K.ground_truth"
     truth.mkdir(parents=True, exist_ok=True)
-    (truth / "vocabulary.csv").write_text("".join(f"{i},{l},/m/{i:04d}\n" for i, l in enumerate(labels)))
+    (truth / "vocabulary.csv").write_text("".join(f"{i},{label},/m/{i:04d}\n" for i, label in enumerate(labels)))
     dev, evaluation, fname = ["fname,labels,mids,split"], ["fname,labels,mids"], 0
-    for split, count in zip(("train", "val", "eval"), per_split):
+    for split, count in zip(("train", "val", "eval"), per_split, strict=True):
         for _ in range(count):
             chosen = sorted(rng.choice(len(labels), size=int(rng.integers(1, 3)), replace=False).tolist())
             wav = sum(sound_class(2 * c + 1, 1.0, 16000, rng) for c in chosen)
@@ -231,7 +231,7 @@ def write_hear_task(root: Path, classes: int = 4, per_split=(16, 6, 6), seed: in
         splits, counts, mode = [f"fold{k:02d}" for k in range(folds)], [per_split[0]] * folds, "presplit_kfold"
     else:
         splits, counts, mode = ["train", "valid", "test"], list(per_split), "trainvaltest"
-    for split, count in zip(splits, counts):
+    for split, count in zip(splits, counts, strict=True):
         labels = {}
         for n in range(count):
             if prediction_type == "multilabel":
@@ -252,71 +252,17 @@ def write_hear_task(root: Path, classes: int = 4, per_split=(16, 6, 6), seed: in
     return root
 
 
-# --- tiny random checkpoints in the formats s3prl's hubert_local / wav2vec2_local load ------------
-
-_TINY_FAIRSEQ = dict(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
-                     conv_feature_layers="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2",  # hop 320 as published
-                     conv_pos=16, conv_pos_groups=4, final_dim=16)
-
-
-def write_tiny_hubert_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random 2-layer HuBERT in s3prl's converted format ({task_cfg, model_cfg, model_weight,
-    dictionaries_symbols}: what ``upstream/hubert/convert.py`` writes from a fairseq checkpoint and
-    ``hubert_local -k`` loads). Same architecture family as the published ones, tiny sizes."""
-    from dataclasses import asdict
-
-    import torch
-
-    from encodecmae_s3prl import compat
-
-    compat.apply()
-    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
-
-    model_cfg = HubertConfig(label_rate=50.0, **_TINY_FAIRSEQ)
-    task_cfg = HubertPretrainingConfig(label_rate=50.0)
-    symbols = [[str(i) for i in range(8)]]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = HubertModel(model_cfg, task_cfg, symbols)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"task_cfg": asdict(task_cfg), "model_cfg": asdict(model_cfg), "model_weight": model.state_dict(),
-                "dictionaries_symbols": symbols}, path)
-    return path
-
-
-def write_tiny_wav2vec2_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random 2-layer wav2vec 2.0 in s3prl's converted format ({task_cfg, model_cfg, model_weight}), as
-    ``upstream/wav2vec2/convert.py`` writes and ``wav2vec2_local -k`` loads."""
-    from dataclasses import asdict
-
-    import torch
-
-    from encodecmae_s3prl import compat
-
-    compat.apply()
-    from s3prl.upstream.wav2vec2.wav2vec2_model import AudioPretrainingConfig, Wav2Vec2Config, Wav2Vec2Model
-
-    model_cfg = Wav2Vec2Config(latent_vars=8, latent_groups=2, **_TINY_FAIRSEQ)
-    task_cfg = AudioPretrainingConfig()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Wav2Vec2Model(model_cfg)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"task_cfg": asdict(task_cfg), "model_cfg": asdict(model_cfg), "model_weight": model.state_dict()},
-               path)
-    return path
-
-
 def fit_codec_to_synthetic_audio(model, seed: int = 0) -> None:
-    """Fit a random-init codec (standardisation statistics and RVQ codebooks, DESIGN §3) to 2 s of each of a
-    spread of tones and noise colours, so that clips embed differently (benchmarks, tests, offline demos)."""
+    """Fit a random-init codec (the per-channel standardisation statistics of its features and its RVQ
+    codebooks, which a random EnCodec lacks) to 2 s of each of a spread of tones and noise colours, so that
+    clips embed differently (benchmarks, tests, offline demos)."""
     import torch
+
+    from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
 
     rng = np.random.default_rng(seed)
-    corpus = [harmonic_tone(f, 2.0, 24000, rng) for f in (110, 165, 220, 330, 440, 660, 880)]
-    corpus += [sound_class(index, 2.0, 24000, rng) for index in range(8)]
+    corpus = [harmonic_tone(f, 2.0, SAMPLE_RATE, rng) for f in (110, 165, 220, 330, 440, 660, 880)]
+    corpus += [sound_class(index, 2.0, SAMPLE_RATE, rng) for index in range(8)]
     model.codec.init_from_audio([torch.from_numpy(np.asarray(w, np.float32)) for w in corpus], seed=seed)
 
 

@@ -29,6 +29,7 @@ in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -120,7 +121,7 @@ def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLi
                 f"{out} holds a codec cache of another codec or layout ({_differences(found, meta)}): "
                 f"give another --out (or datarc.codec_cache), or delete {out} to rebuild it")
     else:
-        _save_atomic(meta_path, lambda h: h.write(json.dumps(meta).encode()))
+        _save_atomic(meta_path, functools.partial(_write_bytes, data=json.dumps(meta).encode()))
     codec = codec.to(device).eval()
     index, count = shard
     counts = {"built": 0, "present": 0, "skipped": 0}
@@ -151,14 +152,22 @@ def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLi
             bar.update(1)
         stacked_features = np.concatenate(features) if features else np.zeros((0, FEATURE_DIM), np.float16)
         stacked_codes = np.concatenate(codes) if codes else np.zeros((0, num_codebooks), np.int16)
-        _save_atomic(Path(f"{name}.features.npy"), lambda h: np.save(h, stacked_features))
-        _save_atomic(Path(f"{name}.codes.npy"), lambda h: np.save(h, stacked_codes))
-        _save_atomic(name.with_suffix(".json"),
-                     lambda h: h.write(json.dumps({"files": entries, "skipped": skipped}).encode()))
+        index_json = json.dumps({"files": entries, "skipped": skipped}).encode()
+        _save_atomic(Path(f"{name}.features.npy"), functools.partial(_write_npy, array=stacked_features))
+        _save_atomic(Path(f"{name}.codes.npy"), functools.partial(_write_npy, array=stacked_codes))
+        _save_atomic(name.with_suffix(".json"), functools.partial(_write_bytes, data=index_json))
         counts["built"] += 1
         counts["skipped"] += len(skipped)
     bar.close()
     return counts
+
+
+def _write_npy(handle, array: np.ndarray) -> None:
+    np.save(handle, array)
+
+
+def _write_bytes(handle, data: bytes) -> None:
+    handle.write(data)
 
 
 def _differences(found: dict, wanted: dict) -> str:
@@ -283,11 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = build(files, model.codec, args.out, model.config.num_codebooks, args.shard, args.device,
                        args.files_per_shard)
     hours = sum(f.seconds for f in files) / 3600
+    per_hour = (FEATURE_DIM + model.config.num_codebooks) * 2 * FRAME_RATE * 3600  # fp16 features + int16 codes
     size = sum(p.stat().st_size for p in args.out.glob("shard-*.npy"))
     print(f"codec cache {args.out}: {counts['built']} shard(s) built, {counts['present']} already there, "
           f"{counts['skipped']} unreadable file(s) skipped; {size / 1e6:.1f} MB on disk for the shards present "
-          f"({hours:.2f} h of audio in the corpus; {(FEATURE_DIM + model.config.num_codebooks) * 2 * FRAME_RATE * 3600 / 1e6:.1f}"
-          f" MB per hour)")
+          f"({hours:.2f} h of audio in the corpus; {per_hour / 1e6:.1f} MB per hour)")
     return 0
 
 

@@ -11,7 +11,6 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-
 from typing import Optional, Tuple
 
 import torch
@@ -19,8 +18,9 @@ import torch.nn as nn
 import yaml
 
 from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
-from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, load_checkpoint, model_config_from_yaml
+from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
+
 
 class ConfigError(ValueError):
     pass
@@ -202,7 +202,7 @@ class UpstreamPretrainExpert(nn.Module):
         records["unmasked_loss"].append(float(output.unmasked_loss.sum()))
         if global_step % max(1, log_step) == 0:  # an argmax over every logit: only on the steps s3prl logs
             records["masked_accuracy"].append(float(output.masked_accuracy()))
-        for q, (m, u) in enumerate(zip(output.masked_loss.tolist(), output.unmasked_loss.tolist())):
+        for q, (m, u) in enumerate(zip(output.masked_loss.tolist(), output.unmasked_loss.tolist(), strict=True)):
             name = f"q{q}" if q < self.model_config.num_codebooks else "st"
             records[f"masked_loss_{name}"].append(m)
             records[f"unmasked_loss_{name}"].append(u)

@@ -33,12 +33,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, load_corpus, _Resamplers
-from encodecmae_s3prl.upstream.kmeans import assign, kmeans
+from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, _Resamplers, load_corpus
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
-from encodecmae_s3prl.upstream.loading import load_checkpoint
-
 from encodecmae_s3prl.upstream.codec import HOP
+from encodecmae_s3prl.upstream.kmeans import assign, kmeans
+from encodecmae_s3prl.upstream.loading import load_checkpoint
 from encodecmae_s3prl.upstream.model import FRAME_RATE, IGNORE
 
 

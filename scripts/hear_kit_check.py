@@ -165,8 +165,7 @@ def kit_grid(task_dir: Path) -> list:
 
 def check(label: str, spec: str, entry: str, ckpt: str | None, tasks: list[Path], work: Path, env: dict,
           grid_points: int, max_epochs: int) -> dict:
-    from encodecmae_s3prl import compare
-    from encodecmae_s3prl.downstream_probes import hear_protocol
+    from encodecmae_s3prl.evaluation import compare, hear_protocol
 
     emb_root = work / "embeddings" / label
     model_args = ["--model", spec] if Path(spec).is_file() else ["--model-options", json.dumps({"upstream": spec})]
@@ -225,9 +224,9 @@ def check(label: str, spec: str, entry: str, ckpt: str | None, tasks: list[Path]
         name = KIT_METRIC[metric]
         fold_names = [f["fold"] or "test" for f in ours["folds"]]
         our_result = {"grid": ours["grid"], "params": ours["params"],
-                      "test": {n: f["test"][name] for n, f in zip(fold_names, ours["folds"])},
-                      "valid": {n: f["valid"] for n, f in zip(fold_names, ours["folds"])},
-                      "epoch": {n: f["epoch"] for n, f in zip(fold_names, ours["folds"])},
+                      "test": {n: f["test"][name] for n, f in zip(fold_names, ours["folds"], strict=True)},
+                      "valid": {n: f["valid"] for n, f in zip(fold_names, ours["folds"], strict=True)},
+                      "epoch": {n: f["epoch"] for n, f in zip(fold_names, ours["folds"], strict=True)},
                       "mean": ours[name], "std": ours["std"][name], "seconds": our_seconds}
         results[task_root.name] = {"metric": metric, "embedding_rel_diff": max(diffs), "rate": rate,
                                    "kit": kit_result, "ours": our_result}
@@ -247,7 +246,7 @@ def table(results: dict) -> str:
             kit, ours = r["kit"], r["ours"]
             same_grid = len(kit["grid"]) == len(ours["grid"]) and all(
                 a["params"] == b["params"] and abs(a["valid"] - b["valid"]) < 1e-6 and a["epoch"] == b["epoch"]
-                for a, b in zip(kit["grid"], ours["grid"]))
+                for a, b in zip(kit["grid"], ours["grid"], strict=True))
             diff = max(abs(kit["test"][f] - ours["test"][f]) for f in kit["test"])
             lines.append(f"| {label} | {task} | {r['metric']} | {show(kit['params'])} | {show(ours['params'])} | "
                          f"{'yes' if same_grid else 'no'} ({len(kit['grid'])} points) | {kit['mean']:.4f} ± "

@@ -12,8 +12,6 @@ from encodecmae_s3prl.pretrain_task.corpus import CropSampler, collate, load_cor
 from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone, write_wav
 from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
 
-torch.set_num_threads(2)
-
 
 @pytest.fixture(scope="module")
 def model():
@@ -45,7 +43,7 @@ def test_cached_crops_are_the_codec_of_the_file_and_match_the_crop_inside(tmp_pa
     audio = [sampler.example(0, slot) for slot in range(6)]
     sampler.use_cache(cache, usable)
     cached = [sampler.example(0, slot) for slot in range(6)]
-    for from_audio, from_cache in zip(audio, cached):
+    for from_audio, from_cache in zip(audio, cached, strict=True):
         # the same draws: same file, same start frame, same number of frames
         assert (from_audio.path, from_audio.start_frame, from_audio.frames) == \
             (from_cache.path, from_cache.start_frame, from_cache.frames)

@@ -5,9 +5,9 @@ import soundfile
 import torch
 
 from encodecmae_s3prl.pretrain_task import corpus as corpus_module
-from encodecmae_s3prl.pretrain_task.corpus import (CorpusError, CropLoader, CropSampler, load_corpus, read_manifest)
-from encodecmae_s3prl.upstream.kmeans import assign, kmeans
+from encodecmae_s3prl.pretrain_task.corpus import CorpusError, CropLoader, CropSampler, load_corpus, read_manifest
 from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+from encodecmae_s3prl.upstream.kmeans import assign, kmeans
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_kmeans_recovers_separated_clusters():
     centroids = kmeans(points, 8, seed=0)
     found = assign(points, centroids)
     # each true cluster maps to exactly one code and vice versa
-    pairs = set(zip(labels.tolist(), found.tolist()))
+    pairs = set(zip(labels.tolist(), found.tolist(), strict=True))
     assert len(pairs) == 8 and len({c for _, c in pairs}) == 8
     with pytest.raises(ValueError, match="at least k"):
         kmeans(points[:4], 8)
@@ -116,7 +116,7 @@ def test_crops_start_on_encodec_frames_and_their_targets_are_their_frames(tmp_pa
     lengths = {f.path: int(np.ceil(f.seconds * 75)) for f in files}
     offsets = np.cumsum([0] + list(lengths.values()))
     index = {"k": 2000, "total_frames": int(offsets[-1]),
-             "files": {p: [int(o), n] for (p, n), o in zip(lengths.items(), offsets)}}
+             "files": {p: [int(o), n] for (p, n), o in zip(lengths.items(), offsets[:-1], strict=True)}}
     store = TargetStore(tmp_path, np.concatenate([np.arange(n) for n in lengths.values()]).astype(np.int16), index)
     sampler = CropSampler(files, batch_size=16, crop_seconds=4.0, seed=3)
     seen = set()

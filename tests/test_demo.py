@@ -1,11 +1,20 @@
 """``make demo`` end to end at a few steps: corpus, run_pretrain.py, the four-row comparison and its outputs."""
 import json
+import os
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+import torch
+
+from encodecmae_s3prl import demo, errors
+from encodecmae_s3prl.upstream.checkpoint import CheckpointError
+from encodecmae_s3prl.upstream.codec import ENCODEC_FILE, build_encodec
+
+from conftest import REPO, pretrain_overrides, write_tone_corpus
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_reports_where_everything_is(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "encodecmae_s3prl.demo", "--out", str(tmp_path / "demo"),
                            "--steps", "12", "--grid-size", "1", "--max-epochs", "20"],
@@ -30,10 +39,6 @@ def test_demo_runs_end_to_end_and_reports_where_everything_is(tmp_path):
 def _fake_encodec_weights(path):
     """A random-init EnCodec 24 kHz state dict (encoder.*, quantizer.*) standing in for the real weights file,
     which cannot be downloaded here."""
-    import torch
-
-    from encodecmae_s3prl.upstream.codec import build_encodec
-
     codec = build_encodec("random")
     state = {f"{part}.{key}": value for part in ("encoder", "quantizer")
              for key, value in getattr(codec, part).state_dict().items()}
@@ -43,11 +48,6 @@ def _fake_encodec_weights(path):
 
 
 def test_demo_finds_the_real_encodec_where_the_codec_looks(tmp_path, monkeypatch):
-    import pytest
-
-    from encodecmae_s3prl import demo, errors
-    from encodecmae_s3prl.upstream.codec import ENCODEC_FILE
-
     fake = _fake_encodec_weights(tmp_path / "weights" / ENCODEC_FILE)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty torch hub cache
     monkeypatch.delenv("ENCODEC_CKPT", raising=False)
@@ -67,37 +67,24 @@ def test_demo_finds_the_real_encodec_where_the_codec_looks(tmp_path, monkeypatch
 
     # a weights file that is named but missing, or is not EnCodec, is an error, never a silent random codec
     monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "missing.th"))
-    with pytest.raises(errors.UserError):
+    with pytest.raises(errors.UserError, match="missing.th: no such file"):
         demo.choose_encodec(download=False)
     (tmp_path / "other.th").write_bytes(b"")
     monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "other.th"))
-    with pytest.raises(Exception) as not_encodec:
+    with pytest.raises(CheckpointError, match="empty") as not_encodec:
         demo.choose_encodec(download=False)
-    assert errors.user_error_message(not_encodec.value) is not None
+    message = errors.user_error_message(not_encodec.value)  # a user error: one line naming the file, exit 2
+    assert message is not None and str(tmp_path / "other.th") in message
 
 
+@pytest.mark.slow
 def test_demo_runs_every_row_on_the_real_encodec_when_found(tmp_path):
     """The demo's pretraining config with (stand-in) real weights: the checkpoint carries that EnCodec, and
     EC / ECMAE-R, which take the checkpoint's codec, run on it too."""
-    import os
-    import subprocess
-    import sys
-
-    import numpy as np
-
-    from encodecmae_s3prl import demo
-    from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
-    from encodecmae_s3prl.upstream.codec import ENCODEC_FILE
-    from test_pretrain import FAST
-
     assert demo.pretrain_model_config(demo.EncodecChoice(None, "offline"), tmp_path) == "tiny"
     fake = _fake_encodec_weights(tmp_path / "weights" / ENCODEC_FILE)
     model_config = demo.pretrain_model_config(demo.EncodecChoice(fake, "test"), tmp_path / "config")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        write_wav(tmp_path / "corpus" / f"n{i}.wav", harmonic_tone(220.0 * (i + 1), 2.0, 16000, rng), 16000)
-    override = (f"config.pretrain_expert.datarc.corpus=['{tmp_path / 'corpus'}'],,{FAST},,"
-                "config.runner.total_steps=4,,config.runner.log_step=1,,config.runner.save_step=2")
+    override = pretrain_overrides(write_tone_corpus(tmp_path / "corpus"), steps=4, save=2)
     proc = subprocess.run([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", model_config,
                            "-n", "real", "-o", override], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, ENCODEC_CKPT=str(fake), OMP_NUM_THREADS="1"))
@@ -105,8 +92,9 @@ def test_demo_runs_every_row_on_the_real_encodec_when_found(tmp_path):
     checkpoint = tmp_path / "result" / "pretrain" / "real" / "states-4.ckpt"
     assert demo.checkpoint_codec(checkpoint) == "real"
 
-    import encodecmae_s3prl  # noqa: F401
     from s3prl import hub
+
+    import encodecmae_s3prl  # noqa: F401
 
     for entry in (hub.encodec_features, hub.encodecmae_random, hub.encodecmae_local):
         assert not bool(entry(ckpt=str(checkpoint)).model.codec.random_weights), entry.__name__

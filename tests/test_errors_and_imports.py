@@ -1,11 +1,13 @@
 """User errors as one ``error:`` line (exit 2, no traceback) in our commands; any import order of s3prl and
 us; the README's Python API block; IEMOCAP's meta_data without librosa; the last checkpoint's name.
 
-Every command runs in a fresh interpreter, as a user runs it."""
+Every command runs in a fresh interpreter, as a user runs it. Those that load s3prl's downstream runner or train
+(5-9 s each on 2 cores) are marked slow; the checks that fail before that (~2 s) stay in `make test-fast`."""
 import datetime
 import json
 import os
 import re
+import shutil
 import site
 import subprocess
 import sys
@@ -16,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
 from encodecmae_s3prl import errors
-from encodecmae_s3prl.synthetic import harmonic_tone, write_iemocap, write_tiny_encodecmae_checkpoint, write_wav
-from test_pretrain import FAST
+from encodecmae_s3prl.synthetic import write_iemocap, write_wav
+
+from conftest import REPO, pretrain_overrides, write_tone_corpus
 
 PY = sys.executable
 
@@ -50,27 +52,25 @@ def _user_error(proc, *names) -> str:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_ckpt):
     """Our tiny checkpoint, a truncated copy, a foreign torch file, one that needs a class outside the
     allow-list, a small corpus and a manifest with the wrong columns."""
     root = tmp_path_factory.mktemp("files")
-    tiny = write_tiny_encodecmae_checkpoint(root / "tiny.ckpt")
-    data = tiny.read_bytes()
+    data = tiny_ckpt.read_bytes()
     (root / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     torch.save({"model": {"w": torch.zeros(2)}}, root / "foreign.ckpt")
     torch.save({"Args": datetime.timedelta(days=1), "Step": 3}, root / "unsafe.ckpt")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        write_wav(root / "corpus" / f"n{i}.wav", harmonic_tone(220.0 * (i + 1), 2.0, 16000, rng), 16000)
+    write_tone_corpus(root / "corpus")
     (root / "bad.tsv").write_text(f"{root / 'corpus'}\nn0.wav\n")
-    return {name: root / name for name in ("tiny.ckpt", "truncated.ckpt", "foreign.ckpt", "unsafe.ckpt", "corpus",
-                                           "bad.tsv")}
+    return {"tiny.ckpt": tiny_ckpt, **{name: root / name for name in ("truncated.ckpt", "foreign.ckpt",
+                                                                      "unsafe.ckpt", "corpus", "bad.tsv")}}
 
 
 # --- run_downstream.py --------------------------------------------------------------------------------------
 ESC50_ROOT = "config.downstream_expert.datarc.root"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which, words", [
     ("missing", ["not found"]),
     ("truncated.ckpt", ["cannot read checkpoint", "truncated"]),
@@ -85,6 +85,7 @@ def test_downstream_bad_upstream_checkpoint_is_one_line(tmp_path, files, which, 
     assert not (tmp_path / "result").exists()  # the failed start left no experiment folder
 
 
+@pytest.mark.slow
 def test_debug_env_shows_the_traceback(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "encodecmae_local", "-k", ckpt, "-d", "esc50",
@@ -92,6 +93,7 @@ def test_debug_env_shows_the_traceback(tmp_path):
     assert proc.returncode not in (0, 2) and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe, key", [
     ("esc50", ESC50_ROOT),
     ("speech_commands", "config.downstream_expert.datarc.speech_commands_root"),
@@ -111,7 +113,8 @@ def test_downstream_missing_dataset_root_names_the_key(tmp_path, recipe, key):
     assert not (tmp_path / "result").exists()
 
 
-@pytest.mark.parametrize("script", ["run_downstream.py", "run_pretrain.py"])
+# run_pretrain.py refuses a bad checkpoint before it imports s3prl's runner (~2 s); run_downstream.py after (~7 s)
+@pytest.mark.parametrize("script", [pytest.param("run_downstream.py", marks=pytest.mark.slow), "run_pretrain.py"])
 @pytest.mark.parametrize("which, words", [
     ("missing", ["no such checkpoint"]),
     ("truncated.ckpt", ["cannot read checkpoint"]),
@@ -123,6 +126,7 @@ def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, files, script, which
     _user_error(_run(args, tmp_path), ckpt, *words)
 
 
+@pytest.mark.slow
 def test_trust_checkpoint_flag_loads_what_the_allow_list_refuses(tmp_path, files):
     # trusted, the file loads, and is then reported for what it is: not a checkpoint of s3prl's runner
     proc = _run([REPO / "run_pretrain.py", "-e", files["unsafe.ckpt"], "--trust-checkpoint"], tmp_path)
@@ -131,6 +135,7 @@ def test_trust_checkpoint_flag_loads_what_the_allow_list_refuses(tmp_path, files
     assert "--trust-checkpoint" in _run([REPO / "run_downstream.py", "-h"], tmp_path).stdout
 
 
+@pytest.mark.slow
 def test_published_checkpoint_offline_fails_fast(tmp_path):
     """Hub unreachable (a closed local port, whatever this machine's network) and nothing cached: one request,
     then the published-checkpoint message, not huggingface_hub's five retries (~25 s)."""
@@ -146,8 +151,7 @@ def test_published_checkpoint_offline_fails_fast(tmp_path):
 # --- run_pretrain.py -------------------------------------------------------------------------------------------
 def _pretrain_args(corpus, steps=4, save=2, extra=""):
     return [REPO / "run_pretrain.py", "-u", "encodecmae", "-g", "tiny", "-n", "run", "-o",
-            f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps={steps},,"
-            f"config.runner.log_step=1,,config.runner.save_step={save}" + (f",,{extra}" if extra else "")]
+            pretrain_overrides(corpus, steps=steps, save=save, extra=extra)]
 
 
 @pytest.mark.parametrize("case", ["missing_corpus", "manifest_columns", "steps_equal", "epochs_too_few",
@@ -169,6 +173,7 @@ def test_pretrain_start_errors_are_one_line_and_leave_no_folder(tmp_path, files,
     assert not (tmp_path / "result").exists()
 
 
+@pytest.mark.slow
 def test_last_pretraining_checkpoint_is_named_by_its_step(tmp_path, files):
     """4 files, 4 steps of batch 4: s3prl's runner counts one epoch and would name the last checkpoint
     states-epoch-1.ckpt; it is states-4.ckpt, as the README says."""
@@ -194,7 +199,8 @@ def test_user_error_message_keeps_bugs_as_bugs():
     assert errors.user_error_message(bare.value) is None
     assert errors.user_error_message(RuntimeError("boom")) is None
     missing = FileNotFoundError(2, "No such file or directory", "/data/x/meta/a.json")
-    message = errors.user_error_message(missing, path_keys={"config.a.root": "/data/x", "config.a.meta": "/data/x/meta"})
+    message = errors.user_error_message(missing,
+                                        path_keys={"config.a.root": "/data/x", "config.a.meta": "/data/x/meta"})
     assert message.startswith("/data/x/meta/a.json: no such file") and "config.a.meta" in message
 
 
@@ -223,6 +229,7 @@ def test_the_autoload_pth_is_installed():
         f"encodecmae_s3prl-autoload.pth is not in {folders}: run `make setup` (setup.py installs it)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", list(IMPORT_ORDERS))
 def test_any_import_order_works(tmp_path, files, order):
     code = IMPORT_ORDERS[order] + (
@@ -238,12 +245,14 @@ def test_any_import_order_works(tmp_path, files, order):
     assert proc.stdout.split()[:4] == ["4", "(1,", "76,", "64)"], proc.stdout
 
 
-def test_readme_python_api_runs_as_written(tmp_path):
+@pytest.mark.slow
+def test_readme_python_api_runs_as_written(tmp_path, tiny_ckpt):
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
-    ckpt = re.search(r'ckpt = "([^"]+)"', code).group(1)
-    write_tiny_encodecmae_checkpoint(tmp_path / ckpt)
+    ckpt = tmp_path / re.search(r'ckpt = "([^"]+)"', code).group(1)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tiny_ckpt, ckpt)
     (tmp_path / "api.py").write_text(code)
     proc = _run(["api.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,11 +12,16 @@ import torch
 import torch.nn as nn
 
 from encodecmae_s3prl import synthetic
-from encodecmae_s3prl.downstream_probes import hear_protocol
-from encodecmae_s3prl.downstream_probes.common import (Clip, encode_native, fold_std, mean_average_precision,
-                                                        read_clip, upstream_rate)
-
-torch.set_num_threads(1)
+from encodecmae_s3prl.downstream_probes.common import (
+    Clip,
+    PooledMLP,
+    encode_native,
+    fold_std,
+    mean_average_precision,
+    read_clip,
+    upstream_rate,
+)
+from encodecmae_s3prl.evaluation import hear_protocol
 
 
 def _toy(n_train=120, n_dev=40, n_test=40, classes=3, dim=8, seed=0, multilabel=False):
@@ -84,7 +89,7 @@ def test_mlp_layout_and_initialisation_are_the_kits(hidden_layers, init):
     kit = _kit_mlp(40, 5, hidden_layers, getattr(nn.init, init + "_"), 64)
     assert [type(m) for m in ours] == [type(m) for m in kit]
     assert all(m.p == 0.1 for m in ours if isinstance(m, nn.Dropout))
-    for (name, a), (_, b) in zip(ours.state_dict().items(), kit.state_dict().items()):
+    for (name, a), (_, b) in zip(ours.state_dict().items(), kit.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert float(ours[0].bias.detach().abs().max()) > 0  # PyTorch's default bias, not zeros
     # the gains, seen in the weights' spread: xavier std = gain * sqrt(2 / (fan_in + fan_out))
@@ -92,6 +97,30 @@ def test_mlp_layout_and_initialisation_are_the_kits(hidden_layers, init):
     linears = [m for m in big if isinstance(m, nn.Linear)]
     stds = [float(m.weight.detach().std()) / math.sqrt(2 / sum(m.weight.shape)) for m in linears]
     assert stds == pytest.approx([1.0, math.sqrt(2), math.sqrt(2)], rel=0.02)
+
+
+def test_one_mlp_for_the_runner_probes_and_the_hear_protocol():
+    """The HEAR protocol's MLP is the runner probes' PooledMLP with the kit's initialisation. Without one (the
+    runner probes) it keeps PyTorch's default: the same parameters as its layers built alone from the same seed.
+    Its Dropout before the ReLU (the kit's order) gives exactly what a ReLU before the Dropout gives, in training
+    too: a ReLU commutes with the dropout's positive scale, and the mask is the same draw."""
+    assert isinstance(hear_protocol.LayerWeightedMLP(3, 40, 5, 2, "xavier_uniform", weighted=True, hidden_dim=64),
+                      PooledMLP)
+    torch.manual_seed(0)
+    runner = PooledMLP(40, 5, hidden_dim=64, hidden_layers=2, dropout=0.1)
+    torch.manual_seed(0)
+    alone = [nn.Linear(40, 64), nn.BatchNorm1d(64), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Linear(64, 5)]
+    with_params = [m for m in runner.mlp if isinstance(m, (nn.Linear, nn.BatchNorm1d))]
+    for ours, built in zip(with_params, alone, strict=True):
+        for a, b in zip(ours.state_dict().values(), built.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    relu_first = nn.Sequential(*alone[:2], nn.ReLU(), nn.Dropout(0.1), *alone[2:4], nn.ReLU(), nn.Dropout(0.1),
+                               alone[4]).train()
+    x = torch.randn(32, 40)
+    torch.manual_seed(1)
+    ours = runner.train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(ours, relu_first(x))
 
 
 def test_training_order_batches_validation_and_early_stopping(monkeypatch):
@@ -212,8 +241,9 @@ def test_hear_task_clips_come_in_the_kits_order(tmp_path):
 
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
-    import encodecmae_s3prl  # noqa: F401
     from s3prl import hub
+
+    import encodecmae_s3prl  # noqa: F401
 
     ckpt = synthetic.write_tiny_encodecmae_checkpoint(tmp_path_factory.mktemp("ckpt") / "states-1.ckpt")
     return ckpt, hub.encodecmae_local(ckpt=str(ckpt)).eval()

@@ -13,28 +13,27 @@ import torch.nn.functional as F
 from encodecmae_s3prl.upstream import codec as codec_module
 from encodecmae_s3prl.upstream.codec import EncodecWeightsError, build_encodec
 from encodecmae_s3prl.upstream.components import SinusoidalPositions
-from encodecmae_s3prl.upstream.import_v1 import (V1CheckpointError, config_from_v1, load_v1, parse_config_gin)
+from encodecmae_s3prl.upstream.import_v1 import V1CheckpointError, config_from_v1, load_v1, parse_config_gin
 from encodecmae_s3prl.upstream.masking import gather_visible, masked_counts, scatter_back, span_mask
-from encodecmae_s3prl.upstream.model import (IGNORE, EncodecMAE, EncodecMAEConfig, frame_cross_entropy,
-                                             get_config, masked_prediction_loss)
-from v1_reference import SMALL, V1Spec, make_v1_checkpoint, ref_positions, ref_stack
+from encodecmae_s3prl.upstream.model import (
+    IGNORE,
+    EncodecFeatures,
+    EncodecMAE,
+    EncodecMAEConfig,
+    build_codec,
+    frame_cross_entropy,
+    get_config,
+    masked_prediction_loss,
+)
 
-torch.set_num_threads(2)
+from conftest import tone_batch
+from v1_reference import SMALL, V1Spec, make_v1_checkpoint, ref_positions, ref_stack
 
 
 def tiny(**overrides) -> EncodecMAE:
     torch.manual_seed(0)
-    return EncodecMAE(replace(get_config("tiny"), **overrides))
-
-
-def tones(lengths, seed=0):
-    """Padded (B, S) batch of noisy sines at 24 kHz, one frequency per clip."""
-    generator = torch.Generator().manual_seed(seed)
-    wav = torch.zeros(len(lengths), max(lengths))
-    for i, n in enumerate(lengths):
-        t = torch.arange(n) / 24_000
-        wav[i, :n] = 0.5 * torch.sin(2 * math.pi * (110 * (i + 1)) * t) + 0.05 * torch.randn(n, generator=generator)
-    return wav, torch.tensor(lengths)
+    config = replace(get_config("tiny"), **overrides)
+    return EncodecMAE(config, build_codec(config))
 
 
 # --- (a) v1 parity against the independent reference in v1_reference.py -------------------------------
@@ -57,7 +56,7 @@ def test_v1_checkpoint_matches_reference_implementation(tmp_path, spec, shared):
     assert torch.equal(model.state_dict()["encoder.layers.1.feed_forward.0.weight"],
                        state["visible_encoder.encoder_layers.1.ff_layer.0.weight"])
     lengths = [24_000, 9_600]  # multiples of 320: v1 counted floor(len / 320) frames, we count ceil
-    wav, wav_lengths = tones(lengths)
+    wav, wav_lengths = tone_batch(lengths)
     frames = [n // 320 for n in lengths]
     mask = torch.zeros(2, max(frames), dtype=torch.bool)
     mask[0, 10:40], mask[1, 3:18] = True, True
@@ -66,12 +65,12 @@ def test_v1_checkpoint_matches_reference_implementation(tmp_path, spec, shared):
         encoded = model.encode(wav, wav_lengths)
         logits = model(wav, wav_lengths, mask=mask).logits
         assert len(encoded.hidden_states) == spec.layers + 2
-        for i, (n, t) in enumerate(zip(lengths, frames)):
+        for i, (n, t) in enumerate(zip(lengths, frames, strict=True)):
             features = encodec.encoder(wav[i, :n][None, None])[0].T  # (T, 128)
             positions = ref_positions(t, spec.dim, 0.7)
             x = features @ state["feat_projector.weight"].T + state["feat_projector.bias"] + positions
             output, per_layer = ref_stack(x, state, "visible_encoder", spec)
-            for ours, ref in zip(encoded.hidden_states, [x, *per_layer, output]):
+            for ours, ref in zip(encoded.hidden_states, [x, *per_layer, output], strict=True):
                 torch.testing.assert_close(ours[i, :t], ref, atol=1e-5, rtol=1e-5)
             assert encoded.hidden_states[-1][i, t:].abs().sum() == 0  # padding frames are zeros
 
@@ -94,7 +93,7 @@ def test_shared_feed_forward_trains_one_tensor_and_refuses_untied_files():
     ff_params = 2 * 64 * 128 + 128 + 64
     # encoder and decoder stacks have 2 layers each: per-layer FFNs add one FFN per extra layer of each stack
     assert per_layer.parameter_counts()["trainable"] - shared.parameter_counts()["trainable"] == 2 * ff_params
-    wav, lengths = tones([24_000, 24_000])
+    wav, lengths = tone_batch([24_000, 24_000])
     shared.train()
     shared(wav, lengths, generator=torch.Generator().manual_seed(0)).loss.backward()
     ff = shared.encoder.layers[0].feed_forward[0].weight
@@ -224,7 +223,7 @@ def test_span_mask_counts_spans_and_padding(mask_prop, span):
         assert torch.equal(mask.sum(1), counts)
         assert torch.equal(counts, torch.round(lengths.double() * mask_prop).long())
         assert not (mask & (torch.arange(400)[None] >= lengths[:, None])).any()  # padding never masked
-        for row, count in zip(mask, counts.tolist()):
+        for row, count in zip(mask, counts.tolist(), strict=True):
             # a union of full spans plus at most one shorter one: at most one run is not a multiple of span
             odd = [r for r in _runs(row) if r % span]
             assert len(odd) == (1 if count % span else 0)
@@ -275,8 +274,8 @@ def test_loss_matches_hand_computation():
     mask = torch.tensor([[True, False, False], [True, True, False]])
     weights, delta = torch.tensor([0.75, 0.25]), 0.9
 
-    def ce(l, t):  # -log softmax by hand
-        return math.log(sum(math.exp(v) for v in l)) - l[t]
+    def ce(logit, t):  # -log softmax by hand
+        return math.log(sum(math.exp(v) for v in logit)) - logit[t]
 
     # stream 0: masked frames (0,0), (1,0), (1,1); visible (0,1), (0,2)
     m0 = (ce([2, 0], 0) + ce([0, 0], 1) + ce([2, 1], 0)) / 3
@@ -294,7 +293,7 @@ def test_loss_matches_hand_computation():
 
 def test_model_loss_is_the_weighted_cross_entropy_of_its_codes():
     model = tiny(extra_targets=16)
-    wav, lengths = tones([12_000, 7_000])
+    wav, lengths = tone_batch([12_000, 7_000])
     extra = torch.randint(0, 16, (2, 40))
     extra[0, :5] = IGNORE
     out = model(wav, lengths, extra_targets=extra, generator=torch.Generator().manual_seed(0))
@@ -321,14 +320,14 @@ def test_model_loss_is_the_weighted_cross_entropy_of_its_codes():
 
 # --- (d) batching and chunking ---------------------------------------------------------------------
 def _assert_same_as_alone(model, lengths):
-    wav, wav_lengths = tones(lengths, seed=3)
+    wav, wav_lengths = tone_batch(lengths, seed=3)
     with torch.no_grad():
         batch = model.encode(wav, wav_lengths)
         for i, n in enumerate(lengths):
             alone = model.encode(wav[i: i + 1, :n])
             t = int(alone.frame_lengths[0])
             assert t == math.ceil(n / 320) == int(batch.frame_lengths[i])
-            for ours, ref in zip(batch.hidden_states, alone.hidden_states):
+            for ours, ref in zip(batch.hidden_states, alone.hidden_states, strict=True):
                 torch.testing.assert_close(ours[i, :t], ref[0], atol=1e-5, rtol=1e-5)
                 assert ours[i, t:].abs().sum() == 0
     return wav, batch
@@ -349,10 +348,9 @@ def test_padded_batch_equals_alone_beyond_four_seconds():
     _assert_same_as_alone(model, [100_800, 24_000])  # 4.2 s: a 300-frame chunk plus 15 frames
 
 
-def test_features_only_gives_codec_features():
-    model = tiny().eval()
-    model.features_only = True
-    wav, lengths = tones([4_000, 2_000])
+def test_encodec_features_baseline_gives_codec_features():
+    model = EncodecFeatures(tiny().codec).eval()  # the paper's EC baseline: EnCodec's output, no transformer
+    wav, lengths = tone_batch([4_000, 2_000])
     out = model.encode(wav, lengths)
     assert len(out.hidden_states) == 1 and out.output.shape == (2, 13, 128)
     torch.testing.assert_close(out.output[1, :7], model.codec.features(wav[1:, :2000])[0])
@@ -361,7 +359,7 @@ def test_features_only_gives_codec_features():
 # --- (e) the codec stays frozen ------------------------------------------------------------------------
 def test_codec_stays_eval_and_unchanged_through_training():
     model = tiny()
-    wav, lengths = tones([6_000, 6_000, 4_000])
+    wav, lengths = tone_batch([6_000, 6_000, 4_000])
     model.codec.init_from_audio([wav[0], wav[1], wav[2, :4000]], seed=0)
     before = {k: v.clone() for k, v in model.codec.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -387,7 +385,7 @@ def test_codec_frames_codes_and_corpus_init():
     assert codec.needs_corpus_init()
     for samples in (1, 319, 320, 321, 1000):
         assert codec.features(torch.zeros(1, samples)).shape == (1, math.ceil(samples / 320), 128)
-    wav, _ = tones([24_000, 24_000])
+    wav, _ = tone_batch([24_000, 24_000])
     features = codec.features(wav)
     codec.init_from_corpus(features.reshape(-1, 128), seed=0)
     assert not codec.needs_corpus_init()
@@ -405,12 +403,12 @@ def test_codec_frames_codes_and_corpus_init():
     assert errors.shape == (4,) and errors[0] > 0 and (errors >= 0).all() and (errors[1:] < errors[:-1]).all()
     twin = build_encodec("random", num_codebooks=4, standardise=True)
     twin.init_from_corpus(corpus, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(codec.state_dict().values(), twin.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(codec.state_dict().values(), twin.state_dict().values(), strict=True))
 
 
 def test_saved_model_reproduces_its_targets_and_outputs():
     model = tiny()
-    wav, lengths = tones([8_000, 5_000])
+    wav, lengths = tone_batch([8_000, 5_000])
     model.codec.init_from_audio([wav[0], wav[1, :5000]], seed=3)
     torch.manual_seed(123)  # a different global RNG must not matter
     again = EncodecMAE.from_state_dict(model.config, model.state_dict())
@@ -426,7 +424,8 @@ def test_random_codec_is_fixed_and_encodec_files_load(tmp_path, monkeypatch):
     first = build_encodec("random")
     torch.manual_seed(6)
     second = build_encodec("random")
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    first_state, second_state = first.state_dict().values(), second.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(first_state, second_state, strict=True))
     # a local EnCodec state dict (the encodec package's file layout, decoder included)
     from encodec import EncodecModel
 
@@ -461,8 +460,8 @@ def test_pretrained_offline_error_names_the_ways_out(tmp_path, monkeypatch):
 # --- (f) it learns ------------------------------------------------------------------------------------
 def test_loss_decreases_on_a_fixed_batch():
     model = tiny()
-    wav, lengths = tones([9_600, 9_600, 8_000, 9_600])
-    model.codec.init_from_audio([w[:n] for w, n in zip(wav, lengths.tolist())], seed=0)
+    wav, lengths = tone_batch([9_600, 9_600, 8_000, 9_600])
+    model.codec.init_from_audio([w[:n] for w, n in zip(wav, lengths.tolist(), strict=True)], seed=0)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.05)
     model.train()
     losses = []
@@ -477,7 +476,7 @@ def test_loss_decreases_on_a_fixed_batch():
 
 def test_bf16_autocast_keeps_codec_and_loss_in_float32():
     model = tiny()
-    wav, lengths = tones([6_000, 4_000])
+    wav, lengths = tone_batch([6_000, 4_000])
     reference = model.codec.features(wav)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         features = model.codec.features(wav)
@@ -502,7 +501,7 @@ def test_named_configs_and_errors():
     assert config.codebook_weights == (0.5, 0.5) and config.extra_weight == 1.0
     with pytest.raises(ValueError, match="codebook_weights"):
         EncodecMAEConfig(num_codebooks=4)
-    assert EncodecMAE(replace(get_config("tiny"), heads=5)).encoder.layers[0].attention.inner_dim == 60
+    assert tiny(heads=5).encoder.layers[0].attention.inner_dim == 60
     with pytest.raises(ValueError, match="heads = 65: must be in 1..dim=64"):
         EncodecMAEConfig(dim=64, heads=65)
 

@@ -1,5 +1,9 @@
 """Pretraining through s3prl's runner: loss goes down, checkpoints load upstream, resume is exact, ST, DDP."""
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -7,14 +11,12 @@ import pytest
 import soundfile
 import torch
 
-from conftest import run_script
 from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
 from encodecmae_s3prl.upstream.checkpoint import safe_load
 
-# tiny model, 1 s crops: a step costs ~0.3 s on 2 CPU cores
-FAST = ("config.pretrain_expert.datarc.train_batch_size=4,,config.pretrain_expert.datarc.crop_seconds=1.0,,"
-        "config.pretrain_expert.datarc.num_workers=1,,config.pretrain_expert.datarc.codec_init_clips=16,,"
-        "config.pretrain_expert.datarc.precision=fp32,,config.optimizer.lr=1.0e-3")
+from conftest import REPO, pretrain_overrides, run_script
+
+# tiny model, 1 s crops (conftest.FAST): a step costs ~0.3 s on 2 CPU cores
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +39,21 @@ def corpus(tmp_path_factory):
 
 
 def _pretrain(tmp_path, name, corpus, *extra, steps=20, save=10, overrides=""):
-    override = (f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps={steps},,"
-                f"config.runner.log_step=1,,config.runner.save_step={save}" + (f",,{overrides}" if overrides else ""))
+    override = pretrain_overrides(corpus, steps=steps, save=save, extra=overrides)
     return run_script("run_pretrain.py", "-u", "encodecmae", "-g", "tiny", "-n", name, "-o", override, *extra,
                       cwd=tmp_path)
 
 
-def _scalars(expdir, tag):
+def _scalars(events_path, tag):
+    """{step: value} of one scalar, from an experiment folder (all its event files) or one event file."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(expdir), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(events_path), size_guidance={"scalars": 0})
     events.Reload()
     return {e.step: e.value for e in events.Scalars(tag)}
 
 
+@pytest.mark.slow
 def test_tiny_pretraining_lowers_masked_loss_and_loads_upstream(tmp_path, corpus):
     out = _pretrain(tmp_path, "run", corpus, steps=50, save=25)
     expdir = tmp_path / "result" / "pretrain" / "run"
@@ -59,12 +62,16 @@ def test_tiny_pretraining_lowers_masked_loss_and_loads_upstream(tmp_path, corpus
     first, last = np.mean([masked[s] for s in range(1, 6)]), np.mean([masked[s] for s in range(46, 51)])
     assert last < 0.9 * first, (first, last)
     for tag in ("masked_loss_q0", "unmasked_loss_q7", "masked_accuracy", "audio_seconds_per_second", "loss"):
-        assert _scalars(expdir, f"encodecmae/train-{tag}"), tag
-    checkpoints = sorted(expdir.glob("states-*.ckpt"))
-    assert checkpoints and not list(expdir.glob(".*.tmp"))
+        logged = _scalars(expdir, f"encodecmae/train-{tag}")
+        first_step = 2 if tag == "audio_seconds_per_second" else 1  # a rate: from the second step on
+        assert sorted(logged) == list(range(first_step, 51)) and np.isfinite(list(logged.values())).all(), tag
+    checkpoints = sorted(expdir.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[1]))
+    assert [p.name for p in checkpoints] == ["states-25.ckpt", "states-50.ckpt"]
+    assert not list(expdir.glob(".*.tmp"))  # written atomically, no leftovers
+
+    from s3prl import hub
 
     import encodecmae_s3prl  # noqa: F401
-    from s3prl import hub
 
     upstream = hub.encodecmae_local(ckpt=str(checkpoints[-1])).eval()
     with torch.no_grad():
@@ -72,29 +79,13 @@ def test_tiny_pretraining_lowers_masked_loss_and_loads_upstream(tmp_path, corpus
     assert out["last_hidden_state"].shape == (1, 75, 64)
 
 
-def _latest_events(expdir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    latest = max(expdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-    events = EventAccumulator(str(latest), size_guidance={"scalars": 0})
-    events.Reload()
-    return {e.step: e.value for e in events.Scalars(tag)}
-
-
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, corpus):
     """SIGKILL right after the step-8 checkpoint; -e continues with the same losses as an uninterrupted run."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
-
     _pretrain(tmp_path, "full", corpus, steps=16, save=8)
     full = _scalars(tmp_path / "result/pretrain/full", "encodecmae/train-loss")
 
-    override = (f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps=16,,"
-                "config.runner.log_step=1,,config.runner.save_step=8")
+    override = pretrain_overrides(corpus, steps=16, save=8)
     cut = tmp_path / "result/pretrain/cut"
     proc = subprocess.Popen([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", "tiny",
                              "-n", "cut", "-o", override], cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -106,13 +97,14 @@ def test_killed_run_resumes_exactly(tmp_path, corpus):
     proc.wait()
     assert (cut / "states-8.ckpt").exists() and not (cut / "states-16.ckpt").exists()
     run_script("run_pretrain.py", "-e", str(cut / "states-8.ckpt"), cwd=tmp_path)
-    resumed = _latest_events(cut, "encodecmae/train-loss")
+    latest = max(cut.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)  # the resumed run's
+    resumed = _scalars(latest, "encodecmae/train-loss")
     assert sorted(resumed) == list(range(9, 17))
     for step in range(9, 17):
         assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
 
 
-def test_bad_config_keys_and_empty_corpus_are_clear(tmp_path, corpus):
+def test_bad_config_keys_and_empty_corpus_are_clear(tmp_path, corpus):  # both fail before training: ~2 s each
     with pytest.raises(AssertionError, match="unknown key"):
         _pretrain(tmp_path, "bad", corpus, overrides="config.pretrain_expert.datarc.batchsize=3")
     (tmp_path / "silence").mkdir()
@@ -120,10 +112,12 @@ def test_bad_config_keys_and_empty_corpus_are_clear(tmp_path, corpus):
         _pretrain(tmp_path, "empty", tmp_path / "silence")
 
 
+@pytest.mark.slow
 def test_self_training_stage_end_to_end(tmp_path, corpus):
     """Stage 1 -> k-means over last-layer embeddings -> target store -> stage 2 with Q+1 target streams."""
-    from encodecmae_s3prl.pretrain_task.self_training import TargetStore, TargetStoreError, main as st_main
     from encodecmae_s3prl.pretrain_task.corpus import load_corpus
+    from encodecmae_s3prl.pretrain_task.self_training import TargetStore, TargetStoreError
+    from encodecmae_s3prl.pretrain_task.self_training import main as st_main
 
     _pretrain(tmp_path, "stage1", corpus, steps=6, save=3)
     stage1 = tmp_path / "result/pretrain/stage1/states-6.ckpt"
@@ -141,12 +135,11 @@ def test_self_training_stage_end_to_end(tmp_path, corpus):
     assert not list(tmp_path.glob(".st.*"))  # written atomically, no leftovers
 
     run_script("run_pretrain.py", "-u", "encodecmae", "-g", str(store_dir / "config_model_st.yaml"), "-n", "stage2b",
-               "-o", f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps=4,,"
-                     f"config.runner.log_step=1,,config.runner.save_step=2,,"
-                     f"config.pretrain_expert.datarc.target_store={store_dir},,"
-                     f"config.pretrain_expert.datarc.init_from={stage1}", cwd=tmp_path)
+               "-o", pretrain_overrides(corpus, steps=4, save=2,
+                                        extra=f"config.pretrain_expert.datarc.target_store={store_dir},,"
+                                              f"config.pretrain_expert.datarc.init_from={stage1}"), cwd=tmp_path)
     st_loss = _scalars(tmp_path / "result/pretrain/stage2b", "encodecmae/train-masked_loss_st")
-    assert len(st_loss) == 4 and all(np.isfinite(list(st_loss.values())))
+    assert sorted(st_loss) == [1, 2, 3, 4] and np.isfinite(list(st_loss.values())).all()
     checkpoint = safe_load(tmp_path / "result/pretrain/stage2b/states-4.ckpt")
     assert checkpoint["EncodecMAE"]["config"]["extra_targets"] == 8
 
@@ -155,6 +148,7 @@ def test_self_training_clusters_the_last_layer_a_stream_as_v1(tmp_path):
     """v1 clusters get_activations(...)[-1], the last layer's ``a`` stream, not the output a + LN_final(b)."""
     from encodecmae_s3prl.pretrain_task.self_training import embed_file_frames
     from encodecmae_s3prl.upstream.import_v1 import load_v1
+
     from v1_reference import make_v1_checkpoint, ref_features
 
     path, state, encodec = make_v1_checkpoint(tmp_path)
@@ -187,15 +181,10 @@ def test_codebook_weights_tool_writes_a_model_config(tmp_path, corpus):
     assert all(w > 0 for w in config.codebook_weights)
 
 
+@pytest.mark.slow
 def test_ddp_with_gloo_on_two_processes(tmp_path, corpus):
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    override = (f"config.pretrain_expert.datarc.corpus=['{corpus}'],,{FAST},,config.runner.total_steps=3,,"
-                "config.runner.log_step=1,,config.runner.save_step=2,,config.pretrain_expert.datarc.num_workers=0")
+    override = pretrain_overrides(corpus, steps=3, save=2, extra="config.pretrain_expert.datarc.num_workers=0")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(torchrun + [str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", "tiny", "-n", "ddp",
                                       "--device", "cpu", "-o", override], cwd=tmp_path, capture_output=True,

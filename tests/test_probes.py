@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
 from encodecmae_s3prl import synthetic
-from encodecmae_s3prl.downstream_probes import hear_protocol
-from encodecmae_s3prl.downstream_probes.common import (ProbeDataError, chroma_accuracy, fold_splits,
-                                                        mean_average_precision)
+from encodecmae_s3prl.downstream_probes.common import (
+    ProbeDataError,
+    chroma_accuracy,
+    fold_splits,
+    mean_average_precision,
+)
+from encodecmae_s3prl.evaluation import hear_protocol
 
-torch.set_num_threads(2)
+from conftest import run_script
 
 
 def _write_hear_multilabel_kfold(root):
@@ -42,6 +45,7 @@ def _metric(output: str, split: str, name: str) -> float:
     return float(values[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe", sorted(PROBES))
 def test_probe_learns_through_run_downstream(tmp_path, probe):
     """s3prl's own runner and Featurizer on fbank_no_cmvn; the train run evaluates dev and test at its end."""
@@ -79,8 +83,9 @@ def probe_data(tmp_path_factory):
 def test_probes_beat_chance_with_encodec_features_hear_cached(tmp_path, probe_data):
     """The paper's EC baseline (a random-init EnCodec whose standardisation and codebooks are fitted to a small
     corpus, as offline checkpoints carry it) on every probe, HEAR protocol on cached embeddings (first fold)."""
-    import encodecmae_s3prl  # noqa: F401
     from s3prl import hub
+
+    import encodecmae_s3prl  # noqa: F401
 
     ckpt = synthetic.write_tiny_encodecmae_checkpoint(tmp_path / "tiny.ckpt")
     upstream = hub.encodec_features(ckpt=str(ckpt)).eval()
@@ -151,11 +156,11 @@ def test_chroma_accuracy_ignores_octaves():
 
 
 def test_folds_follow_hear_rule_in_natural_order(tmp_path):
-    from encodecmae_s3prl.downstream_probes.esc50.dataset import build_splits
+    from encodecmae_s3prl.downstream_probes.esc50.dataset import load_task
 
-    splits, classes = build_splits(synthetic.write_esc50(tmp_path / "esc"), "fold5")
-    assert len(classes) == 4
-    folds = {split: {int(c.path.split("/")[-1][0]) for c in clips} for split, clips in splits.items()}
+    task = load_task(synthetic.write_esc50(tmp_path / "esc"), "fold5")
+    assert len(task.classes) == 4
+    folds = {split: {int(c.path.split("/")[-1][0]) for c in clips} for split, clips in task.splits.items()}
     assert folds == {"test": {5}, "dev": {1}, "train": {2, 3, 4}}
     by_fold = {f"fold{k}": [k] for k in range(1, 11)}  # GTZAN's 10 folds: fold9 is validated by fold10
     assert fold_splits(by_fold, "fold9")["dev"] == [10] and fold_splits(by_fold, "fold10")["dev"] == [1]
@@ -176,11 +181,12 @@ def test_folds_come_from_the_dataset_files(tmp_path, probe_data):
 
 
 def _expert(probe, root, tmp_path):
+    """The probe's s3prl DownstreamExpert as s3prl's runner builds it (``downstream``: its ``-d``)."""
     import importlib
 
     expert = importlib.import_module(f"encodecmae_s3prl.downstream_probes.{probe}.expert").DownstreamExpert
     return expert(upstream_dim=8, downstream_expert={"datarc": {"root": str(root)}, "modelrc": {}},
-                  expdir=str(tmp_path))
+                  expdir=str(tmp_path), downstream=probe)
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

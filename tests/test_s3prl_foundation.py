@@ -1,14 +1,15 @@
 """The plugin on s3prl 0.4.18 + torch/torchaudio 2.9: registration, shims, and the reused recipes end to end."""
 import re
-import sys
 
 import numpy as np
+import pytest
 import soundfile
 import torch
 
-from conftest import run_script
 from encodecmae_s3prl import cli, compat, registry
 from encodecmae_s3prl.synthetic import write_iemocap, write_speech_commands
+
+from conftest import run_script
 
 OUR_ENTRIES = ["encodecmae", "encodecmae_local", "encodecmae_small", "encodecmae_base", "encodecmae_base_st",
                "encodecmae_large", "encodecmae_large_st", "encodec_features", "encodecmae_random"]
@@ -19,8 +20,9 @@ def _accuracies(output: str, split: str) -> list[float]:
 
 
 def test_hub_lists_our_entries_next_to_s3prl_ones():
-    import encodecmae_s3prl  # noqa: F401  (registration)
     from s3prl import hub
+
+    import encodecmae_s3prl  # noqa: F401  (registration)
 
     for name in OUR_ENTRIES + ["hubert", "wav2vec2", "fbank_no_cmvn", "hubert_local"]:
         assert callable(getattr(hub, name)), name
@@ -53,11 +55,19 @@ def test_downstream_runner_imports():
     assert hasattr(runner, "Runner")
 
 
-def test_shim_set_audio_backend_is_a_no_op():
+def test_shim_set_audio_backend_is_a_no_op(tmp_path):
+    """s3prl calls torchaudio.set_audio_backend('sox_io') at import; torchaudio 2.9 has no such function. The
+    shim accepts any backend name and changes nothing: audio reads the same before and after."""
     import torchaudio
 
     compat.apply()
-    torchaudio.set_audio_backend("sox_io")
+    assert torchaudio.set_audio_backend is compat._set_audio_backend
+    soundfile.write(tmp_path / "a.wav", np.linspace(-0.5, 0.5, 800, dtype=np.float32), 8000, subtype="FLOAT")
+    before, rate = torchaudio.load(str(tmp_path / "a.wav"))
+    for backend in ("sox_io", "soundfile", "no_such_backend", None):
+        assert torchaudio.set_audio_backend(backend) is None
+    after, rate_after = torchaudio.load(str(tmp_path / "a.wav"))
+    assert rate == rate_after == 8000 and torch.equal(before, after)
 
 
 def test_shim_load_audio_reads_like_torchaudio(tmp_path):
@@ -96,6 +106,7 @@ def test_missing_recipe_configs_ship_with_us():
     assert "-c" not in cli.prepare_downstream_argv(["-m", "evaluate", "-e", "x/states-1.ckpt"])
 
 
+@pytest.mark.slow
 def test_scripts_help_lists_s3prl_and_our_names(tmp_path):
     out = run_script("run_downstream.py", "-h", cwd=tmp_path)
     for name in ("encodecmae_local", "encodec_features", "hubert", "wav2vec2", "fbank_no_cmvn"):
@@ -104,6 +115,7 @@ def test_scripts_help_lists_s3prl_and_our_names(tmp_path):
     assert "encodecmae" in out and "mockingjay" in out
 
 
+@pytest.mark.slow
 def test_speech_commands_recipe_trains_and_evaluates(tmp_path):
     train_root, test_root = write_speech_commands(tmp_path / "data")
     exp = tmp_path / "exp"
@@ -120,6 +132,7 @@ def test_speech_commands_recipe_trains_and_evaluates(tmp_path):
     assert accuracy and accuracy[-1] > 3 / 12, out[-2000:]  # 12 classes: well above chance
 
 
+@pytest.mark.slow
 def test_emotion_recipe_trains_and_evaluates(tmp_path):
     root, meta = write_iemocap(tmp_path / "IEMOCAP")
     exp = tmp_path / "exp"

@@ -7,14 +7,13 @@ import torch
 
 from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone
 from encodecmae_s3prl.upstream.components import SelfAttention
-from encodecmae_s3prl.upstream.model import EncodecMAE, get_config
-
-torch.set_num_threads(2)
+from encodecmae_s3prl.upstream.model import EncodecMAE, build_codec, get_config
 
 
 def _model(**overrides) -> EncodecMAE:
     torch.manual_seed(0)
-    model = EncodecMAE(replace(get_config("tiny"), dim=96, heads=4, **overrides))
+    config = replace(get_config("tiny"), dim=96, heads=4, **overrides)
+    model = EncodecMAE(config, build_codec(config))
     fit_codec_to_synthetic_audio(model)
     return model.train()
 

@@ -1,34 +1,22 @@
 """The s3prl upstream: hub entries, Featurizer lengths, batch/alone equality, v1 files via -k, bad input."""
-import math
-
 import numpy as np
 import pytest
 import soundfile
 import torch
 import torchaudio
+from s3prl import hub
+from s3prl.upstream.interfaces import Featurizer
 
 import encodecmae_s3prl  # noqa: F401  (registers the hub entries)
 from encodecmae_s3prl.extract import main as extract_main
-from encodecmae_s3prl.synthetic import harmonic_tone, write_tiny_encodecmae_checkpoint, write_wav
+from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, atomic_save
 from encodecmae_s3prl.upstream.expert import DOWNSAMPLE_RATE, UpstreamExpert
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
 from encodecmae_s3prl.upstream.published import PublishedCheckpointError
-from s3prl import hub
-from s3prl.upstream.interfaces import Featurizer
+
+from conftest import tone
 from v1_reference import LARGE_GEOMETRY, SMALL, make_v1_checkpoint, ref_features
-
-torch.set_num_threads(2)
-
-
-def clip(seconds, freq=220.0, seed=0):
-    return torch.from_numpy(harmonic_tone(freq, seconds, 16000, np.random.default_rng(seed)))
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    """A checkpoint as run_pretrain.py -u encodecmae writes it: tiny model, random codec fitted to tones."""
-    return write_tiny_encodecmae_checkpoint(tmp_path_factory.mktemp("ckpt") / "states-1.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +25,7 @@ def tiny_upstream(tiny_ckpt):
 
 
 def test_hidden_states_shapes_and_downsample_rate(tiny_upstream):
-    wavs = [clip(1.0), clip(0.5, 330)]
+    wavs = [tone(1.0), tone(0.5, 330)]
     with torch.no_grad():
         out = tiny_upstream(wavs)
     layers = tiny_upstream.model.config.encoder_layers
@@ -51,16 +39,17 @@ def test_hidden_states_shapes_and_downsample_rate(tiny_upstream):
 def test_featurizer_lengths_from_a_tenth_of_a_second_to_ten_minutes(tiny_upstream, selection):
     featurizer = Featurizer(tiny_upstream, feature_selection=selection, upstream_device="cpu")
     for seconds in (0.1, 1.0, 4.01, 30.0):
-        wavs = [clip(seconds), clip(seconds / 2 + 0.1, 330)]
+        wavs = [tone(seconds), tone(seconds / 2 + 0.1, 330)]
         with torch.no_grad():
             features = featurizer(wavs, tiny_upstream(wavs))
         assert [f.shape[0] for f in features] == [round(len(w) / DOWNSAMPLE_RATE) for w in wavs]
         assert features[0].shape[1] == 64 and all(torch.isfinite(f).all() for f in features)
 
 
+@pytest.mark.slow  # 10 minutes of audio: 20-80 s on 2 cores; the lengths above and the frame mapping below stay fast
 def test_featurizer_ten_minute_clip(tiny_upstream):
     featurizer = Featurizer(tiny_upstream, feature_selection="hidden_states", upstream_device="cpu")
-    wav = clip(600.0)
+    wav = tone(600.0)
     with torch.no_grad():
         features = featurizer([wav], tiny_upstream([wav]))
     assert features[0].shape == (round(len(wav) / DOWNSAMPLE_RATE), 64) == (45070, 64)
@@ -78,22 +67,23 @@ def test_output_frames_follow_the_model_frames():
 @pytest.mark.parametrize("standardise", [False, True])
 def test_padded_batch_gives_each_clip_its_alone_features(tmp_path, standardise):
     """Exact up to float rounding. The random codec's standardisation divides by per-channel stds of ~1e-2
-    (DESIGN §3), which scales conv rounding differences between batch shapes by ~100: looser atol there."""
+    (a random EnCodec's output is ~99 % constant), which scales conv rounding differences between batch shapes
+    by ~100: looser atol there."""
     from dataclasses import asdict
 
     model = build_model(model_config_from_yaml({"model": "tiny", "standardise_features": standardise}), seed=0)
-    model.codec.init_from_audio([clip(2.0, 110), clip(2.0, 440)], seed=0)
+    model.codec.init_from_audio([tone(2.0, 110), tone(2.0, 440)], seed=0)
     path = tmp_path / "m.ckpt"
     atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()}}, path)
     upstream = hub.encodecmae_local(ckpt=str(path)).eval()
     atol = 1e-3 if standardise else 1e-5
-    wavs = [clip(5.3, 220, 1), clip(0.7, 330, 2), clip(2.0, 440, 3)]
+    wavs = [tone(5.3, 220, 1), tone(0.7, 330, 2), tone(2.0, 440, 3)]
     with torch.no_grad():
         batch = upstream(wavs)["hidden_states"]
         for i, wav in enumerate(wavs):
             alone = upstream([wav])["hidden_states"]
             frames = alone[0].shape[1]
-            for layer_batch, layer_alone in zip(batch, alone):
+            for layer_batch, layer_alone in zip(batch, alone, strict=True):
                 torch.testing.assert_close(layer_batch[i, :frames], layer_alone[0], atol=atol, rtol=1e-5)
 
 
@@ -103,14 +93,14 @@ def test_v1_checkpoint_through_encodecmae_local_matches_reference(tmp_path, spec
     path, state, encodec = make_v1_checkpoint(tmp_path, spec)
     upstream = hub.encodecmae_local(ckpt=str(path)).eval()
     assert upstream.model.config.heads == spec.heads and upstream.model.config.shared_feed_forward
-    wav = clip(2.0)
+    wav = tone(2.0)
     with torch.no_grad():
         out = upstream([wav])["hidden_states"]
         wav_24k = torchaudio.functional.resample(wav, 16000, 24000)
         x, output, per_layer = ref_features(encodec, state, wav_24k, spec)
     assert len(out) == spec.layers + 2
     shown = out[0].shape[1]  # round(32000/213) = 150 = frames: identity mapping below 640 frames
-    for ours, ref in zip(out, [x, *per_layer, output]):
+    for ours, ref in zip(out, [x, *per_layer, output], strict=True):
         torch.testing.assert_close(ours[0], ref[:shown], atol=1e-4, rtol=1e-4)
         assert (ours[0] - ref[:shown]).norm() / ref[:shown].norm() < 1e-2
     # a published entry takes the same file with -k (config.gin beside it)
@@ -131,7 +121,7 @@ def test_published_entry_offline_without_k_says_what_to_do(monkeypatch):
 
 
 def test_baselines_encodec_features_and_random_mae(tiny_ckpt):
-    wavs = [clip(1.0)]
+    wavs = [tone(1.0)]
     ec = hub.encodec_features(ckpt=str(tiny_ckpt)).eval()  # the checkpoint's codec (offline)
     random_mae = hub.encodecmae_random(ckpt=str(tiny_ckpt)).eval()
     with torch.no_grad():
@@ -157,9 +147,14 @@ def test_bad_waveforms_get_clear_errors(tiny_upstream, bad, message):
 
 
 def test_silent_audio_works(tiny_upstream):
+    """Silence is a valid input (no division by its zero energy): finite features of the usual shape, which
+    differ from those of a note."""
     with torch.no_grad():
-        out = tiny_upstream([torch.zeros(16000)])
-    assert torch.isfinite(out["last_hidden_state"]).all()
+        silent = tiny_upstream([torch.zeros(16000)])["last_hidden_state"]
+        note = tiny_upstream([tone(1.0)])["last_hidden_state"]
+    assert silent.shape == note.shape == (1, round(16000 / DOWNSAMPLE_RATE), 64)
+    assert torch.isfinite(silent).all()
+    assert (silent - note).norm() / note.norm() > 1e-3
 
 
 def test_wrong_and_truncated_checkpoints(tmp_path, tiny_ckpt):
@@ -246,17 +241,18 @@ def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt):
     np.testing.assert_allclose(np.load(tmp_path / "out2" / "long.npy"), reference[1].numpy(), atol=1e-5, rtol=1e-5)
 
 
-def test_random_codec_never_fitted_is_refused(monkeypatch, tiny_ckpt):
+def test_random_codec_never_fitted_is_refused(tmp_path, tiny_ckpt):
     """An unfitted random EnCodec embeds every clip the same: an error that says what to do, not silence."""
     from encodecmae_s3prl.upstream.expert import UnfittedCodecError
 
-    monkeypatch.setenv("ENCODEC_CKPT", "random")  # offline: no real EnCodec weights
+    random_codec = tmp_path / "random_codec.yaml"  # offline: no real EnCodec weights
+    random_codec.write_text("encodec_source: random\nstandardise_features: true\n")
     with pytest.raises(UnfittedCodecError, match="never fitted to a corpus.*ENCODEC_CKPT.*-k states-N.ckpt"):
-        hub.encodecmae_random()
+        hub.encodecmae_random(model_config=str(random_codec))
     with pytest.raises(UnfittedCodecError):
-        UpstreamExpert.from_model(build_model(model_config_from_yaml({"model": "tiny"})))
+        UpstreamExpert(build_model(model_config_from_yaml({"model": "tiny"})))
     # the codec of a pretraining checkpoint was fitted to its corpus: clips differ
     upstream = hub.encodecmae_random(ckpt=str(tiny_ckpt)).eval()
     with torch.no_grad():
-        a, b = (upstream([clip(1.0, f)])["last_hidden_state"].mean(1) for f in (110.0, 880.0))
+        a, b = (upstream([tone(1.0, f)])["last_hidden_state"].mean(1) for f in (110.0, 880.0))
     assert (a - b).norm() / a.norm() > 1e-3

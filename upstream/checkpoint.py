@@ -1,6 +1,6 @@
 """Checkpoint I/O that never runs code from a file and never leaves a half-written file.
 
-Every checkpoint is a pickle (DESIGN §7). We load with ``weights_only=True`` plus an
+Every checkpoint is a pickle, which can carry code. We load with ``weights_only=True`` plus an
 explicit allow-list of the plain classes that s3prl and Lightning store; anything else
 is refused with a message that names the class and the opt-in for trusted files.
 """

@@ -1,9 +1,8 @@
 """The frozen EnCodec 24 kHz front end: SEANet encoder (features) and residual VQ (targets).
 
 EnCodecMAE reads EnCodec's 128-dim encoder output at 75 frames/s as its input and the first
-Q codes of its residual vector quantizer as its targets. Both stay frozen for real (DESIGN §3,
-"EnCodec pitfalls"): no gradients, and eval mode whatever the parent's mode, because encodec's
-RVQ in train mode moves its codebooks (EMA updates, dead-code replacement) and the targets
+Q codes of its residual vector quantizer as its targets. Both stay frozen for real: no gradients,
+and eval mode whatever the parent's mode, because encodec's RVQ in train mode moves its codebooks (EMA updates, dead-code replacement) and the targets
 would drift. Everything that decides the targets (encoder weights, codebooks, the
 standardisation statistics) lives in this module's state dict, so a checkpoint always
 reproduces its own targets.
@@ -17,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -25,6 +24,11 @@ from torch import Tensor
 
 from encodecmae_s3prl.upstream.checkpoint import safe_load
 from encodecmae_s3prl.upstream.kmeans import assign, kmeans
+
+if TYPE_CHECKING:  # the encodec modules these are (mypy reads encodec as untyped: pyproject.toml [tool.mypy])
+    from encodec.modules import SEANetEncoder
+    from encodec.quantization import ResidualVectorQuantizer
+    from encodec.quantization.core_vq import EuclideanCodebook
 
 SAMPLE_RATE = 24_000
 HOP = 320                    # samples per frame: 75 frames/s
@@ -51,7 +55,14 @@ class FrozenEncodec(nn.Module):
             statistics themselves are identity until it does).
     """
 
-    def __init__(self, encoder: nn.Module, quantizer: nn.Module, num_codebooks: int = 8, standardise: bool = False):
+    # buffers (register_buffer), declared for the type checker
+    feature_mean: Tensor
+    feature_std: Tensor
+    random_weights: Tensor
+    corpus_initialised: Tensor
+
+    def __init__(self, encoder: SEANetEncoder, quantizer: ResidualVectorQuantizer, num_codebooks: int = 8,
+                 standardise: bool = False):
         super().__init__()
         self.encoder = encoder
         self.quantizer = quantizer
@@ -173,7 +184,7 @@ class FrozenEncodec(nn.Module):
         self.init_from_corpus(torch.cat(frames), seed=seed, num_codebooks=num_codebooks, iterations=iterations)
 
 
-def _set_codebook(codebook: nn.Module, centroids: Tensor, counts: Tensor) -> None:
+def _set_codebook(codebook: EuclideanCodebook, centroids: Tensor, counts: Tensor) -> None:
     """Write an encodec ``EuclideanCodebook``'s buffers as if it had been trained to ``centroids``."""
     codebook.embed.copy_(centroids)
     codebook.embed_avg.copy_(centroids)

@@ -1,6 +1,6 @@
 """Transformer building blocks of EnCodecMAE, one job per module.
 
-The numbers follow the published v1 checkpoints (DESIGN §3): attention without biases and
+The numbers follow the published v1 checkpoints : attention without biases and
 a head_dim^-0.5 scale, a ReLU feed-forward, and the ResiDual norm scheme (Xie et al. 2023),
 in which every layer carries two streams: ``a`` (post-norm, what the layer computes on) and
 ``b`` (the un-normalised sum of every sub-layer output, normalised once at the end).

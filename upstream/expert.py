@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from encodecmae_s3prl.upstream.audio import resample
-from encodecmae_s3prl.upstream.loading import load_model_for_inference
+from encodecmae_s3prl.upstream.model import ChunkedInference
 
 INPUT_RATE = 16_000
 MODEL_RATE = 24_000
@@ -25,25 +25,14 @@ MIN_INPUT_SAMPLES = DOWNSAMPLE_RATE + 1  # one full frame
 
 
 class UpstreamExpert(nn.Module):
-    def __init__(self, ckpt: str = None, model_config: str = None, variant: str = None, **kwargs):
+    model: ChunkedInference
+    def __init__(self, model: ChunkedInference, **kwargs):
         """
         Args:
-            ckpt: our pretraining ``states-N.ckpt`` or a published v1 ``model.pt`` (config.gin beside it);
-                optional for ``variant`` in ("random", "encodec_features").
-            model_config: optional YAML overriding model settings (e.g. ``encodec_source``).
-            variant: None (load ``ckpt``), "random" (ECMAE-R) or "encodec_features" (EC baseline).
+            model: an ``EncodecMAE`` (or the ``EncodecFeatures`` baseline), built by hubconf's entries.
         """
         super().__init__()
-        self.model = _fitted(load_model_for_inference(ckpt, model_config, variant), ckpt)
-        self.model.eval()
-
-    @classmethod
-    def from_model(cls, model: nn.Module) -> "UpstreamExpert":
-        """Wrap an already built EncodecMAE (benchmarks, the HEAR API)."""
-        expert = cls.__new__(cls)
-        nn.Module.__init__(expert)
-        expert.model = _fitted(model, None).eval()
-        return expert
+        self.model = _fitted(model).eval()
 
     def get_downsample_rates(self, key: str) -> int:
         return DOWNSAMPLE_RATE
@@ -119,15 +108,15 @@ class UnfittedCodecError(ValueError):
     """A random-init EnCodec whose codebooks and feature statistics were never fitted to a corpus."""
 
 
-def _fitted(model: nn.Module, ckpt) -> nn.Module:
+def _fitted(model: ChunkedInference) -> ChunkedInference:
     """Refuse inference on a random codec that was never fitted: its output is ~99 % a constant
     offset, so every clip would give (almost) the same embedding without a word."""
     if model.codec.needs_corpus_init():
         raise UnfittedCodecError(
-            f"{'checkpoint ' + str(ckpt) if ckpt else 'this upstream'} runs on a random-init EnCodec whose codebooks "
-            f"and feature statistics were never fitted to a corpus, so every clip would embed (almost) the same. "
-            f"Give real EnCodec weights (ENCODEC_CKPT=/path/to/encodec_24khz-d7cc33bc.th, or the torch hub cache), "
-            f"or take the codec of a checkpoint written by run_pretrain.py -u encodecmae (-k states-N.ckpt), "
-            f"whose random codec was fitted to its corpus")
+            "this upstream runs on a random-init EnCodec whose codebooks "
+            "and feature statistics were never fitted to a corpus, so every clip would embed (almost) the same. "
+            "Give real EnCodec weights (ENCODEC_CKPT=/path/to/encodec_24khz-d7cc33bc.th, or the torch hub cache), "
+            "or take the codec of a checkpoint written by run_pretrain.py -u encodecmae (-k states-N.ckpt), "
+            "whose random codec was fitted to its corpus")
     return model
 

@@ -18,10 +18,12 @@ ENTRIES = (
 )
 
 
-def _expert(*args, **kwargs):
+def _expert(ckpt=None, model_config=None, variant=None, **kwargs):
+    """Load (a checkpoint, or a baseline built from one) and wrap it for s3prl."""
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
+    from encodecmae_s3prl.upstream.loading import load_model_for_inference
 
-    return UpstreamExpert(*args, **kwargs)
+    return UpstreamExpert(load_model_for_inference(ckpt, model_config, variant), **kwargs)
 
 
 def _published(variant: str, ckpt=None, refresh: bool = False, **kwargs):

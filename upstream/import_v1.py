@@ -4,7 +4,7 @@ lpepino/encodecmae-* hub repositories) into ``EncodecMAE``.
 A config parser (``parse_config_gin``) and a key mapping (``convert_v1_state_dict``), as
 torchaudio's ``import_fairseq``: the model never knows where its weights came from.
 
-v1 layout (DESIGN §3): ``{'state_dict': {...}}`` with
+v1 layout: ``{'state_dict': {...}}`` with
     wav_encoder.model.*                      EnCodec SEANet encoder   -> codec.encoder.*
     target_encoder.model.*                   EnCodec RVQ              -> codec.quantizer.*
     feat_projector.*, decoder_projector.*    128->D, D->D             -> feature_projection.*, decoder_projection.*

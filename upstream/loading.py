@@ -12,16 +12,15 @@ import torch
 import yaml
 
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
-from encodecmae_s3prl.upstream.codec import ENCODEC_ENV  # a local EnCodec weights file, or "random"
-from encodecmae_s3prl.upstream.model import EncodecMAE, EncodecMAEConfig, get_config
+from encodecmae_s3prl.upstream.model import EncodecFeatures, EncodecMAE, EncodecMAEConfig, build_codec, get_config
 
 CHECKPOINT_KEY = "EncodecMAE"  # where run_pretrain.py -u encodecmae stores {"config", "state_dict"}
 
 
 def model_config_from_yaml(spec: dict | str | os.PathLike | None) -> EncodecMAEConfig:
     """A ``config_model*.yaml`` (or its dict): ``model: <tiny|small|base|large>`` plus any
-    EncodecMAEConfig field to override. ``ENCODEC_CKPT=random`` (tests, offline demos) switches a config
-    that would load the real EnCodec to the seeded random one, with corpus standardisation."""
+    EncodecMAEConfig field to override (offline: ``encodec_source: random`` with
+    ``standardise_features: true``, as the ``tiny`` config does)."""
     if spec is None:
         spec = {}
     if isinstance(spec, (str, os.PathLike)):
@@ -35,17 +34,15 @@ def model_config_from_yaml(spec: dict | str | os.PathLike | None) -> EncodecMAEC
         raise ValueError(f"unknown model config key(s) {unknown}; valid keys: 'model' and {sorted(valid)}")
     if "codebook_weights" in spec:
         spec["codebook_weights"] = tuple(spec["codebook_weights"])
-    config = replace(get_config(name), **spec)
-    if os.environ.get(ENCODEC_ENV) == "random" and config.encodec_source == "pretrained":
-        config = replace(config, encodec_source="random", standardise_features=True)
-    return config
+    return replace(get_config(name), **spec)
 
 
 def build_model(config: EncodecMAEConfig, seed: int = 0, codec=None) -> EncodecMAE:
-    """A freshly initialised model (the same seed gives the same weights), on ``codec`` when given."""
+    """The one way to make a fresh model: seeded (the same seed, the same weights), on ``codec`` when
+    given (e.g. another checkpoint's), else on the codec the config asks for."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return EncodecMAE(config, codec=codec)
+        return EncodecMAE(config, codec=codec if codec is not None else build_codec(config))
 
 
 def _is_v1(checkpoint: dict) -> bool:
@@ -76,7 +73,8 @@ def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> E
     )
 
 
-def load_model_for_inference(ckpt: str | None, model_config: str | None, variant: str | None) -> EncodecMAE:
+def load_model_for_inference(ckpt: str | None, model_config: str | None,
+                             variant: str | None) -> EncodecMAE | EncodecFeatures:
     """What the upstream expert runs: a checkpoint, the random-init base (ECMAE-R), or EnCodec alone (EC)."""
     overrides = {}
     if model_config:
@@ -87,16 +85,13 @@ def load_model_for_inference(ckpt: str | None, model_config: str | None, variant
             raise ValueError("encodecmae_local needs a checkpoint: pass -k /path/to/states-N.ckpt or model.pt")
         return load_checkpoint(ckpt, overrides if model_config else None)
     if variant in ("random", "encodec_features"):
-        if ckpt:  # a pretraining checkpoint carries the codec state (random codebooks, standardisation)
-            model = load_checkpoint(ckpt)
-            config = model.config
+        if ckpt:  # a checkpoint lends its codec (weights, fitted codebooks, standardisation) and sizes
+            source = load_checkpoint(ckpt)
+            config, codec = source.config, source.codec
         else:
             config = model_config_from_yaml({"model": "base", **overrides})
-            model = None
-        if variant == "random" or model is None:
-            # ECMAE-R: a checkpoint only lends its codec (weights, codebooks, standardisation)
-            model = build_model(config, seed=0, codec=model.codec if model is not None else None)
+            codec = build_codec(config)
         if variant == "encodec_features":
-            model.features_only = True
-        return model
+            return EncodecFeatures(codec, config.chunk_seconds)
+        return build_model(config, seed=0, codec=codec)  # ECMAE-R: random-init base on that codec
     raise ValueError(f"unknown upstream variant {variant!r}")

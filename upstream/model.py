@@ -1,6 +1,6 @@
 """EnCodecMAE: a masked autoencoder over frozen EnCodec features that predicts EnCodec's RVQ codes.
 
-Data flow (DESIGN §2-3), readable top to bottom in ``EncodecMAE.forward``:
+Data flow, readable top to bottom in ``EncodecMAE.forward``:
 
     wav (24 kHz) -> frozen EnCodec encoder -> features (B, T, 128) at 75 frames/s
         features -> RVQ codes (B, T, Q): the targets
@@ -13,7 +13,7 @@ are what s3prl's Featurizer weighs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,8 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from encodecmae_s3prl.upstream.codec import (CODEBOOK_SIZE, FEATURE_DIM, HOP, SAMPLE_RATE, FrozenEncodec,
-                                             build_encodec)
+from encodecmae_s3prl.upstream.codec import CODEBOOK_SIZE, FEATURE_DIM, HOP, SAMPLE_RATE, FrozenEncodec, build_encodec
 from encodecmae_s3prl.upstream.components import SinusoidalPositions, TransformerStack
 from encodecmae_s3prl.upstream.masking import gather_visible, scatter_back, span_mask
 
@@ -115,7 +114,7 @@ class EncodecMAEConfig:
 
 CONFIGS: Dict[str, EncodecMAEConfig] = {
     # for tests and the offline demo on a laptop CPU; not a paper size. Random EnCodec, so its
-    # input is standardised with corpus statistics (DESIGN §3, "EnCodec pitfalls")
+    # input is standardised with corpus statistics (a random EnCodec's output is ~99 % a constant offset)
     "tiny": EncodecMAEConfig(dim=64, encoder_layers=2, decoder_layers=2, heads=2, ff_dim=128,
                              encodec_source="random", standardise_features=True),
     "small": EncodecMAEConfig(dim=768, encoder_layers=5, heads=12),
@@ -124,6 +123,11 @@ CONFIGS: Dict[str, EncodecMAEConfig] = {
     # channels, attention projections 12 * 85 = 1020 wide
     "large": EncodecMAEConfig(dim=1024, encoder_layers=20, heads=12),
 }
+
+
+def build_codec(config: EncodecMAEConfig) -> FrozenEncodec:
+    """The frozen EnCodec a config asks for: its weights source, its Q codebooks, its standardisation."""
+    return build_encodec(config.encodec_source, config.num_codebooks, config.standardise_features)
 
 
 def get_config(name: str) -> EncodecMAEConfig:
@@ -139,7 +143,7 @@ class EncoderOutput:
 
     hidden_states: L + 2 tensors (B, T, D): the embedding (projection + positions), the ``a``
         stream after each of the L encoder layers, and the encoder output a + LN_final(b).
-        With ``features_only`` it is [features (B, T, 128)] alone.
+        For ``EncodecFeatures`` it is [features (B, T, 128)] alone.
     output: (B, T, D), the last of ``hidden_states`` (the paper's "last encoder layer"); None when
         ``encode`` was asked for other layers only.
     frame_lengths: (B,) long, ceil(samples / 320); frames past it are zeros.
@@ -180,92 +184,17 @@ class PretrainOutput:
         return hits.sum() / (self.mask.sum() * self.targets.shape[-1]).clamp_min(1)
 
 
-class EncodecMAE(nn.Module):
-    """EnCodecMAE on a frozen EnCodec.
+class ChunkedInference(nn.Module):
+    """The inference path shared by EnCodecMAE and the EnCodec-features baseline: audio of any length
+    cut into ``chunk_frames``-frame chunks, a few at a time through the frozen ``codec`` and whatever
+    ``chunk_hidden`` computes on them, laid back in time order.
 
-    Args:
-        config: sizes and settings.
-        codec: a ready ``FrozenEncodec``; None builds one from ``config.encodec_source``.
+    Subclasses set ``self.codec`` (a ``FrozenEncodec``) and ``self.chunk_frames`` and implement
+    ``hidden_count`` and ``chunk_hidden``.
     """
 
-    def __init__(self, config: EncodecMAEConfig, codec: Optional[FrozenEncodec] = None):
-        super().__init__()
-        self.config = config
-        if codec is None:
-            codec = build_encodec(config.encodec_source, config.num_codebooks, config.standardise_features)
-        # the config decides how many codebooks are targets and whether corpus init standardises
-        codec.num_codebooks = config.num_codebooks
-        codec.standardise_on_init = config.standardise_features
-        self.codec = codec
-        dim = config.dim
-        self.feature_projection = nn.Linear(FEATURE_DIM, dim)
-        self.positions = SinusoidalPositions(dim)  # one module, one scale: encoder and decoder inputs
-        self.encoder = TransformerStack(config.encoder_layers, dim, config.heads, config.ff_dim,
-                                        config.interleaved_heads, config.dropout, config.shared_feed_forward)
-        self.decoder_projection = nn.Linear(dim, dim)
-        if config.mask_token == "learned":
-            self.mask_token = nn.Parameter(torch.zeros(dim))
-        else:
-            self.register_parameter("mask_token", None)  # v1: dropped frames are zeros
-        self.decoder = TransformerStack(config.decoder_layers, dim, config.decoder_heads or config.heads,
-                                        config.ff_dim, config.interleaved_heads, config.dropout,
-                                        config.shared_feed_forward)
-        self.head = nn.Linear(dim, config.num_codebooks * config.codebook_size)
-        self.extra_head = nn.Linear(dim, config.extra_targets) if config.extra_targets else None
-        self.register_buffer("stream_weights", self._stream_weights(), persistent=False)
-        # True turns ``encode`` into the paper's EC baseline: EnCodec features, no transformer
-        self.features_only = False
-        self._init_weights()
-
-    def _stream_weights(self) -> Tensor:
-        """(S,) loss weight of each target stream: the γ_q, then the extra stream's."""
-        config = self.config
-        weights = list(config.codebook_weights) + ([config.extra_weight] if config.extra_targets else [])
-        return torch.tensor(weights, device="cpu")
-
-    def _init_weights(self) -> None:
-        # as v1 (after the official JAX ViT): xavier-uniform linear weights, zero biases
-        for name, module in self.named_modules():
-            if name.startswith("codec"):
-                continue
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        if self.mask_token is not None:
-            nn.init.normal_(self.mask_token, std=0.02)
-
-    @classmethod
-    def from_state_dict(cls, config: EncodecMAEConfig, state_dict: Dict[str, Tensor]) -> "EncodecMAE":
-        """Rebuild a saved model. The state dict holds the codec too, so no EnCodec weights are
-        fetched (the codec is built random and overwritten)."""
-        with torch.device("meta"):  # no random init to overwrite: the parameters become the loaded tensors
-            model = cls(config, codec=build_encodec("random", config.num_codebooks, config.standardise_features))
-        model.load_state_dict(state_dict, assign=True)
-        # what the state dict does not hold is derived from the config: rebuild it on the loaded device
-        device = next(model.parameters()).device
-        model.stream_weights = model._stream_weights().to(device)
-        leftovers = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        if leftovers:
-            raise RuntimeError(f"tensors not in the state dict and not rebuilt: {leftovers[:5]}")
-        return model
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """``nn.Module.load_state_dict``, refusing different values under the keys of one tied tensor
-        (the shared feed-forward): loading them would silently keep whichever came last."""
-        tied: Dict[int, List[str]] = {}
-        for key, tensor in self.state_dict(keep_vars=True).items():
-            tied.setdefault(id(tensor), []).append(key)
-        for keys in tied.values():
-            given = [k for k in keys if k in state_dict]
-            for key in given[1:]:
-                if state_dict[key].shape != state_dict[given[0]].shape or not torch.equal(state_dict[key],
-                                                                                          state_dict[given[0]]):
-                    raise ValueError(
-                        f"the state dict holds different values under {given[0]!r} and {key!r}, which this model "
-                        f"ties (shared_feed_forward=True): it comes from a model with one feed-forward per layer; "
-                        f"build the model with shared_feed_forward=False to load it")
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+    codec: FrozenEncodec
+    chunk_frames: int
 
     # --- lengths, chunks and codec features --------------------------------------------------
     @staticmethod
@@ -307,14 +236,6 @@ class EncodecMAE(nn.Module):
                 out[group, : features.shape[1]] = features
         return out, frames
 
-    def embed(self, features: Tensor, frame_lengths: Optional[Tensor] = None) -> Tensor:
-        """Raw features (B, T, 128) -> standardise -> projection -> + positions: (B, T, D).
-        Frames at or past ``frame_lengths`` are zeroed."""
-        x = self.positions(self.feature_projection(self.codec.standardise(features)))
-        if frame_lengths is not None:
-            x = x.masked_fill(_padding_mask(frame_lengths, x.shape[1])[:, :, None], 0.0)
-        return x
-
     # --- inference ---------------------------------------------------------------------------
     def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, layers: Optional[Sequence[int]] = None,
                chunks_per_step: int = CHUNKS_PER_STEP) -> EncoderOutput:
@@ -339,7 +260,7 @@ class EncodecMAE(nn.Module):
         index = torch.arange(frames, device=wav.device)[None, :].expand(wav.shape[0], -1)
         hidden = self.collect_blocks(self.encode_blocks(wav, lengths, index, ~padding, layers, chunks_per_step),
                                      wav.shape[0], frames)
-        every = layers is None or self._hidden_count() - 1 in [i % self._hidden_count() for i in layers]
+        every = layers is None or self.hidden_count() - 1 in [i % self.hidden_count() for i in layers]
         return EncoderOutput(hidden_states=hidden, output=hidden[-1] if every else None,
                              frame_lengths=frame_lengths, padding_mask=padding)
 
@@ -350,12 +271,19 @@ class EncodecMAE(nn.Module):
         for rows, cols, values in blocks:
             if out is None:
                 out = [v.new_zeros(batch, frames, v.shape[-1]) for v in values]
-            for tensor, value in zip(out, values):
+            for tensor, value in zip(out, values, strict=True):
                 tensor[rows, cols] = value
+        if out is None:
+            raise ValueError("no block: nothing to encode")
         return out
 
-    def _hidden_count(self) -> int:
-        return 1 if self.features_only else self.config.encoder_layers + 2
+    def hidden_count(self) -> int:
+        """How many hidden states ``encode`` gives."""
+        raise NotImplementedError
+
+    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
+        """Hidden states (hidden_count() tensors (N, F, D)) of N chunks' features (N, F, 128), frames (N,)."""
+        raise NotImplementedError
 
     def encode_blocks(self, wav: Tensor, lengths: Tensor, output_index: Tensor, output_valid: Tensor,
                       layers: Optional[Sequence[int]] = None, chunks_per_step: int = CHUNKS_PER_STEP
@@ -372,10 +300,10 @@ class EncodecMAE(nn.Module):
             (rows, cols, values): the output positions (rows[k], cols[k]) whose frames this step
             computed, and one (K, D) tensor per kept layer. Every valid position comes exactly once.
         """
-        count = self._hidden_count()
+        count = self.hidden_count()
         keep = list(range(count)) if layers is None else [i % count if -count <= i < count else _bad_layer(i, count)
                                                           for i in layers]
-        chunk_frames = self.config.chunk_frames
+        chunk_frames = self.chunk_frames
         chunk_samples = chunk_frames * HOP
         # the chunk table: chunk i is wav[clip[i], start[i] : start[i] + size[i]]
         chunks = torch.div(lengths + chunk_samples - 1, chunk_samples, rounding_mode="floor")  # (B,)
@@ -390,15 +318,132 @@ class EncodecMAE(nn.Module):
             end = min(begin + chunks_per_step, len(clip))
             features, frames = self._codec_features(wav, clip[begin:end], start[begin:end], size[begin:end],
                                                     None if wav.is_cuda else CPU_CODEC_SEGMENTS)
-            if self.features_only:
-                hidden = [self.codec.standardise(features)]
-            else:
-                x = self.embed(features, frames)
-                output, per_layer = self.encoder(x, _padding_mask(frames, features.shape[1]))
-                hidden = [x, *per_layer, output]
+            hidden = self.chunk_hidden(features, frames)
             rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
             chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
             yield rows, cols, [hidden[i][chunk, frame] for i in keep]
+
+
+
+class EncodecFeatures(ChunkedInference):
+    """The paper's EC baseline: the frozen EnCodec encoder's output (128-dim, 75 Hz), standardised with
+    the codec's corpus statistics (identity for the real codec). One hidden state."""
+
+    def __init__(self, codec: FrozenEncodec, chunk_seconds: float = 4.0):
+        super().__init__()
+        self.codec = codec
+        self.chunk_frames = int(round(chunk_seconds * FRAME_RATE))
+
+    def hidden_count(self) -> int:
+        return 1
+
+    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
+        return [self.codec.standardise(features)]
+
+
+class EncodecMAE(ChunkedInference):
+    """EnCodecMAE on a frozen EnCodec.
+
+    Args:
+        config: sizes and settings.
+        codec: a ready ``FrozenEncodec`` (``build_codec(config)``, or another checkpoint's); used as given.
+    """
+
+    stream_weights: Tensor
+    extra_head: Optional[nn.Linear]
+
+    def __init__(self, config: EncodecMAEConfig, codec: FrozenEncodec):
+        super().__init__()
+        self.config = config
+        if codec.num_codebooks < config.num_codebooks:
+            raise ValueError(f"the codec gives {codec.num_codebooks} codebooks, the config predicts "
+                             f"{config.num_codebooks}: build it with build_codec(config)")
+        self.codec = codec
+        self.chunk_frames = config.chunk_frames
+        dim = config.dim
+        self.feature_projection = nn.Linear(FEATURE_DIM, dim)
+        self.positions = SinusoidalPositions(dim)  # one module, one scale: encoder and decoder inputs
+        self.encoder = TransformerStack(config.encoder_layers, dim, config.heads, config.ff_dim,
+                                        config.interleaved_heads, config.dropout, config.shared_feed_forward)
+        self.decoder_projection = nn.Linear(dim, dim)
+        if config.mask_token == "learned":
+            self.mask_token = nn.Parameter(torch.zeros(dim))
+        else:
+            self.register_parameter("mask_token", None)  # v1: dropped frames are zeros
+        self.decoder = TransformerStack(config.decoder_layers, dim, config.decoder_heads or config.heads,
+                                        config.ff_dim, config.interleaved_heads, config.dropout,
+                                        config.shared_feed_forward)
+        self.head = nn.Linear(dim, config.num_codebooks * config.codebook_size)
+        self.extra_head = nn.Linear(dim, config.extra_targets) if config.extra_targets else None
+        self.register_buffer("stream_weights", self._stream_weights(), persistent=False)
+        self._init_weights()
+
+    def hidden_count(self) -> int:
+        return self.config.encoder_layers + 2
+
+    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
+        """The embedding, the ``a`` stream after each layer, and the output a + LN(b) of N chunks."""
+        x = self.embed(features, frames)
+        output, per_layer = self.encoder(x, _padding_mask(frames, features.shape[1]))
+        return [x, *per_layer, output]
+
+    def _stream_weights(self) -> Tensor:
+        """(S,) loss weight of each target stream: the γ_q, then the extra stream's."""
+        config = self.config
+        weights = list(config.codebook_weights) + ([config.extra_weight] if config.extra_targets else [])
+        return torch.tensor(weights, device="cpu")
+
+    def _init_weights(self) -> None:
+        # as v1 (after the official JAX ViT): xavier-uniform linear weights, zero biases
+        for name, module in self.named_modules():
+            if name.startswith("codec"):
+                continue
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    @classmethod
+    def from_state_dict(cls, config: EncodecMAEConfig, state_dict: Dict[str, Tensor]) -> "EncodecMAE":
+        """Rebuild a saved model. The state dict holds the codec too, so no EnCodec weights are
+        fetched (the codec is built random and overwritten)."""
+        with torch.device("meta"):  # no random init to overwrite: the parameters become the loaded tensors
+            model = cls(config, codec=build_codec(replace(config, encodec_source="random")))
+        model.load_state_dict(state_dict, assign=True)
+        # what the state dict does not hold is derived from the config: rebuild it on the loaded device
+        device = next(model.parameters()).device
+        model.stream_weights = model._stream_weights().to(device)
+        leftovers = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if leftovers:
+            raise RuntimeError(f"tensors not in the state dict and not rebuilt: {leftovers[:5]}")
+        return model
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, refusing different values under the keys of one tied tensor
+        (the shared feed-forward): loading them would silently keep whichever came last."""
+        tied: Dict[int, List[str]] = {}
+        for key, tensor in self.state_dict(keep_vars=True).items():
+            tied.setdefault(id(tensor), []).append(key)
+        for keys in tied.values():
+            given = [k for k in keys if k in state_dict]
+            for key in given[1:]:
+                if state_dict[key].shape != state_dict[given[0]].shape or not torch.equal(state_dict[key],
+                                                                                          state_dict[given[0]]):
+                    raise ValueError(
+                        f"the state dict holds different values under {given[0]!r} and {key!r}, which this model "
+                        f"ties (shared_feed_forward=True): it comes from a model with one feed-forward per layer; "
+                        f"build the model with shared_feed_forward=False to load it")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def embed(self, features: Tensor, frame_lengths: Optional[Tensor] = None) -> Tensor:
+        """Raw features (B, T, 128) -> standardise -> projection -> + positions: (B, T, D).
+        Frames at or past ``frame_lengths`` are zeroed."""
+        x = self.positions(self.feature_projection(self.codec.standardise(features)))
+        if frame_lengths is not None:
+            x = x.masked_fill(_padding_mask(frame_lengths, x.shape[1])[:, :, None], 0.0)
+        return x
 
     # --- pretraining -------------------------------------------------------------------------
     def forward(self, wav: Optional[Tensor] = None, wav_lengths: Optional[Tensor] = None,
@@ -424,6 +469,8 @@ class EncodecMAE(nn.Module):
             if wav is not None or frame_lengths is None or codes is None:
                 raise ValueError("give either wav (and wav_lengths) or features, frame_lengths and codes")
             return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask)
+        if wav is None:
+            raise ValueError("give wav (and wav_lengths), or features, frame_lengths and codes")
         wav, lengths = self._check_audio(wav, wav_lengths)
         batch = wav.shape[0]
         # one codec pass feeds both the input and the targets
@@ -472,7 +519,7 @@ class EncodecMAE(nn.Module):
         logits = self.head(decoded).view(batch, frames, config.num_codebooks, config.codebook_size)
 
         ce, valid = frame_cross_entropy(logits, targets)
-        if config.extra_targets:
+        if self.extra_head is not None:
             if extra_targets is None:
                 raise ValueError(f"this model predicts an extra target stream (extra_targets={config.extra_targets}):"
                                  f" pass extra_targets (batch, frames) long")
@@ -482,8 +529,7 @@ class EncodecMAE(nn.Module):
         elif extra_targets is not None:
             raise ValueError("extra_targets given, but this model has no extra head (config.extra_targets = 0)")
 
-        loss, masked_loss, unmasked_loss = masked_prediction_loss(ce, valid, mask, self.stream_weights,
-                                                                  config.delta)
+        loss, masked_loss, unmasked_loss = masked_prediction_loss(ce, valid, mask, self.stream_weights, config.delta)
         return PretrainOutput(loss=loss, masked_loss=masked_loss.detach(), unmasked_loss=unmasked_loss.detach(),
                               mask=mask, logits=logits, frame_lengths=frame_lengths, targets=targets)
 

@@ -38,8 +38,8 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
 
         online = hub_reachable()
         if refresh and not online:
-            raise PublishedCheckpointError(f"refresh needs the Hugging Face hub, which does not answer; pass a local "
-                                           f"model.pt with -k instead")
+            raise PublishedCheckpointError("refresh needs the Hugging Face hub, which does not answer; pass a local "
+                                           "model.pt with -k instead")
         # offline: the cached copy at once, or a clear failure at once (hf_hub_download would retry for ~25 s)
         paths = [hf_hub_download(repository, name, force_download=refresh, local_files_only=not online)
                  for name in HUB_FILES]

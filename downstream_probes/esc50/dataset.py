@@ -1,8 +1,11 @@
-"""ESC-50 as distributed: ``meta/esc50.csv`` (filename, fold, target, category, ...) + ``audio/``; 5 folds."""
+"""ESC-50 as distributed: ``meta/esc50.csv`` (filename, fold, target, category, ...) + ``audio/``.
+
+50 classes, the paper's ESC column: accuracy, 5-fold cross-validation (``datarc.test_fold``).
+"""
 import csv
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits, natural_key
+from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask, fold_splits, natural_key
 
 LAYOUT = "ROOT/meta/esc50.csv (filename,fold,target,category,...) and ROOT/audio/*.wav, as in the ESC-50 repository"
 COLUMNS = ("filename", "fold", "target", "category")
@@ -28,7 +31,7 @@ def folds(root: Path) -> list[str]:
     return sorted({f"fold{int(r['fold'])}" for r in read_meta(root)}, key=natural_key)
 
 
-def build_splits(root: Path, test_fold: str | None = None):
+def load_task(root: Path, test_fold: str | None = None) -> ProbeTask:
     rows = read_meta(root)
     names = {int(r["target"]): r["category"] for r in rows}
     if sorted(names) != list(range(len(names))):
@@ -38,4 +41,4 @@ def build_splits(root: Path, test_fold: str | None = None):
     for r in rows:
         by_fold.setdefault(f"fold{int(r['fold'])}", []).append(Clip(str(root / "audio" / r["filename"]),
                                                                     (int(r["target"]),)))
-    return fold_splits(by_fold, test_fold), classes
+    return ProbeTask("esc50", fold_splits(by_fold, test_fold), classes, layout=LAYOUT)

@@ -1,12 +1,12 @@
 """FSD50K as distributed: ``FSD50K.ground_truth/{dev,eval,vocabulary}.csv`` + ``FSD50K.{dev,eval}_audio/``.
 
-200 classes (vocabulary.csv: index,label,mid, no header), multi-label. dev.csv's ``split`` column
-gives train/val; eval.csv is the test set.
+200 classes (vocabulary.csv: index,label,mid, no header), multi-label, the paper's FSD column: sigmoid BCE,
+mAP. dev.csv's ``split`` column gives train/val; eval.csv is the test set.
 """
 import csv
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError
+from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask
 
 LAYOUT = ("ROOT/FSD50K.ground_truth/{dev,eval,vocabulary}.csv, ROOT/FSD50K.dev_audio/<fname>.wav and "
           "ROOT/FSD50K.eval_audio/<fname>.wav, as distributed on Zenodo")
@@ -18,11 +18,16 @@ def read_vocabulary(path: Path) -> list[str]:
     try:
         rows = sorted(rows, key=lambda r: int(r[0]))
     except (ValueError, IndexError):
-        raise ProbeDataError(f"{path}: expected rows index,label,mid without a header (FSD50K's vocabulary.csv)")
+        raise ProbeDataError(f"{path}: expected rows index,label,mid without a header (FSD50K's "
+                             f"vocabulary.csv)") from None
     return [row[1] for row in rows]
 
 
-def build_splits(root: Path):
+def folds(root: Path) -> list:
+    return [None]  # fixed splits
+
+
+def load_task(root: Path, test_fold: str | None = None) -> ProbeTask:
     truth = root / "FSD50K.ground_truth"
     for name in ("dev.csv", "eval.csv", "vocabulary.csv"):
         if not (truth / name).is_file():
@@ -44,4 +49,4 @@ def build_splits(root: Path):
                 split = "test" if csv_name == "eval.csv" else ("dev" if row["split"] == "val" else "train")
                 labels = tuple(index[label] for label in row["labels"].split(","))
                 splits[split].append(Clip(str(root / audio / f"{row['fname']}.wav"), labels))
-    return splits, classes
+    return ProbeTask("fsd50k", splits, classes, multilabel=True, metrics=("mAP",), layout=LAYOUT)

@@ -1,4 +1,5 @@
-"""GTZAN as distributed: ``genres/<genre>/<genre>.000NN.{wav,au}``; 10 classes from the folder names.
+"""GTZAN as distributed: ``genres/<genre>/<genre>.000NN.{wav,au}``; 10 classes from the folder names, the
+paper's GC column: accuracy, 10-fold cross-validation (``datarc.test_fold``).
 
 GTZAN has no official folds; fold k (1..10) holds the files whose sorted position within their
 genre is k-1 mod 10, so every fold is genre-balanced and the split never depends on file order
@@ -6,7 +7,7 @@ on disk.
 """
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits
+from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask, fold_splits
 
 FOLDS = 10
 FOLD_NAMES = [f"fold{k}" for k in range(1, FOLDS + 1)]
@@ -14,7 +15,11 @@ AUDIO_SUFFIXES = (".wav", ".au", ".flac")
 LAYOUT = "ROOT/genres/<genre>/<genre>.000NN.{wav,au} (one folder per genre, as in genres.tar.gz)"
 
 
-def build_splits(root: Path, test_fold: str | None = None):
+def folds(root: Path) -> list[str]:
+    return list(FOLD_NAMES)
+
+
+def load_task(root: Path, test_fold: str | None = None) -> ProbeTask:
     genres_dir = root / "genres" if (root / "genres").is_dir() else root
     genres = sorted(p.name for p in genres_dir.iterdir() if p.is_dir())
     if len(genres) < 2:
@@ -27,4 +32,4 @@ def build_splits(root: Path, test_fold: str | None = None):
                                  f"10-fold cross-validation needs at least {FOLDS} per genre ({LAYOUT})")
         for position, path in enumerate(files):
             by_fold[FOLD_NAMES[position % FOLDS]].append(Clip(str(path), (index,)))
-    return fold_splits(by_fold, test_fold), genres
+    return ProbeTask("gtzan_genre", fold_splits(by_fold, test_fold), genres, layout=LAYOUT)

@@ -1,7 +1,8 @@
-"""Any HEAR 2021 task as ``hear-preprocess`` writes it (DESIGN §6): ``task_metadata.json``,
+"""Any HEAR 2021 task as ``hear-preprocess`` (hear-eval-kit) writes it: ``task_metadata.json``,
 ``labelvocabulary.csv`` (idx,label), ``<split>.json`` (file -> labels), audio in ``16000/<split>/``.
 
-Scene-level tasks only (one embedding per clip), multiclass or multilabel; folds as the metadata says:
+Scene-level tasks only (one embedding per clip), multiclass or multilabel: accuracy (pitch and chroma accuracy
+when the task evaluates them) or mAP; folds as the metadata says:
 ``trainvaltest`` uses train/valid/test, ``new_split_kfold`` and ``presplit_kfold`` use HEAR's fold rule.
 Clips come in the order the HEAR kit trains on them (heareval 2021.1.3 never reshuffles: its training
 order is the order in which ``memmap_embeddings`` wrote the embeddings, each split's files shuffled once by
@@ -12,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits, natural_key
+from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask, fold_splits, natural_key
 
 LAYOUT = ("TASK/task_metadata.json, TASK/labelvocabulary.csv (idx,label), TASK/<split>.json and "
           "TASK/16000/<split>/<file>, as hear-preprocess writes a task")
@@ -26,7 +27,7 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ProbeDataError(f"{path} is not valid JSON ({err}); re-run hear-preprocess for this task")
+        raise ProbeDataError(f"{path} is not valid JSON ({err}); re-run hear-preprocess for this task") from None
 
 
 def read_task(root: Path) -> dict:
@@ -59,7 +60,7 @@ def metrics(meta: dict) -> tuple:
     return ("acc",)
 
 
-def build_splits(root: Path, test_fold: str | None):
+def load_task(root: Path, test_fold: str | None = None) -> ProbeTask:
     meta = read_task(root)
     vocabulary = root / "labelvocabulary.csv"
     if not vocabulary.is_file():
@@ -94,5 +95,8 @@ def build_splits(root: Path, test_fold: str | None):
         by_split[split] = split_clips(split)
         kit_order.shuffle(by_split[split])
     if meta["split_mode"] == "trainvaltest":
-        return {"train": by_split["train"], "dev": by_split["valid"], "test": by_split["test"]}, classes, meta
-    return fold_splits(by_split, test_fold), classes, meta
+        splits = {"train": by_split["train"], "dev": by_split["valid"], "test": by_split["test"]}
+    else:
+        splits = fold_splits(by_split, test_fold)
+    return ProbeTask("hear", splits, classes, multilabel=meta["prediction_type"] == "multilabel",
+                     metrics=metrics(meta), layout=LAYOUT, kit_ordered=True)

@@ -1,11 +1,12 @@
 """NSynth as Magenta distributes it: ``nsynth-{train,valid,test}/examples.json`` + ``audio/<note>.wav``.
 
-88 classes: MIDI pitch 21..108 (piano range, as HEAR's nsynth_pitch); other notes are left out.
+88 classes: MIDI pitch 21..108 (piano range, as HEAR's nsynth_pitch); other notes are left out. The paper's NS
+column: pitch accuracy and chroma accuracy.
 """
 import json
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError
+from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask
 
 LOWEST, HIGHEST = 21, 108
 CLASSES = [str(p) for p in range(LOWEST, HIGHEST + 1)]
@@ -19,7 +20,8 @@ def read_examples(meta: Path) -> dict:
     try:
         examples = json.loads(meta.read_text())
     except json.JSONDecodeError as err:
-        raise ProbeDataError(f"{meta} is not valid JSON ({err}); re-extract it from Magenta's nsynth-*.jsonwav.tar.gz")
+        raise ProbeDataError(f"{meta} is not valid JSON ({err}); re-extract it from Magenta's "
+                             f"nsynth-*.jsonwav.tar.gz") from None
     if not isinstance(examples, dict):
         raise ProbeDataError(f"{meta}: expected a JSON object note_str -> {{'pitch': ..., ...}}, got "
                              f"{type(examples).__name__}")
@@ -30,10 +32,14 @@ def read_examples(meta: Path) -> dict:
     return examples
 
 
-def build_splits(root: Path):
+def folds(root: Path) -> list:
+    return [None]  # fixed splits
+
+
+def load_task(root: Path, test_fold: str | None = None) -> ProbeTask:
     splits = {}
     for split, folder in SPLITS.items():
         examples = read_examples(root / folder / "examples.json")
         splits[split] = [Clip(str(root / folder / "audio" / f"{name}.wav"), (info["pitch"] - LOWEST,))
                          for name, info in sorted(examples.items()) if LOWEST <= info["pitch"] <= HIGHEST]
-    return splits, CLASSES
+    return ProbeTask("nsynth_pitch", splits, list(CLASSES), metrics=("pitch_acc", "chroma_acc"), layout=LAYOUT)

@@ -1,8 +1,9 @@
 """s3prl's own recipes, ``speech_commands`` and ``emotion``, as HEAR-protocol tasks (cached embeddings).
 
 Under ``run_downstream.py`` these recipes run s3prl's unchanged code (configs in
-``downstream_probes/{speech_commands,emotion}/config.yaml``). The HEAR-cached mode needs their
-datasets as clip lists; this module reads the same files, the same way:
+``downstream_probes/recipe_configs/{speech_commands,emotion}/config.yaml``). The HEAR-cached mode needs their
+datasets as tasks, as a probe's ``dataset.py`` gives them (``RECIPES``: ``folds(spec)``, ``load_task(spec,
+test_fold) -> ProbeTask``); this module reads the same files, the same way:
 
 - ``speech_commands``: Speech Commands v0.01 as s3prl reads it. Train/dev: the word folders of the
   train root split by s3prl's own ``split_dataset`` (speaker hash; its testing part is discarded,
@@ -26,7 +27,14 @@ from typing import Dict, List
 
 import soundfile
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, fold_splits
+from encodecmae_s3prl.downstream_probes.common import (
+    Clip,
+    ProbeDataError,
+    ProbeTask,
+    TaskSource,
+    check_task,
+    fold_splits,
+)
 
 SPEECH_COMMANDS_LAYOUT = ("TRAIN_ROOT/<word>/<speaker>_nohash_<n>.wav with TRAIN_ROOT/_background_noise_/*.wav "
                           "(speech_commands_v0.01) and TEST_ROOT/<class>/*.wav (speech_commands_test_set_v0.01)")
@@ -125,7 +133,7 @@ def emotion_splits(spec: str | Path, test_fold: str | None) -> tuple[Dict[str, L
             entries, fold_labels = content["meta_data"], content["labels"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ProbeDataError(f"{path}: expected {{'labels': {{name: index}}, 'meta_data': [{{'path', 'label'}}]}} "
-                                 f"as IEMOCAP_preprocess.py writes ({type(err).__name__}: {err})")
+                                 f"as IEMOCAP_preprocess.py writes ({type(err).__name__}: {err})") from None
         if labels is not None and fold_labels != labels:
             raise ProbeDataError(f"{path}: its 'labels' {fold_labels} differ from the other sessions' {labels}")
         labels = fold_labels
@@ -133,6 +141,24 @@ def emotion_splits(spec: str | Path, test_fold: str | None) -> tuple[Dict[str, L
             by_fold[fold] = [Clip(str(root / e["path"]), (int(labels[e["label"]]),)) for e in entries]
         except KeyError as err:
             raise ProbeDataError(f"{path}: an entry lacks 'path'/'label' or has a label outside {sorted(labels)} "
-                                 f"({err})")
+                                 f"({err})") from None
     classes = [name for name, _ in sorted(labels.items(), key=lambda item: item[1])]
     return fold_splits(by_fold, test_fold), classes
+
+
+def speech_commands_task(spec: str | Path, test_fold: str | None = None) -> ProbeTask:
+    """Speech Commands v0.01 as s3prl's recipe reads it (no folds: ``test_fold`` is ignored)."""
+    splits, classes = speech_commands_splits(spec)
+    return check_task(ProbeTask("speech_commands", splits, classes, layout=SPEECH_COMMANDS_LAYOUT), spec)
+
+
+def emotion_task(spec: str | Path, test_fold: str | None = None) -> ProbeTask:
+    """IEMOCAP as s3prl's emotion recipe reads it, session ``test_fold`` tested (the first when None)."""
+    splits, classes = emotion_splits(spec, test_fold)
+    return check_task(ProbeTask("emotion", splits, classes, layout=EMOTION_LAYOUT), spec)
+
+
+RECIPES = {
+    "speech_commands": TaskSource(lambda spec: [None], speech_commands_task),
+    "emotion": TaskSource(emotion_folds, emotion_task),
+}

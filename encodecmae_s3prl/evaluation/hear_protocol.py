@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import itertools
 import math
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
@@ -42,11 +41,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from encodecmae_s3prl.downstream_probes import recipe_tasks
-from encodecmae_s3prl.downstream_probes.common import (METRICS, Clip, ProbeDataError, check_audio_exists,
-                                                        encode_native, fold_std, read_clip, upstream_rate)
+from encodecmae_s3prl import registry
+from encodecmae_s3prl.downstream_probes.common import (  # noqa: F401  (upstream_rate: re-exported)
+    METRICS,
+    Clip,
+    PooledMLP,
+    ProbeDataError,
+    ProbeTask,
+    TaskSource,
+    encode_native,
+    fold_std,
+    probe_source,
+    read_clip,
+    upstream_rate,
+)
+from encodecmae_s3prl.evaluation import recipe_tasks
 
-RECIPES = {"speech_commands": recipe_tasks.SPEECH_COMMANDS_LAYOUT, "emotion": recipe_tasks.EMOTION_LAYOUT}
 MIN_SECONDS = 0.1  # shorter clips are zero-padded to 0.1 s (convolutional front ends need ~25 ms)
 CACHE_FORMAT = "native-rate-1"  # part of every cache name: caches from 16 kHz-only embedding are not reused
 
@@ -58,68 +68,38 @@ SUMMARY_BATCH = 64  # torchinfo.summary(predictor, input_size=(64, nfeatures)) d
 # the grid axes in ParameterGrid's order (keys sorted: hidden_layers, initialization, lr; the last varies fastest)
 GRID_AXES = {"hidden_layers": (1, 2), "init": ("xavier_uniform", "xavier_normal"),
              "lr": (3.2e-3, 1e-3, 3.2e-4, 1e-4)}
-GRID = [dict(zip(GRID_AXES, values)) for values in itertools.product(*GRID_AXES.values())]
+GRID = [dict(zip(GRID_AXES, values, strict=True)) for values in itertools.product(*GRID_AXES.values())]
 
 
-@dataclass
-class ProbeTask:
-    name: str
-    splits: Dict[str, List[Clip]]  # train / dev / test
-    classes: List[str]
-    multilabel: bool
-    metrics: tuple  # the first one selects the model on dev
+def tasks() -> Dict[str, TaskSource]:
+    """Every task the HEAR-cached mode runs, name -> how to read it: our probe folders (``registry.probe_names()``:
+    their ``dataset.py``), then s3prl's recipes (``recipe_tasks.RECIPES``)."""
+    table = {name: probe_source(name) for name in registry.probe_names()}
+    table.update((name, recipe_tasks.RECIPES[name]) for name in sorted(recipe_tasks.RECIPES))
+    return table
 
 
 def task_names() -> List[str]:
-    """Every probe the HEAR-cached mode can run: ours (downstream_probes/<name>/expert.py) and s3prl's recipes."""
-    ours = sorted(p.name for p in Path(__file__).resolve().parent.iterdir() if (p / "expert.py").is_file())
-    return ours + sorted(RECIPES)
+    return list(tasks())
 
 
-def _expert_class(probe: str):
-    if probe not in task_names():
-        raise ProbeDataError(f"unknown probe {probe!r}; known: {', '.join(task_names())}")
-    return importlib.import_module(f"encodecmae_s3prl.downstream_probes.{probe}.expert").DownstreamExpert
+def _source(probe: str) -> TaskSource:
+    table = tasks()
+    if probe not in table:
+        raise ProbeDataError(f"unknown probe {probe!r}; known: {', '.join(table)}")
+    return table[probe]
 
 
 def task_folds(probe: str, root: str | Path) -> List[str | None]:
     """The test folds a probe is evaluated on: every fold of a k-fold dataset, else [None]."""
-    if probe == "speech_commands":
-        return [None]
-    if probe == "emotion":
-        return recipe_tasks.emotion_folds(root)
-    _check_root(probe, root)
-    return list(_expert_class(probe).folds(Path(root)))
-
-
-def _check_root(probe: str, root: str | Path) -> None:
-    if not Path(root).is_dir():
-        raise ProbeDataError(f"data for probe {probe}: {root} is not a folder")
+    return list(_source(probe).folds(root))
 
 
 def load_task(probe: str, root: str | Path, test_fold: str | None = None) -> ProbeTask:
-    """A probe's splits, classes and metrics, read from the dataset files exactly as its expert reads them."""
-    if probe == "speech_commands":
-        splits, classes = recipe_tasks.speech_commands_splits(root)
-        task = ProbeTask(probe, splits, classes, False, ("acc",))
-    elif probe == "emotion":
-        splits, classes = recipe_tasks.emotion_splits(root, test_fold)
-        task = ProbeTask(probe, splits, classes, False, ("acc",))
-    else:
-        _check_root(probe, root)
-        expert_class = _expert_class(probe)
-        expert = expert_class.__new__(expert_class)  # the dataset description only: no MLP is built
-        nn.Module.__init__(expert)
-        expert.datarc = {"test_fold": test_fold} if test_fold else {}
-        splits, classes = expert.build_splits(Path(root))
-        task = ProbeTask(probe, splits, list(classes), expert.multilabel, tuple(expert.metrics))
-    check_audio_exists(task.splits, Path(str(root).split(",")[0]), RECIPES.get(probe) or _expert_class(probe).layout)
-    for split in ("train", "dev", "test"):
-        if not task.splits.get(split):
-            raise ProbeDataError(f"probe {probe}: the {split} split of {root} is empty")
-    if probe != "hear":  # the hear probe reads HEAR tasks in the kit's order already
-        task.splits = kit_order(task.splits)
-    return task
+    """A probe's splits, classes and metrics, read from the dataset files exactly as its s3prl expert reads them
+    (checked: every audio file there, no empty split), clips in the HEAR kit's training order."""
+    task = _source(probe).load_task(root, test_fold)
+    return task if task.kit_ordered else replace(task, splits=kit_order(task.splits))
 
 
 def kit_order(splits: Dict[str, List[Clip]]) -> Dict[str, List[Clip]]:
@@ -226,28 +206,16 @@ def embed_splits(get_upstream: Callable[[], nn.Module], upstream_key: str, task:
             for split, clips in task.splits.items()}
 
 
-class LayerWeightedMLP(nn.Module):
-    """Softmax weights over layers (s3prl's weighted sum; 'last' mode reads the last layer) -> the HEAR kit's MLP
-    (heareval ``FullyConnectedPrediction``): per hidden layer Linear -> BatchNorm1d -> Dropout -> ReLU, then a
-    Linear projection. Each Linear keeps PyTorch's default bias; its weight is redrawn by ``init`` (Xavier
-    uniform or normal) with gain ``calculate_gain`` of what precedes it: 'linear' (1) for the input, 'relu'
-    (sqrt 2) after a hidden layer; each right after that Linear is built (the kit's order of random draws)."""
+class LayerWeightedMLP(PooledMLP):
+    """Softmax weights over layers (s3prl's weighted sum; 'last' mode reads the last layer) -> the probes'
+    ``PooledMLP`` with the HEAR kit's initialisation ``init`` (Xavier uniform or normal; heareval
+    ``FullyConnectedPrediction``: per hidden layer Linear -> BatchNorm1d -> Dropout -> ReLU, then a Linear)."""
 
     def __init__(self, layers: int, dim: int, classes: int, hidden_layers: int, init: str, weighted: bool,
                  hidden_dim: int = HIDDEN_DIM, dropout: float = DROPOUT):
-        super().__init__()
+        super().__init__(dim, classes, hidden_dim, hidden_layers, dropout, init)
         self.weighted = weighted
         self.layer_logits = nn.Parameter(torch.zeros(layers)) if weighted else None
-        init_weight = getattr(nn.init, init + "_")
-        blocks, width, previous = [], dim, "linear"
-        for _ in range(hidden_layers):
-            linear = nn.Linear(width, hidden_dim)
-            init_weight(linear.weight, gain=nn.init.calculate_gain(previous))
-            blocks += [linear, nn.BatchNorm1d(hidden_dim), nn.Dropout(dropout), nn.ReLU()]
-            width, previous = hidden_dim, "relu"
-        projection = nn.Linear(width, classes)
-        init_weight(projection.weight, gain=nn.init.calculate_gain(previous))
-        self.mlp = nn.Sequential(*blocks, projection)
 
     def layer_weights(self) -> torch.Tensor:
         return F.softmax(self.layer_logits, dim=0) if self.weighted else None
