@@ -3,8 +3,8 @@
 EnCodecMAE reads EnCodec's 128-dim encoder output at 75 frames/s as its input and the first
 Q codes of its residual vector quantizer as its targets. Both stay frozen for real: no gradients,
 and eval mode whatever the parent's mode, because encodec's RVQ in train mode moves its codebooks
-(EMA updates, dead-code replacement) and the targets would drift. Everything that decides the targets (encoder weights, codebooks, the
-standardisation statistics) lives in this module's state dict, so a checkpoint always
+(EMA updates, dead-code replacement) and the targets would drift. Everything that decides the targets
+(encoder weights, codebooks, the standardisation statistics) lives in this module's state dict, so a checkpoint always
 reproduces its own targets.
 
 Weights come from ``build_encodec(source)``: 'pretrained' (the encodec package's file, from
