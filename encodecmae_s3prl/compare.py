@@ -7,6 +7,6 @@ import sys
 from encodecmae_s3prl.evaluation import compare as _compare
 
 if __name__ == "__main__":
-    _compare.main()
+    sys.exit(_compare.run())
 else:
     sys.modules[__name__] = _compare

@@ -22,13 +22,16 @@ def datasets(tmp_path_factory):
     return {"nsynth_pitch": synthetic.write_nsynth(root / "ns"), "esc50": synthetic.write_esc50(root / "esc")}
 
 
-def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monkeypatch):
+def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monkeypatch, capsys):
     out = tmp_path / "cmp"
     args = ["--upstreams", "fbank_no_cmvn,fbank,missing=/no/such.ckpt", "--probes", "nsynth_pitch,esc50",
             "--data", f"nsynth_pitch={datasets['nsynth_pitch']}", "--data", f"esc50={datasets['esc50']}",
             "--out", str(out), "--grid-size", "2", "--max-epochs", "45", "--hidden-dim", "256", "--device", "cpu",
             "--mode", "weighted"]
-    compare.main(args)
+    assert compare.run(args) == 1  # one upstream cannot load: its cells are errors, the command says so
+    err = capsys.readouterr().err
+    assert "compare: 2 of 6 cell(s) failed:" in err
+    assert "missing / nsynth_pitch: " in err and "missing / esc50: " in err
     for name in ("results.md", "results.csv", "results.json", "results.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import traceback
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -250,5 +251,20 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
     return results
 
 
+def run(argv: Sequence[str] | None = None) -> int:
+    """The command: ``main``, then every failed cell listed on stderr; exit status 1 if any cell failed, 2 for a
+    usage error (one ``error:`` line), 0 when every upstream x probe cell has its metrics."""
+    from encodecmae_s3prl.errors import user_errors
+
+    with user_errors():
+        results = main(argv)
+    failed = [(u, p, r["error"]) for u, row in results.items() for p, r in row.items() if "error" in r]
+    if failed:
+        print(f"compare: {len(failed)} of {sum(len(row) for row in results.values())} cell(s) failed:",
+              *(f"{u} / {p}: {e}" for u, p, e in failed), sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())
