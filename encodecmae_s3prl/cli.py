@@ -252,11 +252,16 @@ def prepare_downstream_argv(argv: Sequence[str]) -> list[str]:
     return argv
 
 
-def _check_downstream_start(argv: Sequence[str]) -> None:
+def _new_run(argv: Sequence[str]) -> bool:
+    """Whether the command starts a new run: not for -h, nor for a resume (whose -e is checked here)."""
     if _wants_help(argv):
-        return
+        return False
     check_past_exp(argv)
-    if _resumes(argv):
+    return not _resumes(argv)
+
+
+def _check_downstream_start(argv: Sequence[str]) -> None:
+    if not _new_run(argv):
         return
     if not _peek(argv, "-d", "--downstream") and not _peek(argv, "-c", "--config"):
         raise UserError("run_downstream.py needs -d DOWNSTREAM (e.g. -d esc50) to start, or -e CKPT to resume / "
@@ -339,10 +344,7 @@ def prepare_pretrain_argv(argv: Sequence[str]) -> list[str]:
 
 def _check_pretrain_start(argv: Sequence[str]) -> None:
     """What s3prl's run_pretrain.py would only assert on, or trace back for, after creating the folder."""
-    if _wants_help(argv):
-        return
-    check_past_exp(argv)
-    if _resumes(argv):
+    if not _new_run(argv):
         return
     if not _peek(argv, "-u", "--upstream"):
         raise UserError(f"run_pretrain.py needs -u TASK to start (ours: -u {registry.OUR_PRETRAIN_TASK}), "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -20,6 +20,7 @@ import yaml
 from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, load_checkpoint, model_config_from_yaml
 from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
+from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
 
 
 class ConfigError(ValueError):
@@ -55,18 +56,12 @@ class PretrainDataConfig:
             (self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}"),
             (self.codec_init_clips >= 1, "codec_init_clips", self.codec_init_clips, ">= 1"),
         ]
-        for ok, name, value, rule in rules:
-            if not ok:
-                raise ConfigError(f"pretrain_expert.datarc.{name} = {value!r}: must be {rule}")
+        check_rules(rules, "pretrain_expert.datarc", ConfigError)
 
     @classmethod
     def from_dict(cls, values: dict) -> "PretrainDataConfig":
         """From the YAML's dict; unknown keys are an error that lists the valid ones."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in pretrain_expert.datarc; valid keys: {sorted(valid)}")
-        return cls(**values)
+        return from_dict_strict(cls, values, "pretrain_expert.datarc", ConfigError)
 
 
 def _distributed(device: str) -> tuple[int, int, str]:

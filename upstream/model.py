@@ -13,7 +13,7 @@ are what s3prl's Featurizer weighs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -24,6 +24,7 @@ from torch import Tensor
 from encodecmae_s3prl.upstream.codec import CODEBOOK_SIZE, FEATURE_DIM, HOP, SAMPLE_RATE, FrozenEncodec, build_encodec
 from encodecmae_s3prl.upstream.components import SinusoidalPositions, TransformerStack
 from encodecmae_s3prl.upstream.masking import gather_visible, scatter_back, span_mask
+from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
 
 FRAME_RATE = SAMPLE_RATE // HOP  # 75 frames/s
 IGNORE = -100                    # target value that no loss or accuracy counts (padding, missing ST codes)
@@ -86,9 +87,7 @@ class EncodecMAEConfig:
              f">= 1 frame (1/{FRAME_RATE} s)"),
             (0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)"),
         ]
-        for ok, name, value, rule in rules:
-            if not ok:
-                raise ValueError(f"EncodecMAEConfig.{name} = {value!r}: must be {rule}")
+        check_rules(rules, "EncodecMAEConfig")
 
     @property
     def extra_weight(self) -> float:
@@ -105,11 +104,7 @@ class EncodecMAEConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "EncodecMAEConfig":
         """Build from a plain dict (a YAML, a checkpoint); unknown keys are an error, not ignored."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(f"EncodecMAEConfig: unknown key(s) {unknown}; valid keys: {valid}")
-        return cls(**values)
+        return from_dict_strict(cls, values, "EncodecMAEConfig")
 
 
 CONFIGS: Dict[str, EncodecMAEConfig] = {
