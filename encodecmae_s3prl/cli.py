@@ -240,12 +240,18 @@ def downstream_config(name: str) -> Path:
     )
 
 
-def prepare_downstream_argv(argv: Sequence[str]) -> list[str]:
+def _with_device(argv: Sequence[str]) -> list[str]:
+    """A copy of argv with ``--device`` set to what this machine has (s3prl defaults to cuda), unless given."""
     argv = list(argv)
+    if not _wants_help(argv) and _peek(argv, "--device") is None:
+        argv += ["--device", compat.default_device()]
+    return argv
+
+
+def prepare_downstream_argv(argv: Sequence[str]) -> list[str]:
+    argv = _with_device(argv)
     if _wants_help(argv):
         return argv
-    if _peek(argv, "--device") is None:
-        argv += ["--device", compat.default_device()]
     downstream = _peek(argv, "-d", "--downstream")
     if downstream and _peek(argv, "-c", "--config") is None and not _resumes(argv):
         argv += ["-c", str(downstream_config(downstream))]
@@ -323,11 +329,9 @@ def pretrain_config(upstream: str, kind: str, size: str | None = None) -> Path:
 
 
 def prepare_pretrain_argv(argv: Sequence[str]) -> list[str]:
-    argv = list(argv)
+    argv = _with_device(argv)
     if _wants_help(argv):
         return argv
-    if _peek(argv, "--device") is None:
-        argv += ["--device", compat.default_device()]
     upstream = _peek(argv, "-u", "--upstream")
     if upstream and not _resumes(argv):
         if _peek(argv, "-c", "--config") is None:
