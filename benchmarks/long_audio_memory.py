@@ -110,6 +110,14 @@ def write_audio(path: Path, minutes: float) -> None:
             handle.write((0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(rate)).astype(np.float32))
 
 
+class _Rows(list):
+    """Each measurement printed as soon as it is known (a long run stopped halfway keeps what it measured)."""
+
+    def append(self, row: str) -> None:
+        super().append(row)
+        print(row, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", default="base")
@@ -128,7 +136,11 @@ def main() -> None:
                "sys.exit('this checkout cannot write a ' + sys.argv[2] + ' checkpoint')", str(ckpt), args.size],
               args.tree)
     label = f"{args.tree or 'this checkout'}"
-    rows = []
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, cpu flags {cpu_flags()}, torch threads "
+          f"{os.environ.get('OMP_NUM_THREADS', '2')}, {time.strftime('%Y-%m-%d')}")
+    print("| what | audio | peak RSS | kept | wall | code |")
+    print("|---|---|---|---|---|---|", flush=True)
+    rows = _Rows()
     for minutes in [float(m) for m in args.forward_minutes.split(",") if m]:
         audio = work / f"{minutes:g}min.wav"
         if not audio.exists():
@@ -151,11 +163,6 @@ def main() -> None:
         kept = np.load(out_dir / f"{audio.stem}.npy", mmap_mode="r")
         rows.append(f"| `extract`, last layer of {args.size} | {minutes:g} min | {peak:.2f} GB | output "
                     f"{kept.nbytes / 1024 ** 3:.2f} GB {tuple(kept.shape)} | {wall:.0f} s | {label} |")
-    print(f"machine: {platform.node()} {os.cpu_count()} cores, cpu flags {cpu_flags()}, torch threads "
-          f"{os.environ.get('OMP_NUM_THREADS', '2')}, {time.strftime('%Y-%m-%d')}")
-    print("| what | audio | peak RSS | kept | wall | code |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
 
 
 if __name__ == "__main__":
