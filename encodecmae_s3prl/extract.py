@@ -31,8 +31,9 @@ from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
+from encodecmae_s3prl.upstream.expert import INPUT_RATE
 
-UPSTREAM_RATE = 16_000  # s3prl hands every upstream 16 kHz mono
+UPSTREAM_RATE = INPUT_RATE  # s3prl hands every upstream 16 kHz mono
 LONG_SECONDS = 60.0
 
 

@@ -44,9 +44,8 @@ from tqdm import tqdm
 
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, load_corpus
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
-from encodecmae_s3prl.upstream.codec import FEATURE_DIM, HOP, SAMPLE_RATE, FrozenEncodec
+from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
 
-FRAME_RATE = SAMPLE_RATE // HOP
 WINDOW_SECONDS = 16
 WARMUP_SECONDS = 2
 FILES_PER_SHARD = 256

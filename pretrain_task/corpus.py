@@ -26,9 +26,8 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
-from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
+from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
 
-FRAME_RATE = SAMPLE_RATE // HOP  # EnCodec frames per second: crops start on these frames
 AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
 
 

@@ -33,9 +33,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, _Resamplers, load_corpus
+from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, load_corpus
+from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
-from encodecmae_s3prl.upstream.codec import HOP
+from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
 from encodecmae_s3prl.upstream.kmeans import assign, kmeans
 from encodecmae_s3prl.upstream.loading import load_checkpoint
 from encodecmae_s3prl.upstream.model import FRAME_RATE, IGNORE
@@ -114,16 +115,12 @@ def embed_file_frames(model, wav: torch.Tensor) -> torch.Tensor:
     return clustered_layer(output)[0, : int(output.frame_lengths[0])].float()
 
 
-def _read_whole(file: AudioFile, resample: _Resamplers) -> torch.Tensor | None:
-    import soundfile
-
+def _read_whole(file: AudioFile) -> torch.Tensor | None:
+    """The whole file, 24 kHz mono; None when it is unreadable, empty or not finite."""
     try:
-        data, rate = soundfile.read(file.path, dtype="float32", always_2d=True)
-    except Exception:
+        return read_audio(file.path, SAMPLE_RATE)
+    except AudioReadError:
         return None
-    if data.shape[0] == 0 or not np.isfinite(data).all():
-        return None
-    return resample(torch.from_numpy(data.mean(axis=1)), rate)
 
 
 def build_store(model, files: Sequence[AudioFile], centroids: torch.Tensor, out: Path) -> dict:
@@ -131,10 +128,9 @@ def build_store(model, files: Sequence[AudioFile], centroids: torch.Tensor, out:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    resample = _Resamplers()
     chunks, index, offset, skipped = [], {}, 0, []
     for file in tqdm(files, desc="quantize corpus", dynamic_ncols=True):
-        wav = _read_whole(file, resample)
+        wav = _read_whole(file)
         if wav is None or wav.numel() < HOP:
             skipped.append(file.path)
             continue

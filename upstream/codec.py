@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the encodec modules these are (mypy reads encodec as untype
 
 SAMPLE_RATE = 24_000
 HOP = 320                    # samples per frame: 75 frames/s
+FRAME_RATE = SAMPLE_RATE // HOP  # EnCodec frames per second (75)
 FEATURE_DIM = 128
 CODEBOOK_SIZE = 1024         # bins of every RVQ stage
 ENCODEC_FILE = "encodec_24khz-d7cc33bc.th"  # the name the encodec package downloads to the torch hub cache

@@ -15,11 +15,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from encodecmae_s3prl.upstream.audio import resample
+from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
 from encodecmae_s3prl.upstream.model import ChunkedInference
 
-INPUT_RATE = 16_000
-MODEL_RATE = 24_000
-HOP = 320  # EnCodec 24 kHz: samples per frame
+INPUT_RATE = 16_000  # what s3prl hands every upstream
+MODEL_RATE = SAMPLE_RATE  # EnCodec 24 kHz
 DOWNSAMPLE_RATE = 213  # input samples per output frame, see the module docstring
 MIN_INPUT_SAMPLES = DOWNSAMPLE_RATE + 1  # one full frame
 

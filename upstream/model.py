@@ -21,12 +21,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from encodecmae_s3prl.upstream.codec import CODEBOOK_SIZE, FEATURE_DIM, HOP, SAMPLE_RATE, FrozenEncodec, build_encodec
+from encodecmae_s3prl.upstream.codec import (
+    CODEBOOK_SIZE,
+    FEATURE_DIM,
+    FRAME_RATE,
+    HOP,
+    FrozenEncodec,
+    build_encodec,
+)
 from encodecmae_s3prl.upstream.components import SinusoidalPositions, TransformerStack
 from encodecmae_s3prl.upstream.masking import gather_visible, scatter_back, span_mask
 from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
 
-FRAME_RATE = SAMPLE_RATE // HOP  # 75 frames/s
 IGNORE = -100                    # target value that no loss or accuracy counts (padding, missing ST codes)
 CHUNKS_PER_STEP = 16             # inference: 4 s chunks per pass (bounds memory for audio of any length)
 CPU_CODEC_SEGMENTS = 2           # of those, through EnCodec at once on a CPU (its activations dominate memory)
