@@ -32,11 +32,13 @@ def main():
     from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
     from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
-    from encodecmae_s3prl.upstream.precision import autocast
+    from encodecmae_s3prl.upstream.precision import autocast, autocast_dtype
 
     device = torch.device(args.device)
-    ceiling = matmul_gflops(device)
-    print(f"plain 2048^2 fp32 matmul: {ceiling:.0f} GFLOP/s")
+    # the ceiling in the precision the model runs at (a bf16 step against an fp32 matmul would read > 100 %)
+    dtype = autocast_dtype(device, args.precision) or torch.float32
+    ceiling = matmul_gflops(device, dtype)
+    print(f"plain 2048^2 {str(dtype).split('.')[-1]} matmul: {ceiling:.0f} GFLOP/s")
     wavs = [torch.randn(int(args.seconds * 16000), device=device) * 0.1 for _ in range(args.batch)]
     for size in args.sizes.split(","):
         model = build_model(model_config_from_yaml({"model": size, **RANDOM_CODEC}), seed=0)

@@ -18,7 +18,7 @@ from encodecmae_s3prl.pretrain_task.corpus import CropLoader, CropSampler, load_
 from encodecmae_s3prl.synthetic import harmonic_tone, write_wav  # noqa: E402
 from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml  # noqa: E402
 from encodecmae_s3prl.upstream.masking import span_mask  # noqa: E402
-from encodecmae_s3prl.upstream.precision import autocast  # noqa: E402
+from encodecmae_s3prl.upstream.precision import autocast, autocast_dtype  # noqa: E402
 
 # benchmarks run offline: the seeded random-init EnCodec (same cost as the real one), standardised
 RANDOM_CODEC = {"encodec_source": "random", "standardise_features": True}
@@ -55,8 +55,10 @@ def main():
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
     device = torch.device(args.device)
-    ceiling = matmul_gflops(device)
-    print(f"plain 2048^2 fp32 matmul: {ceiling:.0f} GFLOP/s")
+    # the ceiling in the precision the model runs at (a bf16 step against an fp32 matmul would read > 100 %)
+    dtype = autocast_dtype(device, args.precision) or torch.float32
+    ceiling = matmul_gflops(device, dtype)
+    print(f"plain 2048^2 {str(dtype).split('.')[-1]} matmul: {ceiling:.0f} GFLOP/s")
 
     lengths = torch.full((128,), 300)
     start = time.perf_counter()

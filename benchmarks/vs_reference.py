@@ -109,9 +109,13 @@ def reference_model(root: Path, codec, dim: int, layers: int, heads: int = 12):
     return model
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -175,8 +179,8 @@ def main() -> None:
     their_step(), our_step()  # warm-up: allocations, kernels
     times = {"theirs": [], "ours": []}
     for _ in range(args.repeats):
-        times["theirs"].append(_timed(their_step))
-        times["ours"].append(_timed(our_step))
+        times["theirs"].append(_timed(their_step, device))
+        times["ours"].append(_timed(our_step, device))
     audio = args.batch * 4.0
     train = {k: audio / statistics.median(v) for k, v in times.items()}
 
@@ -193,13 +197,14 @@ def main() -> None:
     their_extract(), our_extract("fp32")
     extract = {"theirs": [], "fp32": [], "best": []}
     for _ in range(max(3, args.repeats // 2)):
-        extract["theirs"].append(_timed(their_extract))
-        extract["fp32"].append(_timed(lambda: our_extract("fp32")))
-        extract["best"].append(_timed(lambda: our_extract("auto")))
+        extract["theirs"].append(_timed(their_extract, device))
+        extract["fp32"].append(_timed(lambda: our_extract("fp32"), device))
+        extract["best"].append(_timed(lambda: our_extract("auto"), device))
     rtf = {k: statistics.median(v) / args.extract_seconds for k, v in extract.items()}
 
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast"}.get(best, str(best))
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, cpu flags {cpu_flags()}, torch "
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"machine: {platform.node()}, {os.cpu_count()} cores, cpu flags {cpu_flags()}{gpu}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
     print(f"| work ({args.size}) | authors' code (fp32) | ours fp32 | ours best ({precision}) |")
     print("|---|---|---|---|")
@@ -209,7 +214,7 @@ def main() -> None:
           f"{rtf['fp32']:.4f} (x{rtf['theirs'] / rtf['fp32']:.2f}) | {rtf['best']:.4f} "
           f"(x{rtf['theirs'] / rtf['best']:.2f}) |")
     print(f"train_x={train['ours'] / train['theirs']:.2f} extract_fp32_x={rtf['theirs'] / rtf['fp32']:.2f} "
-          f"extract_best_x={rtf['theirs'] / rtf['best']:.2f} cpu={cpu_flags()}")
+          f"extract_best_x={rtf['theirs'] / rtf['best']:.2f} cpu={cpu_flags()}" + (f" device={device}" if gpu else ""))
 
 
 if __name__ == "__main__":

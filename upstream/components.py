@@ -197,6 +197,9 @@ class TransformerStack(nn.Module):
             output: (B, T, D) = a + LN_final(b) after the last layer.
             per_layer: the ``a`` stream after each layer, N tensors (B, T, D) (v1's hidden states).
         """
+        if padding_mask is not None and not bool(padding_mask.any()):
+            # no padding: attention without a mask, so SDPA can take its flash kernel (CUDA and CPU)
+            padding_mask = None
         a = b = x
         per_layer = []
         for layer in self.layers:

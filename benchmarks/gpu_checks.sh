@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU figures of benchmarks/README.md in one pass, from the repository root of a CUDA machine:
+#
+#   REFERENCE=/tmp/encodecmae_v1 bash benchmarks/gpu_checks.sh [RESULTS_DIR]
+#
+# REFERENCE: a checkout of habla-liaa/encodecmae at v.1.0.0 (see vs_reference.py). Runs with the
+# installed package, or, where it is not installed (a bare GPU machine with torch, torchaudio, encodec
+# and soundfile), lays this checkout out as the package in a temporary folder. Each check has a time
+# limit and a failed check does not stop the others; the log goes to RESULTS_DIR/gpu_checks.log.
+set -uo pipefail
+results=${1:-gpu_results}
+mkdir -p "$results"
+log="$results/gpu_checks.log"
+py=${PYTHON:-python3}
+if ! "$py" -c "import encodecmae_s3prl.upstream.model" 2>/dev/null; then
+    pkg=$(mktemp -d)
+    mkdir "$pkg/encodecmae_s3prl"
+    cp -r encodecmae_s3prl/. "$pkg/encodecmae_s3prl/"
+    for part in upstream pretrain_task downstream_probes; do cp -r "$part" "$pkg/encodecmae_s3prl/$part"; done
+    export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+check() {
+    local limit=$1
+    shift
+    echo "\$ $*" | tee -a "$log"
+    timeout "$limit" "$@" 2>&1 | grep -v "^ERROR.*gpuGetDeviceCount" | tee -a "$log"
+    echo "(exit ${PIPESTATUS[0]}, $(date -u +%FT%TZ))" | tee -a "$log"
+}
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } 2>&1 | tee -a "$log"
+check 50 "$py" benchmarks/sdpa_kernels.py --device cuda --size small --batch 8
+check 100 "$py" benchmarks/vs_reference.py --reference "$REFERENCE" --device cuda --batch 8 --repeats 10
+check 100 "$py" benchmarks/vs_reference.py --reference "$REFERENCE" --device cuda --batch 64 --repeats 10
+check 120 "$py" benchmarks/train_throughput.py --device cuda --sizes small,base,large --batch 32 --steps 10
+check 80 "$py" benchmarks/extraction_rtf.py --device cuda --sizes small,base,large --seconds 30 --batch 16
+check 50 "$py" benchmarks/extraction_rtf.py --device cuda --sizes base --seconds 30 --batch 16 --precision fp32
+check 80 "$py" benchmarks/codec_cache_rate.py --device cuda --files 24 --seconds 60
