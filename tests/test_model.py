@@ -406,6 +406,25 @@ def test_codec_frames_codes_and_corpus_init():
     assert all(torch.equal(a, b) for a, b in zip(codec.state_dict().values(), twin.state_dict().values(), strict=True))
 
 
+def test_codec_pads_by_copying_with_the_encodec_packages_exact_features():
+    """Our SConv1d padding (torch.cat instead of reflection_pad1d) gives encodec's features bit for bit,
+    also for inputs shorter than a pad (encodec's own path), and leaves the encodec package alone."""
+    from encodec.modules.conv import SConv1d
+
+    codec = build_encodec("random")
+    plain = codec_module._encodec_24khz().encoder.eval()
+    plain.load_state_dict(codec.encoder.state_dict())
+    assert all("forward" not in vars(m) for m in plain.modules() if isinstance(m, SConv1d))
+    generator = torch.Generator().manual_seed(0)
+    for samples in (1, 5, 7, 321, 24_000, 24_017):
+        wav = torch.randn(2, 1, samples, generator=generator) * 0.1
+        with torch.no_grad():
+            assert torch.equal(codec.encoder(wav), plain(wav)), samples
+    x = torch.randn(2, 3, 10, generator=generator)
+    for left, right in ((0, 0), (3, 0), (0, 2), (6, 1)):
+        assert torch.equal(codec_module.reflect_pad(x, left, right), F.pad(x, (left, right), mode="reflect"))
+
+
 def test_saved_model_reproduces_its_targets_and_outputs():
     model = tiny()
     wav, lengths = tone_batch([8_000, 5_000])

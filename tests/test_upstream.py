@@ -239,6 +239,30 @@ def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt):
     assert extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
                          str(tmp_path / "out2"), "--long-seconds", "5", "--layer", "1", "--device", "cpu"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "out2" / "long.npy"), reference[1].numpy(), atol=1e-5, rtol=1e-5)
+    # one chunk per step: 6 pieces, each resampled to 24 kHz on its own, laid end to end
+    with torch.no_grad():
+        pieces = list(upstream.stream(read_audio(tmp_path / "in" / "long.wav", 16000), [0, -1], chunks_per_step=1))
+    assert len(pieces) == 6 and [first for first, _ in pieces] == sorted(first for first, _ in pieces)
+    for layer, expected in ((0, reference[0]), (1, reference[-1])):
+        joined = torch.cat([values[layer] for _, values in pieces])
+        assert joined.shape == expected.shape  # every output frame once, in order
+        # other batch shapes through EnCodec and the encoder: fp32 rounding only (as few/many above)
+        torch.testing.assert_close(joined, expected, atol=3e-4, rtol=1e-4)
+        assert (joined - expected).norm() / expected.norm() < 1e-4
+
+
+@pytest.mark.parametrize("orig,new", [(16000, 24000), (44100, 24000), (48000, 16000), (22050, 16000)])
+def test_block_wise_resampling_equals_the_whole_signal_resampled(orig, new):
+    """resample() and resample_span() (any span) give the samples of torchaudio's whole-signal resampling."""
+    from encodecmae_s3prl.upstream.audio import BLOCK_SECONDS, resample, resample_span, resampled_length
+
+    wav = torch.from_numpy(np.random.default_rng(orig).standard_normal(2 * BLOCK_SECONDS * orig + 12345)).float()
+    whole = torchaudio.functional.resample(wav, orig, new)
+    assert resampled_length(len(wav), orig, new) == whole.shape[-1]
+    torch.testing.assert_close(resample(wav, orig, new), whole, atol=1e-6, rtol=0)
+    n = whole.shape[-1]
+    for first, stop in ((0, 7), (5, 96_001), (n - 96_000, n), (n // 3 + 1, n // 3 + 65_433)):
+        torch.testing.assert_close(resample_span(wav, orig, new, first, stop), whole[first:stop], atol=1e-6, rtol=0)
 
 
 def test_random_codec_never_fitted_is_refused(tmp_path, tiny_ckpt):

@@ -60,25 +60,48 @@ def read_audio(path: str | os.PathLike, rate: int, start: int = 0, frames: Optio
 def resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     """torchaudio's windowed-sinc resampling along the last axis, in blocks of ``BLOCK_SECONDS``.
 
-    Each block is resampled with a margin of real samples on both sides and cut on the resampler's
-    phase grid (``orig / gcd`` input samples = ``new / gcd`` output samples), so the result equals
-    resampling the whole signal at once (up to float rounding) while its temporaries stay the size
-    of one block instead of several times the signal."""
+    Each block is a ``resample_span``, so the result equals resampling the whole signal at once
+    (up to float rounding) while the temporaries stay the size of one block instead of several
+    times the signal."""
     if orig == new:
         return wav
-    common = math.gcd(orig, new)
-    period_in, period_out = orig // common, new // common
     length = wav.shape[-1]
+    period_in, period_out = _periods(orig, new)
     block = period_in * max(1, BLOCK_SECONDS * orig // period_in)
     if length <= 2 * block:
         return torchaudio.functional.resample(wav, orig, new)
-    margin = period_in * math.ceil(1024 / period_in)  # the sinc kernel spans a few dozen input samples
-    target = math.ceil(new * length / orig)
+    target = resampled_length(length, orig, new)
     out = wav.new_empty(*wav.shape[:-1], target)
-    for start in range(0, length, block):
-        low, high = max(0, start - margin), min(length, start + block + margin)
-        piece = torchaudio.functional.resample(wav[..., low:high], orig, new)
-        first, stop = start // period_in * period_out, min(target, (start + block) // period_in * period_out)
-        offset = low // period_in * period_out
-        out[..., first:stop] = piece[..., first - offset: stop - offset]
+    step = block // period_in * period_out
+    for first in range(0, target, step):
+        stop = min(target, first + step)
+        out[..., first:stop] = resample_span(wav, orig, new, first, stop)
     return out
+
+
+def resample_span(wav: torch.Tensor, orig: int, new: int, first: int, stop: int) -> torch.Tensor:
+    """``resample(wav, orig, new)[..., first:stop]``, computed from the input samples it needs.
+
+    The input is cut on the resampler's phase grid (``orig / gcd`` input samples = ``new / gcd``
+    output samples) with a margin of real samples on both sides wider than the sinc kernel, so the
+    span's samples are those of the whole signal's resampling; a long clip can then go to the model
+    rate piece by piece without the resampled copy of all of it."""
+    if orig == new:
+        return wav[..., first:stop]
+    period_in, period_out = _periods(orig, new)
+    margin = period_in * math.ceil(1024 / period_in)  # the sinc kernel spans a few dozen input samples
+    low = max(0, first // period_out * period_in - margin)
+    high = min(wav.shape[-1], -(-stop // period_out) * period_in + margin)
+    piece = torchaudio.functional.resample(wav[..., low:high], orig, new)
+    offset = low // period_in * period_out
+    return piece[..., first - offset: stop - offset]
+
+
+def resampled_length(samples: int, orig: int, new: int) -> int:
+    """Samples of a clip of ``samples`` at ``orig`` once at ``new``: ceil(samples * new / orig), as torchaudio."""
+    return -(-samples * new // orig)
+
+
+def _periods(orig: int, new: int) -> tuple[int, int]:
+    common = math.gcd(orig, new)
+    return orig // common, new // common

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from encodecmae_s3prl.upstream.audio import resample
+from encodecmae_s3prl.upstream.audio import resampled_length
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
 from encodecmae_s3prl.upstream.model import ChunkedInference
 
@@ -42,26 +42,34 @@ class UpstreamExpert(nn.Module):
         hidden_states = self.model.collect_blocks(blocks, batch, out_frames)
         return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
 
-    def stream(self, wav: Tensor, layers: Sequence[int]) -> Iterator[Tuple[int, List[Tensor]]]:
+    def stream(self, wav: Tensor, layers: Sequence[int], chunks_per_step: Optional[int] = None
+               ) -> Iterator[Tuple[int, List[Tensor]]]:
         """One clip, output frames in time order a few 4 s chunks at a time: (first output frame, one
         (frames, D) tensor per requested hidden-state index). The frames ``forward`` gives, without
         holding them all: what ``extract`` writes to disk for long audio."""
-        blocks, _, _ = self._blocks([wav], layers)
+        blocks, _, _ = self._blocks([wav], layers, chunks_per_step)
         for _, cols, values in blocks:
             if len(cols):
                 yield int(cols[0]), values
 
-    def _blocks(self, wavs: List[Tensor], layers: Optional[Sequence[int]] = None):
-        """The model's inference blocks laid on s3prl's 213-sample grid, and the output (batch, frames)."""
-        wavs_24k, lengths_24k, lengths_16k = self._prepare(wavs)
+    def _blocks(self, wavs: List[Tensor], layers: Optional[Sequence[int]] = None,
+                chunks_per_step: Optional[int] = None):
+        """The model's inference blocks laid on s3prl's 213-sample grid, and the output (batch, frames).
+        The clips go in at 16 kHz; each chunk is resampled to 24 kHz when its step comes."""
+        self._check(wavs)
+        clips = [wav.float() for wav in wavs]
+        lengths_16k = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
+        lengths_24k = torch.tensor([resampled_length(len(w), INPUT_RATE, MODEL_RATE) for w in wavs],
+                                   device=wavs[0].device)
         out_frames = self.output_frames(lengths_16k)
         index = self._output_index(lengths_16k, self.model.frame_lengths(lengths_24k))  # (batch, max out_frames)
         valid = torch.arange(index.shape[1], device=index.device)[None, :] < out_frames[:, None]
-        blocks = self.model.encode_blocks(wavs_24k, lengths_24k, index, valid, layers)
+        blocks = self.model.encode_blocks(clips, INPUT_RATE, index, valid, layers, chunks_per_step)
         return blocks, len(wavs), index.shape[1]
 
-    def _prepare(self, wavs: List[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Validate, pad and resample to 24 kHz: (batch, samples_24k), its lengths, and the 16 kHz lengths."""
+    @staticmethod
+    def _check(wavs: List[Tensor]) -> None:
+        """s3prl's input, or a ValueError naming the waveform and what to do."""
         if not isinstance(wavs, (list, tuple)) or len(wavs) == 0:
             raise ValueError("UpstreamExpert expects a non-empty list of 1-D waveform tensors (16 kHz mono)")
         for i, wav in enumerate(wavs):
@@ -76,15 +84,6 @@ class UpstreamExpert(nn.Module):
                                  f"({MIN_INPUT_SAMPLES} samples at 16 kHz); pad or drop the clip")
             if not torch.isfinite(wav).all():
                 raise ValueError(f"waveform {i}: contains NaN or infinite samples")
-        lengths_16k = torch.tensor([len(w) for w in wavs], device=wavs[0].device)
-        if len(wavs) == 1:  # a long clip alone: no padded copy
-            padded = wavs[0].float()[None]
-        else:
-            padded = nn.utils.rnn.pad_sequence([w.float() for w in wavs], batch_first=True)
-        # zero padding is exactly what the resampler sees at a clip's end alone, so batching is exact
-        resampled = resample(padded, INPUT_RATE, MODEL_RATE)
-        lengths_24k = torch.div(lengths_16k * MODEL_RATE + INPUT_RATE - 1, INPUT_RATE, rounding_mode="floor")
-        return resampled[:, : int(lengths_24k.max())], lengths_24k, lengths_16k
 
     @staticmethod
     def output_frames(samples_16k):

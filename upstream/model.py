@@ -21,11 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from encodecmae_s3prl.upstream.audio import resample_span, resampled_length
 from encodecmae_s3prl.upstream.codec import (
     CODEBOOK_SIZE,
     FEATURE_DIM,
     FRAME_RATE,
     HOP,
+    SAMPLE_RATE,
     FrozenEncodec,
     build_encodec,
 )
@@ -34,8 +36,11 @@ from encodecmae_s3prl.upstream.masking import gather_visible, scatter_back, span
 from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
 
 IGNORE = -100                    # target value that no loss or accuracy counts (padding, missing ST codes)
-CHUNKS_PER_STEP = 16             # inference: 4 s chunks per pass (bounds memory for audio of any length)
-CPU_CODEC_SEGMENTS = 2           # of those, through EnCodec at once on a CPU (its activations dominate memory)
+# inference: 4 s chunks per pass (bounds memory for audio of any length). A GPU wants large batches; on a CPU
+# more chunks per pass only add activations (the speed per chunk is the same), so fewer (EnCodec's convolutions,
+# ~60 MB of activations per chunk, take them one at a time there: FrozenEncodec.features)
+CHUNKS_PER_STEP = 16
+CPU_CHUNKS_PER_STEP = 4
 
 # γ_q of the published v1 models: mean quantization error of each of the first 8 codebooks, summed to 1
 V1_CODEBOOK_WEIGHTS = (0.22407463, 0.1759858, 0.14499009, 0.12150037, 0.10315603, 0.08831368, 0.07608274,
@@ -219,34 +224,33 @@ class ChunkedInference(nn.Module):
             raise ValueError(f"wav_lengths must lie in [1, {wav.shape[1]}] samples, got {wav_lengths.tolist()}")
         return wav, wav_lengths
 
-    def _codec_features(self, wav: Tensor, clip: Tensor, start: Tensor, length: Tensor,
-                        max_segments: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-        """EnCodec features of N segments ``wav[clip[i], start[i] : start[i] + length[i]]``.
+    def _codec_features(self, segments: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        """EnCodec features of N 1-D 24 kHz segments.
 
         EnCodec runs on each segment at its own length (zero padding would change the frames near
-        its end), batching the segments of equal length together, at most ``max_segments`` at once
-        (its convolutions hold ~120 MB of activations per 4 s segment).
+        its end), batching the segments of equal length together.
         Returns features (N, F, 128) float32 zero-padded, frames (N,).
         """
-        frames = self.frame_lengths(length)
-        out = wav.new_zeros(len(length), int(frames.max()), FEATURE_DIM, dtype=torch.float32)
-        for size in torch.unique(length).tolist():
-            for group in (length == size).nonzero().squeeze(1).split(max_segments or len(length)):
-                samples = start[group, None] + torch.arange(size, device=wav.device)
-                features = self.codec.features(wav[clip[group, None], samples])
-                out[group, : features.shape[1]] = features
-        return out, frames
+        lengths = torch.tensor([len(segment) for segment in segments])
+        frames = self.frame_lengths(lengths)
+        out = segments[0].new_zeros(len(segments), int(frames.max()), FEATURE_DIM, dtype=torch.float32)
+        for size in torch.unique(lengths).tolist():
+            group = (lengths == size).nonzero().squeeze(1)
+            features = self.codec.features(torch.stack([segments[i] for i in group.tolist()]))
+            out[group.to(out.device), : features.shape[1]] = features
+        return out, frames.to(out.device)
 
     # --- inference ---------------------------------------------------------------------------
     def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, layers: Optional[Sequence[int]] = None,
-               chunks_per_step: int = CHUNKS_PER_STEP) -> EncoderOutput:
+               chunks_per_step: Optional[int] = None) -> EncoderOutput:
         """Every encoder layer (or the ``layers`` asked for), no masking.
 
         Args:
             wav: (B, S) float, 24 kHz mono, zero-padded past each clip's length.
             wav_lengths: (B,) samples per clip; None = all S.
             layers: indices into the L + 2 hidden states to keep (negative allowed); None = all.
-            chunks_per_step: 4 s chunks that go through EnCodec and the encoder together.
+            chunks_per_step: 4 s chunks that go through EnCodec and the encoder together (None: 16 on a
+                GPU, 4 on a CPU).
         Returns:
             ``EncoderOutput``, T = ceil(max length / 320). Clips longer than ``chunk_seconds`` are
             cut into chunks of ``chunk_frames`` frames (4 s = 300) that the encoder sees as
@@ -259,7 +263,8 @@ class ChunkedInference(nn.Module):
         frames = int(frame_lengths.max())
         padding = _padding_mask(frame_lengths, frames)
         index = torch.arange(frames, device=wav.device)[None, :].expand(wav.shape[0], -1)
-        hidden = self.collect_blocks(self.encode_blocks(wav, lengths, index, ~padding, layers, chunks_per_step),
+        clips = [wav[i, :length] for i, length in enumerate(lengths.tolist())]
+        hidden = self.collect_blocks(self.encode_blocks(clips, SAMPLE_RATE, index, ~padding, layers, chunks_per_step),
                                      wav.shape[0], frames)
         every = layers is None or self.hidden_count() - 1 in [i % self.hidden_count() for i in layers]
         return EncoderOutput(hidden_states=hidden, output=hidden[-1] if every else None,
@@ -286,17 +291,20 @@ class ChunkedInference(nn.Module):
         """Hidden states (hidden_count() tensors (N, F, D)) of N chunks' features (N, F, 128), frames (N,)."""
         raise NotImplementedError
 
-    def encode_blocks(self, wav: Tensor, lengths: Tensor, output_index: Tensor, output_valid: Tensor,
-                      layers: Optional[Sequence[int]] = None, chunks_per_step: int = CHUNKS_PER_STEP
+    def encode_blocks(self, clips: Sequence[Tensor], rate: int, output_index: Tensor, output_valid: Tensor,
+                      layers: Optional[Sequence[int]] = None, chunks_per_step: Optional[int] = None
                       ) -> Iterator[Tuple[Tensor, Tensor, List[Tensor]]]:
         """The inference path, ``chunks_per_step`` 4 s chunks at a time, in time order.
 
         Args:
-            wav: (B, S) 24 kHz, zero-padded; lengths: (B,) samples per clip (checked by the caller).
+            clips: B 1-D waveforms at ``rate``, each at its own length (checked by the caller). Each 4 s
+                chunk is resampled to 24 kHz when its step comes (``resample_span``: the samples of the
+                whole clip's resampling), so no 24 kHz copy of the clips is ever held.
             output_index: (B, J) long, the model frame shown at each output position (the identity for
                 ``encode``; s3prl's 213-sample grid for the upstream expert).
             output_valid: (B, J) bool, positions to fill (False = padding).
             layers: hidden-state indices to compute (None = all L + 2).
+            chunks_per_step: None = 16 on a GPU, 4 on a CPU.
         Yields:
             (rows, cols, values): the output positions (rows[k], cols[k]) whose frames this step
             computed, and one (K, D) tensor per kept layer. Every valid position comes exactly once.
@@ -304,26 +312,30 @@ class ChunkedInference(nn.Module):
         count = self.hidden_count()
         keep = list(range(count)) if layers is None else [i % count if -count <= i < count else _bad_layer(i, count)
                                                           for i in layers]
+        device = output_index.device
+        if chunks_per_step is None:
+            chunks_per_step = CHUNKS_PER_STEP if device.type == "cuda" else CPU_CHUNKS_PER_STEP
         chunk_frames = self.chunk_frames
         chunk_samples = chunk_frames * HOP
-        # the chunk table: chunk i is wav[clip[i], start[i] : start[i] + size[i]]
+        lengths = torch.tensor([resampled_length(len(c), rate, SAMPLE_RATE) for c in clips], device=device)
+        # the chunk table: chunk i is samples start[i] : start[i] + size[i] of clip[i] at 24 kHz
         chunks = torch.div(lengths + chunk_samples - 1, chunk_samples, rounding_mode="floor")  # (B,)
         first = chunks.cumsum(0) - chunks                                                   # (B,)
-        clip = torch.repeat_interleave(torch.arange(len(lengths), device=wav.device), chunks)  # (N,)
-        start = (torch.arange(len(clip), device=wav.device) - first[clip]) * chunk_samples
+        clip = torch.repeat_interleave(torch.arange(len(lengths), device=device), chunks)  # (N,)
+        start = (torch.arange(len(clip), device=device) - first[clip]) * chunk_samples
         size = torch.minimum(lengths[clip] - start, torch.full_like(start, chunk_samples))
         # where each output position's frame lives: chunk and frame within it
         chunk_of = first[:, None] + torch.div(output_index, chunk_frames, rounding_mode="floor")  # (B, J)
         frame_of = output_index % chunk_frames
-        for begin in range(0, len(clip), chunks_per_step):
-            end = min(begin + chunks_per_step, len(clip))
-            features, frames = self._codec_features(wav, clip[begin:end], start[begin:end], size[begin:end],
-                                                    None if wav.is_cuda else CPU_CODEC_SEGMENTS)
+        table = list(zip(clip.tolist(), start.tolist(), (start + size).tolist(), strict=True))
+        for begin in range(0, len(table), chunks_per_step):
+            end = min(begin + chunks_per_step, len(table))
+            segments = [resample_span(clips[c], rate, SAMPLE_RATE, low, high) for c, low, high in table[begin:end]]
+            features, frames = self._codec_features(segments)
             hidden = self.chunk_hidden(features, frames)
             rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
             chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
             yield rows, cols, [hidden[i][chunk, frame] for i in keep]
-
 
 
 class EncodecFeatures(ChunkedInference):
@@ -473,10 +485,8 @@ class EncodecMAE(ChunkedInference):
         if wav is None:
             raise ValueError("give wav (and wav_lengths), or features, frame_lengths and codes")
         wav, lengths = self._check_audio(wav, wav_lengths)
-        batch = wav.shape[0]
         # one codec pass feeds both the input and the targets
-        features, frame_lengths = self._codec_features(wav, torch.arange(batch, device=wav.device),
-                                                       torch.zeros_like(lengths), lengths)
+        features, frame_lengths = self._codec_features([wav[i, :length] for i, length in enumerate(lengths.tolist())])
         codes = self.codec.codes(features, self.config.num_codebooks).transpose(1, 2)  # (B, T, Q)
         return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask)
 
