@@ -75,7 +75,7 @@ def cpu_flags() -> str:
 
 
 def child(code_or_args: list[str], tree: str | None) -> tuple[float, str, float]:
-    """Run a fresh interpreter; (its peak RSS in GB, its stdout, wall seconds)."""
+    """Run a fresh interpreter; (its peak RSS in GiB, its stdout, wall seconds)."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     if tree:
         prelude = TREE_SHIM.format(root=str(Path(tree).resolve()))
@@ -148,9 +148,11 @@ def main() -> None:
         peak, out, wall = child(["-c", FORWARD, str(audio), str(ckpt)], args.tree)
         size, seconds, ready = (float(v) for v in out.split("RESULT", 1)[1].split())
         grown = peak * 1024 ** 3 - ready
-        rows.append(f"| upstream forward, all {args.size} hidden states | {minutes:g} min | {peak:.2f} GB "
-                    f"({ready / 1024 ** 3:.2f} GB before the forward) | returns {size / 1024 ** 3:.2f} GB; the forward "
-                    f"added {grown / 1024 ** 3:.2f} GB = {grown / size:.2f}x of it | {wall:.0f} s | {label} |")
+        gib = 1024 ** 3
+        rows.append(f"| upstream forward, all {args.size} hidden states | {minutes:g} min | {peak:.2f} GiB "
+                    f"({ready / gib:.2f} GiB before the forward) | returns {size / gib:.2f} GiB; the forward "
+                    f"added {grown / gib:.2f} GiB = {grown / size:.2f}x of it; peak = {peak * gib / size:.2f}x "
+                    f"of it | {wall:.0f} s | {label} |")
     for minutes in [float(m) for m in args.extract_minutes.split(",") if m]:
         audio = work / f"{minutes:g}min.wav"
         if not audio.exists():
@@ -161,8 +163,8 @@ def main() -> None:
         import numpy as np
 
         kept = np.load(out_dir / f"{audio.stem}.npy", mmap_mode="r")
-        rows.append(f"| `extract`, last layer of {args.size} | {minutes:g} min | {peak:.2f} GB | output "
-                    f"{kept.nbytes / 1024 ** 3:.2f} GB {tuple(kept.shape)} | {wall:.0f} s | {label} |")
+        rows.append(f"| `extract`, last layer of {args.size} | {minutes:g} min | {peak:.2f} GiB | output "
+                    f"{kept.nbytes / 1024 ** 3:.2f} GiB {tuple(kept.shape)} | {wall:.0f} s | {label} |")
 
 
 if __name__ == "__main__":

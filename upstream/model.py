@@ -279,6 +279,7 @@ class ChunkedInference(nn.Module):
                 out = [v.new_zeros(batch, frames, v.shape[-1]) for v in values]
             for tensor, value in zip(out, values, strict=True):
                 tensor[rows, cols] = value
+            del values  # not held while the next block is computed
         if out is None:
             raise ValueError("no block: nothing to encode")
         return out
@@ -335,7 +336,9 @@ class ChunkedInference(nn.Module):
             hidden = self.chunk_hidden(features, frames)
             rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
             chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
-            yield rows, cols, [hidden[i][chunk, frame] for i in keep]
+            values = [hidden[i][chunk, frame] for i in keep]
+            del segments, features, hidden  # not held while the caller writes and the next step computes
+            yield rows, cols, values
 
 
 class EncodecFeatures(ChunkedInference):
