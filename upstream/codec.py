@@ -28,6 +28,7 @@ from encodecmae_s3prl.upstream.kmeans import assign, kmeans
 
 if TYPE_CHECKING:  # the encodec modules these are (mypy reads encodec as untyped: pyproject.toml [tool.mypy])
     from encodec.modules import SEANetEncoder
+    from encodec.modules.conv import SConv1d
     from encodec.quantization import ResidualVectorQuantizer
     from encodec.quantization.core_vq import EuclideanCodebook
 
@@ -221,7 +222,7 @@ def _pad_by_copying(encoder: nn.Module) -> None:
             module.forward = functools.partial(_sconv1d_forward, module)
 
 
-def _sconv1d_forward(module: nn.Module, x: Tensor) -> Tensor:
+def _sconv1d_forward(module: SConv1d, x: Tensor) -> Tensor:
     from encodec.modules.conv import SConv1d, get_extra_padding_for_conv1d
 
     conv = module.conv.conv
