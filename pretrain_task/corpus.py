@@ -23,9 +23,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import soundfile
 import torch
-import torchaudio
 from tqdm import tqdm
 
+from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
 
 AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
@@ -130,20 +130,6 @@ def load_corpus(entries: Sequence[str] | str, progress: bool = True) -> list[Aud
 
 # --- reading crops ----------------------------------------------------------------------
 
-class _Resamplers:
-    """One cached polyphase kernel per source rate: corpora mix a handful of rates."""
-
-    def __init__(self):
-        self._cache: dict[int, torchaudio.transforms.Resample] = {}
-
-    def __call__(self, wav: torch.Tensor, rate: int) -> torch.Tensor:
-        if rate == SAMPLE_RATE:
-            return wav
-        if rate not in self._cache:
-            self._cache[rate] = torchaudio.transforms.Resample(rate, SAMPLE_RATE)
-        return self._cache[rate](wav)
-
-
 def draw_start_frame(file: AudioFile, crop_seconds: float, rng: np.random.Generator) -> int:
     """A crop's first EnCodec frame, uniform over the starts that keep it inside the file (0 for short files)."""
     crop_frames = int(round(crop_seconds * FRAME_RATE))
@@ -151,8 +137,7 @@ def draw_start_frame(file: AudioFile, crop_seconds: float, rng: np.random.Genera
     return int(rng.integers(0, file_frames - crop_frames + 1)) if file_frames > crop_frames else 0
 
 
-def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
-              resample: _Resamplers) -> tuple[torch.Tensor, int] | None:
+def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator) -> tuple[torch.Tensor, int] | None:
     """A random crop of at most ``crop_seconds`` as 24 kHz mono float32 (samples,) and its first EnCodec
     frame in the file, or None if the file is unreadable, empty or not finite.
 
@@ -164,14 +149,9 @@ def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator,
     start_frame = draw_start_frame(file, crop_seconds, rng)
     start = min(int(round(start_frame * file.sample_rate / FRAME_RATE)), max(0, file.num_frames - want))
     try:
-        data, rate = soundfile.read(file.path, start=start, stop=start + want, dtype="float32", always_2d=True)
-    except Exception:
+        wav = read_audio(file.path, SAMPLE_RATE, start, want)
+    except AudioReadError:
         return None
-    samples = torch.from_numpy(data)  # torch reductions release the GIL; loader threads overlap
-    if samples.shape[0] == 0 or not bool(torch.isfinite(samples).all()):
-        return None
-    wav = samples[:, 0] if samples.shape[1] == 1 else samples.mean(dim=1)
-    wav = resample(wav.contiguous(), rate)
     return wav[: int(round(crop_seconds * SAMPLE_RATE))], start_frame
 
 
@@ -217,7 +197,6 @@ class CropSampler:
         seconds = np.array([f.seconds for f in self.files], dtype=np.float64)
         self.probabilities = seconds / seconds.sum()
         self.bad_files: set[str] = set()
-        self._resample = _Resamplers()
         self.cache = cache  # a codec_cache.CodecCache: crops of features and codes instead of audio
 
     def use_cache(self, cache, files: Sequence[AudioFile]) -> None:
@@ -246,7 +225,7 @@ class CropSampler:
                 start_frame = draw_start_frame(file, self.crop_seconds, rng)
                 frames = int(round(self.crop_seconds * FRAME_RATE))
                 return Crop(None, file.path, start_frame, self.cache.crop(file.path, start_frame, frames))
-            crop = read_crop(file, self.crop_seconds, rng, self._resample)
+            crop = read_crop(file, self.crop_seconds, rng)
             if crop is not None and crop[0].numel() > 0:
                 return Crop(crop[0], file.path, crop[1])
             self.bad_files.add(file.path)
