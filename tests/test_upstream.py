@@ -280,3 +280,16 @@ def test_random_codec_never_fitted_is_refused(tmp_path, tiny_ckpt):
     with torch.no_grad():
         a, b = (upstream([tone(1.0, f)])["last_hidden_state"].mean(1) for f in (110.0, 880.0))
     assert (a - b).norm() / a.norm() > 1e-3
+
+
+def test_read_audio_span_is_the_same_with_or_without_seeking(tmp_path, monkeypatch):
+    """A span of a file (start, frames at the file's rate), seekable or read up to it, mixed to mono."""
+    from encodecmae_s3prl.upstream.audio import read_audio
+
+    rng = np.random.default_rng(5)
+    stereo = rng.standard_normal((48_000, 2)).astype(np.float32) * 0.1
+    soundfile.write(tmp_path / "s.wav", stereo, 16000, subtype="FLOAT")
+    seeking = read_audio(tmp_path / "s.wav", 16000, start=1234, frames=5000)
+    np.testing.assert_allclose(seeking.numpy(), stereo[1234:6234].mean(axis=1), rtol=0, atol=1e-7)
+    monkeypatch.setattr(soundfile.SoundFile, "seekable", lambda self: False)
+    assert torch.equal(read_audio(tmp_path / "s.wav", 16000, start=1234, frames=5000), seeking)

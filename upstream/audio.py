@@ -35,7 +35,11 @@ def read_audio(path: str | os.PathLike, rate: int, start: int = 0, frames: Optio
     try:
         with soundfile.SoundFile(str(path)) as handle:
             file_rate = handle.samplerate
-            handle.seek(min(start, handle.frames) if handle.seekable() else 0)
+            if handle.seekable():
+                handle.seek(min(start, handle.frames))
+            else:  # read up to the span and drop it
+                for _ in handle.blocks(blocksize=BLOCK_SECONDS * file_rate, frames=start, dtype="float32"):
+                    pass
             wanted = handle.frames - start if frames is None else frames
             mono = np.empty(max(0, wanted), dtype=np.float32)
             filled = 0
