@@ -97,17 +97,17 @@ def child(code_or_args: list[str], tree: str | None) -> tuple[float, str, float]
     return usage.ru_maxrss / 1024 / 1024, stdout, wall
 
 
-def write_audio(path: Path, minutes: float) -> None:
+def write_audio(path: Path, minutes: float, rate: int = 16000, channels: int = 1) -> None:
     import numpy as np
     import soundfile
 
-    rate = 16000
-    with soundfile.SoundFile(str(path), "w", rate, 1, "PCM_16") as handle:
+    with soundfile.SoundFile(str(path), "w", rate, channels, "PCM_16") as handle:
         rng = np.random.default_rng(0)
         for _ in range(int(minutes * 60)):
             t = np.arange(rate) / rate
             freq = 110 * 2 ** (rng.integers(0, 36) / 12)
-            handle.write((0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(rate)).astype(np.float32))
+            mono = (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(rate)).astype(np.float32)
+            handle.write(np.stack([mono * (1 - 0.3 * c) for c in range(channels)], axis=1))
 
 
 class _Rows(list):
@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--size", default="base")
     parser.add_argument("--extract-minutes", default="10,60")
     parser.add_argument("--forward-minutes", default="10")
+    parser.add_argument("--extract-stereo-44k-minutes", default="",
+                        help="also extract from 44.1 kHz stereo files this long (read and mixed down by extract)")
     parser.add_argument("--tree", help="another checkout whose code to measure (default: this one)")
     parser.add_argument("--work", type=Path, help="folder for the audio, checkpoint and outputs (default: temp)")
     args = parser.parse_args()
@@ -153,17 +155,20 @@ def main() -> None:
                     f"({ready / gib:.2f} GiB before the forward) | returns {size / gib:.2f} GiB; the forward "
                     f"added {grown / gib:.2f} GiB = {grown / size:.2f}x of it; peak = {peak * gib / size:.2f}x "
                     f"of it | {wall:.0f} s | {label} |")
-    for minutes in [float(m) for m in args.extract_minutes.split(",") if m]:
-        audio = work / f"{minutes:g}min.wav"
+    extracts = [(float(m), 16000, 1) for m in args.extract_minutes.split(",") if m]
+    extracts += [(float(m), 44100, 2) for m in args.extract_stereo_44k_minutes.split(",") if m]
+    for minutes, rate, channels in extracts:
+        audio = work / (f"{minutes:g}min.wav" if rate == 16000 else f"{minutes:g}min_{rate}hz_{channels}ch.wav")
         if not audio.exists():
-            write_audio(audio, minutes)
-        out_dir = work / f"out-{minutes:g}"
+            write_audio(audio, minutes, rate, channels)
+        out_dir = work / f"out-{audio.stem}"
         peak, _, wall = child(["-m", "encodecmae_s3prl.extract", "-u", "encodecmae_local", "-k", str(ckpt),
                                str(audio), "--out", str(out_dir), "--device", "cpu"], args.tree)
         import numpy as np
 
         kept = np.load(out_dir / f"{audio.stem}.npy", mmap_mode="r")
-        rows.append(f"| `extract`, last layer of {args.size} | {minutes:g} min | {peak:.2f} GiB | output "
+        what = "" if rate == 16000 else f", {rate} Hz {channels} channels"
+        rows.append(f"| `extract`, last layer of {args.size} | {minutes:g} min{what} | {peak:.2f} GiB | output "
                     f"{kept.nbytes / 1024 ** 3:.2f} GiB {tuple(kept.shape)} | {wall:.0f} s | {label} |")
 
 

@@ -293,3 +293,13 @@ def test_read_audio_span_is_the_same_with_or_without_seeking(tmp_path, monkeypat
     np.testing.assert_allclose(seeking.numpy(), stereo[1234:6234].mean(axis=1), rtol=0, atol=1e-7)
     monkeypatch.setattr(soundfile.SoundFile, "seekable", lambda self: False)
     assert torch.equal(read_audio(tmp_path / "s.wav", 16000, start=1234, frames=5000), seeking)
+
+
+def test_all_finite_checks_every_block():
+    from encodecmae_s3prl.upstream.audio import all_finite
+
+    wav = torch.zeros(2, 10)
+    assert all_finite(wav, block=3)
+    for bad in (float("nan"), float("inf")):
+        wav[1, 9] = bad  # in the last, short block
+        assert not all_finite(wav, block=3)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from encodecmae_s3prl.upstream.audio import resampled_length
+from encodecmae_s3prl.upstream.audio import all_finite, resampled_length
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
 from encodecmae_s3prl.upstream.model import ChunkedInference
 
@@ -82,7 +82,7 @@ class UpstreamExpert(nn.Module):
             if wav.numel() < MIN_INPUT_SAMPLES:
                 raise ValueError(f"waveform {i}: {wav.numel()} samples is shorter than one 75 Hz frame "
                                  f"({MIN_INPUT_SAMPLES} samples at 16 kHz); pad or drop the clip")
-            if not torch.isfinite(wav).all():
+            if not all_finite(wav):
                 raise ValueError(f"waveform {i}: contains NaN or infinite samples")
 
     @staticmethod
