@@ -16,10 +16,11 @@ and exits 1 if any input failed (2 for a usage error).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple
+from typing import Callable, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import soundfile
@@ -73,6 +74,10 @@ def plan(inputs: Iterable[str]) -> List[Tuple[Path, Path]]:
     return pairs
 
 
+def _advance(bar: tqdm, seconds: float, fraction: float) -> None:
+    bar.update(fraction * seconds)
+
+
 def _seconds(path: Path) -> float:
     try:
         return soundfile.info(str(path)).duration
@@ -110,9 +115,11 @@ def _atomic_npy(target: Path, array: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, all_layers: bool) -> tuple:
+def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, all_layers: bool,
+                  progress: Callable[[float], object] | None = None) -> tuple:
     """One long clip through ``UpstreamExpert.stream``, each block written at its place in the ``.npy``
-    (positioned writes, no memory map): memory holds one block, not the clip's embeddings."""
+    (positioned writes, no memory map): memory holds one block, not the clip's embeddings.
+    ``progress(fraction)`` is called with the share of the clip each block covered."""
     count = upstream.model.hidden_count()
     layers = list(range(count)) if all_layers else [layer if layer is not None else -1]
     if not all(-count <= i < count for i in layers):
@@ -135,6 +142,8 @@ def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, 
                 block = value.float().cpu().numpy()
                 os.pwrite(fd, block.tobytes(), offset + ((index * frames + first) * dim) * 4)
             written += values[0].shape[0]
+            if progress is not None:
+                progress(values[0].shape[0] / frames)
     finally:
         if fd is not None:
             os.close(fd)
@@ -179,7 +188,10 @@ def run(args) -> int:
     seconds = {path: _seconds(path) for path, _ in pairs}
     short = sorted((p for p in pairs if seconds[p[0]] <= args.long_seconds), key=lambda p: -seconds[p[0]])
     long = [p for p in pairs if seconds[p[0]] > args.long_seconds]
-    with tqdm(total=len(pairs), desc=f"extract {args.upstream}", dynamic_ncols=True) as bar:
+    # progress in seconds of audio: a long file moves the bar block by block, not once at its end
+    total = round(sum(seconds.values()), 1)
+    with tqdm(total=total, desc=f"extract {args.upstream}", unit="audio-s", dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}]") as bar:
         batch: list[tuple[Path, Path, torch.Tensor]] = []
         for index, (path, out) in enumerate(short):  # longest first: batches of similar length
             try:
@@ -189,20 +201,22 @@ def run(args) -> int:
             if len(batch) == args.batch_size or (index == len(short) - 1 and batch):
                 run_batch(batch)
                 batch = []
-            bar.update(1)
+            bar.update(seconds[path])
         for path, out in long:  # one at a time
+            before = bar.n
+            advance = functools.partial(_advance, bar, seconds[path])
             try:
                 wav = read_audio(path, UPSTREAM_RATE)
                 if streams:
                     done[path] = (out, stream_to_npy(upstream, wav.to(args.device), args.out / out, args.layer,
-                                                     args.all_layers))
+                                                     args.all_layers, advance))
                 else:
                     run_batch([(path, out, wav)])
             except UsageError:
                 raise
             except (AudioReadError, ValueError, RuntimeError) as err:
                 failed.append(str(err) if isinstance(err, AudioReadError) else f"{path}: {err}")
-            bar.update(1)
+            bar.update(before + seconds[path] - bar.n)  # the rest of the file, or all of it if it failed
 
     rows = [f"{path}\t{out}\t{'x'.join(map(str, shape))}" for path, (out, shape) in done.items()
             if (args.out / out).is_file()]

@@ -213,7 +213,7 @@ def test_extract_same_stem_inputs_are_an_error_and_good_runs_exit_0(tmp_path, ti
     assert "error: input missing.wav does not exist" in capsys.readouterr().err
 
 
-def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt):
+def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt, capsys):
     """Past --long-seconds a file goes alone through UpstreamExpert.stream, written block by block: same numbers
     as one forward pass, whatever the number of chunks per step."""
     rng = np.random.default_rng(2)
@@ -222,6 +222,7 @@ def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt):
     code = extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
                          str(tmp_path / "out"), "--all-layers", "--long-seconds", "5", "--device", "cpu"])
     assert code == 0
+    assert "| 21/21 audio-s" in capsys.readouterr().err  # progress in seconds of audio, moved block by block
     streamed = np.load(tmp_path / "out" / "long.npy")
     upstream = hub.encodecmae_local(ckpt=str(tiny_ckpt)).eval()
     from encodecmae_s3prl.upstream.audio import read_audio
