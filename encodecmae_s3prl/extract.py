@@ -189,7 +189,7 @@ def run(args) -> int:
     short = sorted((p for p in pairs if seconds[p[0]] <= args.long_seconds), key=lambda p: -seconds[p[0]])
     long = [p for p in pairs if seconds[p[0]] > args.long_seconds]
     # progress in seconds of audio: a long file moves the bar block by block, not once at its end
-    total = round(sum(seconds.values()), 1)
+    total = sum(seconds.values())
     with tqdm(total=total, desc=f"extract {args.upstream}", unit="audio-s", dynamic_ncols=True,
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}]") as bar:
         batch: list[tuple[Path, Path, torch.Tensor]] = []
