@@ -32,9 +32,8 @@ from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
-from encodecmae_s3prl.upstream.expert import INPUT_RATE
+from encodecmae_s3prl.upstream.expert import INPUT_RATE  # s3prl hands every upstream 16 kHz mono
 
-UPSTREAM_RATE = INPUT_RATE  # s3prl hands every upstream 16 kHz mono
 LONG_SECONDS = 60.0
 
 
@@ -195,7 +194,7 @@ def run(args) -> int:
         batch: list[tuple[Path, Path, torch.Tensor]] = []
         for index, (path, out) in enumerate(short):  # longest first: batches of similar length
             try:
-                batch.append((path, out, read_audio(path, UPSTREAM_RATE)))
+                batch.append((path, out, read_audio(path, INPUT_RATE)))
             except AudioReadError as err:
                 failed.append(str(err))
             if len(batch) == args.batch_size or (index == len(short) - 1 and batch):
@@ -206,7 +205,7 @@ def run(args) -> int:
             before = bar.n
             advance = functools.partial(_advance, bar, seconds[path])
             try:
-                wav = read_audio(path, UPSTREAM_RATE)
+                wav = read_audio(path, INPUT_RATE)
                 if streams:
                     done[path] = (out, stream_to_npy(upstream, wav.to(args.device), args.out / out, args.layer,
                                                      args.all_layers, advance))

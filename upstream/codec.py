@@ -70,6 +70,7 @@ class FrozenEncodec(nn.Module):
         self.encoder = encoder
         self.quantizer = quantizer
         _pad_by_copying(encoder)
+        self.lstm_index = _lstm_index(encoder)
         stages = len(quantizer.vq.layers)
         if not 1 <= num_codebooks <= stages:
             raise ValueError(f"FrozenEncodec: num_codebooks must be in 1..{stages} (RVQ stages), got {num_codebooks}")
@@ -116,16 +117,11 @@ class FrozenEncodec(nn.Module):
                 # on a CPU the convolutions run fastest one clip at a time (a batch's activations outgrow the
                 # caches) and the LSTM batched (at batch 1 its small matmuls leave the cores idle): 4 clips of
                 # 4 s took 62-70 ms each this way, 76 one by one, 153 as one batch (2-core AVX-512 VM)
-                lstm = self._lstm_index()
-                convolved = torch.cat([self.encoder.model[:lstm](x[i: i + 1]) for i in range(len(x))])
-                out = self.encoder.model[lstm:](convolved)
+                head, tail = self.encoder.model[: self.lstm_index], self.encoder.model[self.lstm_index:]
+                out = tail(torch.cat([head(x[i: i + 1]) for i in range(len(x))]))
             else:
                 out = self.encoder(x)  # (B, 128, T)
         return out.transpose(1, 2).contiguous()
-
-    def _lstm_index(self) -> int:
-        """Position of the SLSTM in SEANetEncoder.model (convolutions before it, LSTM and a last conv after)."""
-        return next(i for i, module in enumerate(self.encoder.model) if type(module).__name__ == "SLSTM")
 
     def standardise(self, features: Tensor) -> Tensor:
         """Per-channel (features - mean) / std; identity unless ``init_from_corpus`` set them."""
@@ -220,6 +216,13 @@ def _pad_by_copying(encoder: nn.Module) -> None:
     for module in encoder.modules():
         if isinstance(module, SConv1d):
             module.forward = functools.partial(_sconv1d_forward, module)
+
+
+def _lstm_index(encoder: SEANetEncoder) -> int:
+    """Position of the SLSTM in SEANetEncoder.model (convolutions before it, the LSTM and a last conv after)."""
+    from encodec.modules.lstm import SLSTM
+
+    return next(i for i, module in enumerate(encoder.model) if isinstance(module, SLSTM))
 
 
 def _sconv1d_forward(module: SConv1d, x: Tensor) -> Tensor:
