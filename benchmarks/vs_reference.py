@@ -12,6 +12,13 @@ Extraction: one 30 s clip, every encoder layer, theirs ``extract_features_from_a
 ``encode`` in fp32 and at our best precision. Both use one random-init EnCodec 24 kHz fitted to synthetic
 audio (weights do not change the cost). The last line reads
 ``train_x=<ours/theirs audio-s/s> extract_fp32_x=<theirs/ours time> extract_best_x=<...> cpu=<flags>``.
+
+An AVX2-only CPU can be stood in for on an AVX-512 one by capping the instruction sets torch's kernels,
+oneDNN and MKL may use (bf16 is then emulated and ``precision: auto`` picks fp32, as on such a CPU):
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 .venv/bin/python ...
+
+the cap is then part of ``cpu=`` (``cpu=avx2+avx512f+avx512_bf16,capped-to-avx2``).
 """
 from __future__ import annotations
 
@@ -110,6 +117,17 @@ def reference_model(root: Path, codec, dim: int, layers: int, heads: int = 12):
     return model
 
 
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_description() -> str:
+    """The CPU's flags, and the instruction-set cap when one is set (a stand-in for an older CPU)."""
+    caps = {os.environ[name].lower() for name in ISA_CAPS if os.environ.get(name)}
+    if not caps:
+        return cpu_flags()
+    return f"{cpu_flags()},capped-to-{'/'.join(sorted(caps))}"
+
+
 def _timed(fn, device: torch.device) -> float:
     if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
         torch.cuda.synchronize()
@@ -205,7 +223,7 @@ def main() -> None:
 
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast"}.get(best, str(best))
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores, cpu flags {cpu_flags()}{gpu}, torch "
+    print(f"machine: {platform.node()}, {os.cpu_count()} cores, cpu flags {cpu_description()}{gpu}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
     print(f"| work ({args.size}) | authors' code (fp32) | ours fp32 | ours best ({precision}) |")
     print("|---|---|---|---|")
@@ -215,7 +233,8 @@ def main() -> None:
           f"{rtf['fp32']:.4f} (x{rtf['theirs'] / rtf['fp32']:.2f}) | {rtf['best']:.4f} "
           f"(x{rtf['theirs'] / rtf['best']:.2f}) |")
     print(f"train_x={train['ours'] / train['theirs']:.2f} extract_fp32_x={rtf['theirs'] / rtf['fp32']:.2f} "
-          f"extract_best_x={rtf['theirs'] / rtf['best']:.2f} cpu={cpu_flags()}" + (f" device={device}" if gpu else ""))
+          f"extract_best_x={rtf['theirs'] / rtf['best']:.2f} cpu={cpu_description()}"
+          + (f" device={device}" if gpu else ""))
 
 
 if __name__ == "__main__":
