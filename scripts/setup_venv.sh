@@ -28,7 +28,16 @@ fi
 # setup.py maps every downstream_probes/<probe>/ folder: a new probe needs the editable install again
 stamp=.venv/.installed-$( (cat requirements.lock setup.py; ls -d downstream_probes/*/) | sha1sum | cut -c1-12)
 if [ -f "$stamp" ]; then exit 0; fi
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  # the pinned torch (CUDA build) alone is ~7 GB: say so up front, not as pip's OSError halfway through
+  free_kib=$(df -Pk . | awk 'NR==2 {print $4}')
+  if [ "${free_kib:-0}" -lt $((10 * 1024 * 1024)) ]; then
+    echo "error: $(pwd) has $((free_kib / 1024 / 1024)) GiB free; .venv needs ~8 GiB and the tests ~3 GiB under" \
+         "${TMPDIR:-/tmp}. Free some disk (old clones, /tmp/pytest-of-$(id -un)) and rerun." >&2
+    exit 1
+  fi
+  "$PY" -m venv .venv
+fi
 # catalyst 22.4 (s3prl's speech_commands) has metadata that pip >= 24.1 refuses.
 .venv/bin/python -m pip install -q "pip==24.0"
 .venv/bin/python -m pip install -q -r requirements.lock
