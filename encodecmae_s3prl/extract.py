@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, List, Sequence, Tuple
@@ -176,7 +177,7 @@ def run(args) -> int:
             if isinstance(err, UsageError):
                 raise
             if len(batch) == 1:
-                failed.append(f"{batch[0][0]}: {err}")
+                failed.append(f"{batch[0][0]}: {_one_file_reason(err)}")
                 return
             for item in batch:  # find the culprit: each file alone, with its own reason
                 run_batch([item])
@@ -214,7 +215,7 @@ def run(args) -> int:
             except UsageError:
                 raise
             except (AudioReadError, ValueError, RuntimeError) as err:
-                failed.append(str(err) if isinstance(err, AudioReadError) else f"{path}: {err}")
+                failed.append(str(err) if isinstance(err, AudioReadError) else f"{path}: {_one_file_reason(err)}")
             bar.update(before + seconds[path] - bar.n)  # the rest of the file, or all of it if it failed
 
     rows = [f"{path}\t{out}\t{'x'.join(map(str, shape))}" for path, (out, shape) in done.items()
@@ -225,6 +226,11 @@ def run(args) -> int:
         print(f"failed: {len(failed)} file(s):", *failed, sep="\n  ", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_file_reason(err: Exception) -> str:
+    """The upstream's reason for one file, without its index in a batch (the line names the file)."""
+    return re.sub(r"^waveform \d+: ", "", str(err))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -186,7 +186,7 @@ def test_extract_cli_writes_npy_and_manifest(tmp_path, tiny_ckpt, capsys):
     assert a.shape == (4, round(16000 / DOWNSAMPLE_RATE), 64) and b.shape[1] == round(8000 / DOWNSAMPLE_RATE)
     # the too-short clip was batched with the others: it fails alone, with its own reason
     assert (tmp_path / "out" / "sub" / "c.npy").is_file() and not (tmp_path / "out" / "tiny.npy").exists()
-    assert "failed: 2 file(s)" in err and "tiny.wav: waveform 0: 80 samples is shorter than one 75 Hz frame" in err
+    assert "failed: 2 file(s)" in err and "tiny.wav: 80 samples is shorter than one 75 Hz frame" in err
     assert "broken.wav: cannot decode" in err
     manifest = (tmp_path / "out" / "manifest.tsv").read_text().splitlines()
     assert len(manifest) == 4 and "broken" not in "".join(manifest) and "tiny" not in "".join(manifest)
