@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, List, Sequence, Tuple
@@ -33,7 +32,7 @@ from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
-from encodecmae_s3prl.upstream.expert import INPUT_RATE  # s3prl hands every upstream 16 kHz mono
+from encodecmae_s3prl.upstream.expert import INPUT_RATE, WaveformError  # s3prl hands every upstream 16 kHz mono
 
 LONG_SECONDS = 60.0
 
@@ -177,7 +176,7 @@ def run(args) -> int:
             if isinstance(err, UsageError):
                 raise
             if len(batch) == 1:
-                failed.append(f"{batch[0][0]}: {_one_file_reason(err)}")
+                failed.append(_failure(batch[0][0], err))
                 return
             for item in batch:  # find the culprit: each file alone, with its own reason
                 run_batch([item])
@@ -215,7 +214,7 @@ def run(args) -> int:
             except UsageError:
                 raise
             except (AudioReadError, ValueError, RuntimeError) as err:
-                failed.append(str(err) if isinstance(err, AudioReadError) else f"{path}: {_one_file_reason(err)}")
+                failed.append(_failure(path, err))
             bar.update(before + seconds[path] - bar.n)  # the rest of the file, or all of it if it failed
 
     rows = [f"{path}\t{out}\t{'x'.join(map(str, shape))}" for path, (out, shape) in done.items()
@@ -228,9 +227,11 @@ def run(args) -> int:
     return 0
 
 
-def _one_file_reason(err: Exception) -> str:
-    """The upstream's reason for one file, without its index in a batch (the line names the file)."""
-    return re.sub(r"^waveform \d+: ", "", str(err))
+def _failure(path: Path, err: Exception) -> str:
+    """One line of the failure list: the file, then its reason (an upstream's without its batch index)."""
+    if isinstance(err, AudioReadError):  # names the file itself
+        return str(err)
+    return f"{path}: {err.reason if isinstance(err, WaveformError) else err}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,14 @@ DOWNSAMPLE_RATE = 213  # input samples per output frame, see the module docstrin
 MIN_INPUT_SAMPLES = DOWNSAMPLE_RATE + 1  # one full frame
 
 
+class WaveformError(ValueError):
+    """A waveform of the batch the upstream cannot take: which one (``index``) and why (``reason``)."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"waveform {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
 class UpstreamExpert(nn.Module):
     model: ChunkedInference
     def __init__(self, model: ChunkedInference, **kwargs):
@@ -69,21 +77,21 @@ class UpstreamExpert(nn.Module):
 
     @staticmethod
     def _check(wavs: List[Tensor]) -> None:
-        """s3prl's input, or a ValueError naming the waveform and what to do."""
+        """s3prl's input, or a WaveformError naming the waveform and what to do."""
         if not isinstance(wavs, (list, tuple)) or len(wavs) == 0:
             raise ValueError("UpstreamExpert expects a non-empty list of 1-D waveform tensors (16 kHz mono)")
         for i, wav in enumerate(wavs):
             if not isinstance(wav, Tensor) or wav.dim() != 1:
                 shape = tuple(wav.shape) if isinstance(wav, Tensor) else type(wav).__name__
-                raise ValueError(f"waveform {i}: expected a 1-D tensor (samples,) of 16 kHz mono audio, got {shape}; "
-                                 f"mix channels down and pass one tensor per clip")
+                raise WaveformError(i, f"expected a 1-D tensor (samples,) of 16 kHz mono audio, got {shape}; "
+                                       f"mix channels down and pass one tensor per clip")
             if not wav.is_floating_point():
-                raise ValueError(f"waveform {i}: expected float samples in [-1, 1], got dtype {wav.dtype}")
+                raise WaveformError(i, f"expected float samples in [-1, 1], got dtype {wav.dtype}")
             if wav.numel() < MIN_INPUT_SAMPLES:
-                raise ValueError(f"waveform {i}: {wav.numel()} samples is shorter than one 75 Hz frame "
-                                 f"({MIN_INPUT_SAMPLES} samples at 16 kHz); pad or drop the clip")
+                raise WaveformError(i, f"{wav.numel()} samples is shorter than one 75 Hz frame "
+                                       f"({MIN_INPUT_SAMPLES} samples at 16 kHz); pad or drop the clip")
             if not all_finite(wav):
-                raise ValueError(f"waveform {i}: contains NaN or infinite samples")
+                raise WaveformError(i, "contains NaN or infinite samples")
 
     @staticmethod
     def output_frames(samples_16k):
