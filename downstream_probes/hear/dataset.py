@@ -1,5 +1,7 @@
 """Any HEAR 2021 task as ``hear-preprocess`` (hear-eval-kit) writes it: ``task_metadata.json``,
-``labelvocabulary.csv`` (idx,label), ``<split>.json`` (file -> labels), audio in ``16000/<split>/``.
+``labelvocabulary.csv`` (idx,label), ``<split>.json`` (file -> labels), audio in ``<rate>/<split>/`` for one or
+more rates (HEAR distributes 48000; hear-preprocess writes any rate asked for). Clips name the copy at the
+highest rate present; the HEAR protocol reads the copy nearest its upstream's rate.
 
 Scene-level tasks only (one embedding per clip), multiclass or multilabel: accuracy (pitch and chroma accuracy
 when the task evaluates them) or mAP; folds as the metadata says:
@@ -16,7 +18,7 @@ from pathlib import Path
 from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask, fold_splits, natural_key
 
 LAYOUT = ("TASK/task_metadata.json, TASK/labelvocabulary.csv (idx,label), TASK/<split>.json and "
-          "TASK/16000/<split>/<file>, as hear-preprocess writes a task")
+          "TASK/<rate>/<split>/<file> (e.g. 48000/), as hear-preprocess writes a task")
 SPLIT_MODES = ("trainvaltest", "new_split_kfold", "presplit_kfold")
 PREDICTION_TYPES = ("multiclass", "multilabel")
 
@@ -52,6 +54,12 @@ def folds(root: Path) -> list:
     return [None] if meta["split_mode"] == "trainvaltest" else sorted(meta["splits"], key=natural_key)
 
 
+def rates(root: Path) -> list:
+    """The sample rates a task holds audio at (its ``<rate>/`` folders), ascending."""
+    root = Path(root)
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
+
+
 def metrics(meta: dict) -> tuple:
     if meta["prediction_type"] == "multilabel":
         return ("mAP",)
@@ -70,6 +78,10 @@ def load_task(root: Path, test_fold: str | None = None) -> ProbeTask:
     if not rows or "idx" not in rows[0] or "label" not in rows[0]:
         raise ProbeDataError(f"{vocabulary}: expected a header idx,label and one row per class")
     classes = [r["label"] for r in sorted(rows, key=lambda r: int(r["idx"]))]
+    present = rates(root)
+    if not present:
+        raise ProbeDataError(f"{root}: no audio folder (<rate>/, e.g. 48000/); the hear probe expects {LAYOUT}")
+    audio = root / str(present[-1])
     index = {label: i for i, label in enumerate(classes)}
 
     def split_clips(split: str):
@@ -83,7 +95,7 @@ def load_task(root: Path, test_fold: str | None = None) -> ProbeTask:
                 raise ProbeDataError(f"{labels_path}: {name} has label(s) {unknown} missing from {vocabulary}")
             if meta["prediction_type"] == "multiclass" and len(values) != 1:
                 raise ProbeDataError(f"{labels_path}: {name} has {len(values)} labels in a multiclass task")
-            clips.append(Clip(str(root / "16000" / split / name), tuple(index[str(v)] for v in values)))
+            clips.append(Clip(str(audio / split / name), tuple(index[str(v)] for v in values)))
         return clips
 
     kit_order = random.Random(0)  # heareval.embeddings.task_embeddings: prng.seed(0), then one shuffle per split

@@ -55,6 +55,7 @@ from encodecmae_s3prl.downstream_probes.common import (  # noqa: F401  (upstream
     read_clip,
     upstream_rate,
 )
+from encodecmae_s3prl.downstream_probes.hear.dataset import rates as hear_rates
 from encodecmae_s3prl.evaluation import recipe_tasks
 
 MIN_SECONDS = 0.1  # shorter clips are zero-padded to 0.1 s (convolutional front ends need ~25 ms)
@@ -132,16 +133,19 @@ def _clip_seconds(clip: Clip) -> float:
         return 0.0
 
 
-def _at_rate(path: str, rate: int) -> str:
-    """A HEAR task holds each clip once per rate (``TASK/<rate>/<split>/<file>``): the copy at ``rate`` when there
-    is one (what the kit reads for a module of that rate), else ``path`` (read at its rate and resampled)."""
+def copy_at_rate(path: str, rate: int) -> str:
+    """A HEAR task holds each clip once per rate (``TASK/<r>/<split>/<file>``; HEAR distributes 48000): for a reader
+    at ``rate``, the copy at ``rate`` itself, else the lowest rate above it (resampled down, nothing below
+    ``rate / 2`` lost), else the highest below; ``path`` itself outside that layout."""
     p = Path(path)
-    rate_folder = p.parent.parent
-    if rate_folder.name.isdigit() and rate_folder.name != str(rate):
-        copy = rate_folder.parent / str(rate) / p.parent.name / p.name
-        if copy.is_file():
-            return str(copy)
-    return path
+    rate_folder, task = p.parent.parent, p.parent.parent.parent
+    if not rate_folder.name.isdigit():
+        return path
+    present = [r for r in hear_rates(task) if (task / str(r) / p.parent.name / p.name).is_file()]
+    above = [r for r in present if r >= rate]
+    if not present:
+        return path
+    return str(task / str(min(above) if above else max(present)) / p.parent.name / p.name)
 
 
 @torch.no_grad()
@@ -161,7 +165,7 @@ def embed_clips(upstream, clips: Sequence[Clip], device: str = "cpu", batch_size
         index = order[start:start + batch_size]
         batch = []
         for i in index:
-            wav = read_clip(_at_rate(clips[i].path, rate), clips[i].start, clips[i].duration, rate)
+            wav = read_clip(copy_at_rate(clips[i].path, rate), clips[i].start, clips[i].duration, rate)
             if wav is None:
                 bad.append(clips[i].key)
                 wav = torch.zeros(rate)
