@@ -285,3 +285,54 @@ def write_tiny_encodecmae_checkpoint(path: Path, seed: int = 0, size: str = "tin
     atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()}, "Step": 0},
                 path)
     return path
+
+
+# Table 1's HEAR tasks as HEAR distributes them: folder, task_name, split mode, folds (0: train/valid/test), type,
+# evaluation, real clip duration (s); FSD50K's clips vary up to 30 s (HEAR pads or trims to sample_duration)
+HEAR_TABLE1_TASKS = (
+    ("nsynth_pitch-v2.2.3-50h", "nsynth_pitch", "trainvaltest", 0, "multiclass", ["pitch_acc", "chroma_acc"], 4.0),
+    ("gtzan_genre-1.0.0-full", "gtzan_genre", "new_split_kfold", 10, "multiclass", ["top1_acc"], 30.0),
+    ("speech_commands-v0.0.2-full", "speech_commands", "trainvaltest", 0, "multiclass", ["top1_acc"], 1.0),
+    ("tfds_crema_d-1.0.0-full", "tfds_crema_d", "new_split_kfold", 5, "multiclass", ["top1_acc"], 5.0),
+    ("fsd50k-v1.0-full", "fsd50k", "trainvaltest", 0, "multilabel", ["mAP", "d_prime"], 10.0),
+    ("esc50-v2.0.0-full", "esc50", "presplit_kfold", 5, "multiclass", ["top1_acc"], 5.0),
+)
+
+
+def write_hear_table1_tasks(root: Path, clips: int = 24, classes: int = 4, seconds: float | None = 1.0,
+                            rate: int = 48_000, seed: int = 0) -> Path:
+    """Stand-ins of Table 1's six HEAR tasks in the layout HEAR distributes (folder names, task names, split
+    modes, fold counts, metrics as the real ones; audio at ``rate`` only, 48000 as HEAR ships): ``clips`` clips
+    per split or fold of ``seconds`` each (None: the real tasks' clip durations), ``classes`` learnable classes
+    (NSynth: MIDI pitches 60.., harmonic notes; the others sound classes; FSD50K mixtures of one or two)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for folder, name, mode, folds, kind, evaluation, real_seconds in HEAR_TABLE1_TASKS:
+        task = root / folder
+        duration = real_seconds if seconds is None else seconds
+        splits = [f"fold{k:02d}" for k in range(folds)] if folds else ["train", "valid", "test"]
+        labels_of = ([str(60 + i) for i in range(classes)] if name == "nsynth_pitch"
+                     else [f"{name}_class{i}" for i in range(classes)])
+        for split in splits:
+            labels = {}
+            for n in range(clips):
+                if kind == "multilabel":
+                    chosen = sorted(rng.choice(classes, size=int(rng.integers(1, 3)), replace=False).tolist())
+                    wav = np.clip(sum(sound_class(2 * c + 1, duration, rate, rng) for c in chosen), -1, 1)
+                elif name == "nsynth_pitch":
+                    chosen = [n % classes]
+                    wav = harmonic_tone(440.0 * 2 ** ((60 + chosen[0] - 69) / 12), duration, rate, rng,
+                                        harmonics=2 + n % 3)
+                else:
+                    chosen = [n % classes]
+                    wav = sound_class(chosen[0], duration, rate, rng)
+                file = f"{split}_{n:04d}.wav"
+                write_wav(task / str(rate) / split / file, np.asarray(wav, np.float32), rate)
+                labels[file] = [labels_of[c] for c in chosen]
+            (task / f"{split}.json").write_text(json.dumps(labels))
+        (task / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{label}\n"
+                                                                          for i, label in enumerate(labels_of)))
+        (task / "task_metadata.json").write_text(json.dumps({
+            "task_name": name, "version": folder.split("-")[1], "embedding_type": "scene", "prediction_type": kind,
+            "split_mode": mode, "splits": splits, "sample_duration": duration, "evaluation": evaluation}))
+    return root

@@ -48,9 +48,10 @@ PAPER_NAMES = {"encodec_features": "EC", "encodecmae_random": "ECMAE-R", "fbank_
 
 
 def parse_upstream(spec: str) -> tuple[str, str, str | None]:
-    """'name' -> (label, hub entry, None); 'ENTRY=CKPT' -> that hub entry on CKPT (hubert_local=..., or
-    encodec_features=... / encodecmae_random=... to take a checkpoint's codec); 'LABEL=ENTRY=CKPT' -> ENTRY on
-    CKPT under another name (two hubert_local checkpoints side by side); 'label=CKPT' -> encodecmae_local."""
+    """'name' -> (label, hub entry, None); 'LABEL=ENTRY' -> that hub entry under another name (ECMAE-B=encodecmae_base);
+    'ENTRY=CKPT' -> that hub entry on CKPT (hubert_local=..., or encodec_features=... / encodecmae_random=... to take a
+    checkpoint's codec); 'LABEL=ENTRY=CKPT' -> ENTRY on CKPT under another name (two hubert_local checkpoints side by
+    side); 'label=CKPT' -> encodecmae_local."""
     if "=" not in spec:
         return spec, spec, None
     from s3prl import hub
@@ -61,6 +62,8 @@ def parse_upstream(spec: str) -> tuple[str, str, str | None]:
     if "=" in ckpt and hasattr(hub, ckpt.split("=", 1)[0]):
         entry, ckpt = ckpt.split("=", 1)
         return label, entry, ckpt
+    if hasattr(hub, ckpt) and not Path(ckpt).expanduser().exists():
+        return label, ckpt, None
     return label, (label if hasattr(hub, label) else "encodecmae_local"), ckpt
 
 
@@ -98,12 +101,13 @@ NOT_METRICS = ("folds", "layer_weights", "std", "params", "grid")  # what evalua
 
 
 def evaluate(get_upstream, key: str, probe: str, root: str, cache: Path, weighted: bool, grid_size: int,
-             max_epochs: int, device: str, hidden_dim: int = 1024) -> dict:
+             max_epochs: int, device: str, hidden_dim: int = 1024, batch_size: int = 8) -> dict:
     """Metrics averaged over the probe's test folds (HEAR: configuration selected on the first fold, reused on
     the others), their std, the selected configuration, per-fold values and learned layer weights."""
     def load(fold):
         task = load_task(probe, root, fold)
-        return task, embed_splits(get_upstream, key, task, cache, device)
+        return task, embed_splits(get_upstream, key, task, cache, device, batch_size,
+                                  layers="all" if weighted else "last")
 
     return evaluate_folds(task_folds(probe, root), load, weighted=weighted, grid_size=grid_size,
                           max_epochs=max_epochs, device=device, hidden_dim=hidden_dim)

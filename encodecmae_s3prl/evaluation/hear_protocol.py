@@ -1,7 +1,8 @@
 """The HEAR 2021 protocol on cached embeddings: the upstream runs once per (upstream, task), never per epoch.
 
 1. ``embed_splits``: the time-mean of every hidden state of every clip -> one ``.npy`` cache per
-   (upstream, task), (clips, layers, dim) float32, shared by every fold and every rerun. s3prl's
+   (upstream, task), (clips, layers, dim) float32, shared by every fold and every rerun (built in blocks kept as
+   they finish, so a killed run resumes at the block it was in). s3prl's
    weighted sum commutes with the time-mean, so the cache serves both the last-layer protocol
    (the paper's) and a learned softmax weighting of layers exactly. Each clip is read once at its own
    rate and resampled straight to the upstream's native rate: 24 kHz into our EnCodecMAE's
@@ -29,6 +30,7 @@ import hashlib
 import itertools
 import math
 import random
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +59,7 @@ from encodecmae_s3prl.downstream_probes.common import (  # noqa: F401  (upstream
 )
 from encodecmae_s3prl.downstream_probes.hear.dataset import rates as hear_rates
 from encodecmae_s3prl.evaluation import recipe_tasks
+from encodecmae_s3prl.upstream.atomic import atomic_write
 
 MIN_SECONDS = 0.1  # shorter clips are zero-padded to 0.1 s (convolutional front ends need ~25 ms)
 CACHE_FORMAT = "native-rate-1"  # part of every cache name: caches from 16 kHz-only embedding are not reused
@@ -150,18 +153,20 @@ def copy_at_rate(path: str, rate: int) -> str:
 
 @torch.no_grad()
 def embed_clips(upstream, clips: Sequence[Clip], device: str = "cpu", batch_size: int = 8,
-                desc: str = "embed") -> np.ndarray:
+                desc: str = "embed", progress: tqdm | None = None) -> np.ndarray:
     """(N, layers, dim) float32: the time-mean of every hidden state of each clip (its own frames only).
 
     Each clip is read once at its own rate and resampled straight to the upstream's native rate (``upstream_rate``:
-    24 kHz into our ``model.encode``, 16 kHz for other s3prl upstreams). Clips are read batch by batch (a corpus
-    never sits in memory) in order of length, so padding is small; an unreadable clip is embedded as 1 s of
-    silence and named on stderr."""
+    24 kHz into our ``model.encode``, 16 kHz for other s3prl upstreams), from the task's copy nearest that rate.
+    Clips are read batch by batch (a corpus never sits in memory) in order of length, so padding is small; an
+    unreadable clip is embedded as 1 s of silence and named on stderr. ``progress`` (a tqdm in audio seconds) is
+    advanced batch by batch; without it a bar of its own is shown."""
     rate = upstream_rate(upstream)
     min_samples = int(rate * MIN_SECONDS)
     order = sorted(range(len(clips)), key=lambda i: -_clip_seconds(clips[i]))
     pooled, bad = [None] * len(clips), []
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, dynamic_ncols=True, leave=False):
+    bar = progress if progress is not None else tqdm(total=len(order), desc=desc, dynamic_ncols=True, leave=False)
+    for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         batch = []
         for i in index:
@@ -176,37 +181,107 @@ def embed_clips(upstream, clips: Sequence[Clip], device: str = "cpu", batch_size
         stacked = torch.stack(hidden, dim=1)  # (batch, layers, frames, dim)
         for row, i in enumerate(index):
             pooled[i] = stacked[row, :, :int(frames[row])].float().mean(dim=1).cpu().numpy()
+        bar.update(sum(w.numel() for w in batch) / rate if progress is not None else len(index))
+    if progress is None:
+        bar.close()
     if bad:
         print(f"[hear] {len(bad)} unreadable clip(s) embedded as 1 s of silence: {', '.join(bad[:5])}"
               f"{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
     return np.stack(pooled).astype(np.float32)
 
 
-def cache_path(cache_dir: Path, upstream_key: str, task: ProbeTask, keys: Sequence[str]) -> Path:
+def clip_keys(task: ProbeTask) -> List[str]:
+    """Every clip of a task once (all splits), in the order its cache holds them."""
+    return sorted({clip.key for clips in task.splits.values() for clip in clips})
+
+
+def cache_path(cache_dir: Path, upstream_key: str, task: ProbeTask, keys: Sequence[str] | None = None) -> Path:
     """One file per (upstream, task): the key names the upstream (entry, checkpoint identity) and the clip list."""
+    keys = clip_keys(task) if keys is None else keys
     digest = hashlib.sha1("\n".join([CACHE_FORMAT, upstream_key, *keys]).encode()).hexdigest()[:16]
     label = "".join(c if c.isalnum() or c in "-_." else "_" for c in upstream_key.split("|")[0])
     return Path(cache_dir) / f"{label}-{task.name}-{digest}.npy"
 
 
+CACHE_BLOCK = 1024  # clips per partial file while a cache is built: a killed run loses at most one block
+
+
+def _open_cache(cache: Path, clips: int) -> np.ndarray | None:
+    """The finished cache, memory-mapped; None (and the file removed, said on stderr) when it is unreadable or
+    holds another number of clips, so that it is rebuilt."""
+    try:
+        x = np.load(cache, mmap_mode="r")
+        if x.ndim == 3 and x.shape[0] == clips and x.dtype == np.float32:
+            return x
+        problem = f"holds {x.shape} {x.dtype}, not ({clips}, layers, dim) float32"
+    except (ValueError, OSError, EOFError) as err:
+        problem = f"is unreadable ({err})"
+    print(f"[hear] embedding cache {cache} {problem}: removed, embedding again", file=sys.stderr)
+    cache.unlink(missing_ok=True)
+    return None
+
+
+def _build_cache(get_upstream: Callable[[], nn.Module], clips: Sequence[Clip], cache: Path, device: str,
+                 batch_size: int, desc: str) -> None:
+    """Embed ``clips`` into ``cache`` block by block: each block of CACHE_BLOCK clips (in order of length) is kept
+    in ``<cache>.parts/`` as it finishes, so a rerun after a kill embeds only the blocks that were missing; the
+    blocks are then gathered, in the clips' order, into the cache (written whole or not at all)."""
+    if not clips:
+        raise ProbeDataError(f"{desc}: the task has no clips to embed")
+    order = sorted(range(len(clips)), key=lambda i: -_clip_seconds(clips[i]))
+    blocks = [order[i:i + CACHE_BLOCK] for i in range(0, len(order), CACHE_BLOCK)]
+    parts = cache.with_name(cache.stem + ".parts")
+    seconds = [sum(max(_clip_seconds(clips[i]), MIN_SECONDS) for i in block) for block in blocks]
+    done = [parts / f"{b:05d}.npy" for b in range(len(blocks))]
+
+    def finished(b: int) -> bool:
+        try:
+            return np.load(done[b], mmap_mode="r").shape[0] == len(blocks[b])
+        except (ValueError, OSError, EOFError):
+            return False
+
+    have = [finished(b) for b in range(len(blocks))]
+    with tqdm(total=sum(seconds), initial=sum(s for s, h in zip(seconds, have, strict=True) if h), desc=desc,
+              unit="audio-s", dynamic_ncols=True, leave=False) as bar:
+        for b, block in enumerate(blocks):
+            if not have[b]:
+                x = embed_clips(get_upstream(), [clips[i] for i in block], device, batch_size, progress=bar)
+                atomic_write(done[b], lambda handle, x=x: np.save(handle, x))
+    first = np.load(done[0], mmap_mode="r")
+    shape = (len(clips), *first.shape[1:])
+
+    def gather(handle) -> None:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        offset, row_bytes = handle.tell(), int(np.prod(shape[1:])) * 4
+        handle.truncate(offset + shape[0] * row_bytes)
+        for b, block in enumerate(blocks):
+            part = np.load(done[b], mmap_mode="r")
+            for row, i in enumerate(block):
+                handle.seek(offset + i * row_bytes)
+                handle.write(np.ascontiguousarray(part[row], dtype="<f4").tobytes())
+
+    atomic_write(cache, gather)
+    shutil.rmtree(parts, ignore_errors=True)
+
+
 def embed_splits(get_upstream: Callable[[], nn.Module], upstream_key: str, task: ProbeTask, cache_dir: Path,
-                 device: str = "cpu", batch_size: int = 8) -> Dict[str, dict]:
-    """{split: {"x": (N, layers, dim), "y": targets}}. The cache holds every clip of the task once, so every
-    fold of a k-fold task and every rerun reuses it; ``get_upstream`` is only called on a cache miss."""
-    keys = sorted({clip.key for clips in task.splits.values() for clip in clips})
+                 device: str = "cpu", batch_size: int = 8, layers: str = "all") -> Dict[str, dict]:
+    """{split: {"x": (N, layers, dim), "y": targets}}. The cache holds every layer of every clip of the task once,
+    so every fold of a k-fold task, every mode and every rerun reuses it; ``get_upstream`` is only called on a cache
+    miss. ``layers="last"`` reads only the last layer from the (memory-mapped) cache: x is (N, 1, dim)."""
+    if layers not in ("all", "last"):
+        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+    keys = clip_keys(task)
     cache = cache_path(cache_dir, upstream_key, task, keys)
-    if cache.is_file():
-        x = np.load(cache)
-    else:
+    x = _open_cache(cache, len(keys)) if cache.is_file() else None
+    if x is None:
         by_key = {clip.key: clip for clips in task.splits.values() for clip in clips}
-        x = embed_clips(get_upstream(), [by_key[k] for k in keys], device, batch_size,
-                        desc=f"embed {upstream_key.split('|')[0]} {task.name}")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npy")
-        np.save(tmp, x)
-        tmp.replace(cache)  # atomic: an interrupted run never leaves a truncated cache
+        _build_cache(get_upstream, [by_key[k] for k in keys], cache, device, batch_size,
+                     desc=f"embed {upstream_key.split('|')[0]} {task.name}")
+        x = np.load(cache, mmap_mode="r")
+    source = x[:, -1:] if layers == "last" else x
     row = {key: i for i, key in enumerate(keys)}
-    return {split: {"x": x[[row[c.key] for c in clips]], "y": _targets(task, clips)}
+    return {split: {"x": np.asarray(source[[row[c.key] for c in clips]]), "y": _targets(task, clips)}
             for split, clips in task.splits.items()}
 
 

@@ -1,0 +1,42 @@
+"""Files that appear whole or not at all: write beside the target, fsync, rename over it.
+
+A process killed mid-write (SIGKILL included) leaves the previous file, or none, under the final name, and at
+worst a hidden ``.<name>.*.tmp`` beside it that no reader ever takes as done; a full disk is a ``DiskFullError``
+naming the file, with the temporary removed.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+class DiskFullError(OSError):
+    """No space left while writing a file: what was being written and where."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """``write(handle)`` into a temporary file in ``path``'s folder, then rename it to ``path``; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise DiskFullError(errno.ENOSPC, f"no space left on the device while writing {path}; free some space "
+                                              f"there (or choose another output folder) and rerun") from None
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode()))
