@@ -300,10 +300,11 @@ HEAR_TABLE1_TASKS = (
 
 
 def write_hear_table1_tasks(root: Path, clips: int = 24, classes: int = 4, seconds: float | None = 1.0,
-                            rate: int = 48_000, seed: int = 0) -> Path:
+                            rate: int = 48_000, seed: int = 0, per_task: int | None = None) -> Path:
     """Stand-ins of Table 1's six HEAR tasks in the layout HEAR distributes (folder names, task names, split
     modes, fold counts, metrics as the real ones; audio at ``rate`` only, 48000 as HEAR ships): ``clips`` clips
-    per split or fold of ``seconds`` each (None: the real tasks' clip durations), ``classes`` learnable classes
+    per split or fold (``per_task``: that many per task, shared out over its splits) of ``seconds`` each (None: the
+    real tasks' clip durations), ``classes`` learnable classes
     (NSynth: MIDI pitches 60.., harmonic notes; the others sound classes; FSD50K mixtures of one or two)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -311,11 +312,12 @@ def write_hear_table1_tasks(root: Path, clips: int = 24, classes: int = 4, secon
         task = root / folder
         duration = real_seconds if seconds is None else seconds
         splits = [f"fold{k:02d}" for k in range(folds)] if folds else ["train", "valid", "test"]
+        count = clips if per_task is None else max(2, per_task // len(splits))
         labels_of = ([str(60 + i) for i in range(classes)] if name == "nsynth_pitch"
                      else [f"{name}_class{i}" for i in range(classes)])
         for split in splits:
             labels = {}
-            for n in range(clips):
+            for n in range(count):
                 if kind == "multilabel":
                     chosen = sorted(rng.choice(classes, size=int(rng.integers(1, 3)), replace=False).tolist())
                     wav = np.clip(sum(sound_class(2 * c + 1, duration, rate, rng) for c in chosen), -1, 1)
