@@ -11,10 +11,12 @@ folder listed in ``ENCODECMAE_PROBE_PATH`` (``os.pathsep``-separated, like ``PAT
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import importlib.abc
 import importlib.util
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -255,15 +257,22 @@ def load_hub_upstream(entry: str, ckpt: str | None = None, device: str = "cpu", 
     """``s3prl.hub.<entry>(ckpt=ckpt, **options)`` (``ckpt`` only when given), on ``device``, in eval mode: any s3prl
     upstream, ours included. How ``extract``, ``compare`` and the HEAR API build upstreams.
 
-    Raises UnknownUpstreamError (a ValueError) naming the hub's entries when ``entry`` is not one of them."""
+    Raises UnknownUpstreamError (a ValueError) with the closest entry names when ``entry`` is not one of the hub's,
+    and when a ``*_local`` entry, which loads a checkpoint, is given none."""
     register()
+    if entry.endswith("_local") and not ckpt:
+        raise UnknownUpstreamError(f"upstream {entry} loads a checkpoint and none was given: pass its path (-k PATH, "
+                                   f"or ENTRY=PATH / ENTRY:PATH where the command takes specs)")
     kwargs = {"ckpt": ckpt} if ckpt else {}
     ours = upstream_entries()
     if entry in ours:  # our entries need none of s3prl.hub's imports (~0.25 GB of memory)
         return ours[entry](**kwargs, **options).to(device).eval()
     from s3prl import hub
 
-    if entry.startswith("_") or not callable(getattr(hub, entry, None)):
-        known = sorted(n for n in dir(hub) if not n.startswith("_") and callable(getattr(hub, n)))
-        raise UnknownUpstreamError(f"unknown upstream {entry!r}; s3prl.hub has: {', '.join(known)}")
+    if entry.startswith("_") or not inspect.isfunction(getattr(hub, entry, None)):
+        known = [n for n in dir(hub) if not n.startswith("_") and inspect.isfunction(getattr(hub, n))]
+        close = difflib.get_close_matches(entry, known, n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else \
+            "list them with: python -c 'import s3prl.hub as h; print(dir(h))'"
+        raise UnknownUpstreamError(f"unknown upstream {entry!r}; {hint}")
     return getattr(hub, entry)(**kwargs, **options).to(device).eval()

@@ -56,16 +56,33 @@ def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = 
         # memory-mapped: tensors are read from the file as they are used, not copied in first
         return torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
+        if not _names_a_class(err):  # torch reports any unpickling failure this way: random bytes, a text file
+            raise _unreadable(path, err) from None
         raise CheckpointError(
             f"refused to load {path}: it needs a class outside the safe allow-list ({_first_line(err)}). "
             f"Loading it would run code stored in the file. If you trust who wrote it, set {TRUST_ENV}=1 "
             f"(or pass --trust-checkpoint to run_pretrain.py, run_downstream.py or extract)."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {_first_line(err)}. The file is probably truncated or not a "
-            f"torch checkpoint; copy or download it again."
-        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError, IndexError) as err:
+        raise _unreadable(path, err) from None
+
+
+def _names_a_class(err: BaseException) -> bool:
+    """torch's weights-only refusal of a class (``Unsupported global: GLOBAL x.y``), not a file it cannot parse."""
+    return "Unsupported global" in str(err) or "GLOBAL" in str(err)
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if head == b"PK" and not zipfile.is_zipfile(path):
+        what = "is truncated (a zip archive without its end)"
+    elif not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        what = "is not a torch checkpoint (neither a zip archive nor a pickle)"
+    else:
+        what = f"is unreadable ({_first_line(err)[:160]}): probably truncated or not a torch checkpoint"
+    return CheckpointError(f"checkpoint {path} {what}; give the states-N.ckpt written by run_pretrain.py or a "
+                           f"published model.pt, or copy / download it again")
 
 
 def _first_line(err: BaseException) -> str:
