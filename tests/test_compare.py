@@ -37,7 +37,9 @@ def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monk
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"fbank_no_cmvn", "fbank", "missing"}
-    assert set(results["fbank_no_cmvn"]["nsynth_pitch"]) == {"pitch_acc", "chroma_acc"}
+    assert set(results["fbank_no_cmvn"]["nsynth_pitch"]) == {"pitch_acc", "chroma_acc", "pitch_acc_std",
+                                                             "chroma_acc_std"}
+    assert results["fbank_no_cmvn"]["esc50"]["acc_std"] > 0  # 5 folds: their spread, beside the mean
     assert results["fbank_no_cmvn"]["nsynth_pitch"]["pitch_acc"] > 0.5  # 12 pitches: chance 0.08
     assert results["fbank_no_cmvn"]["esc50"]["acc"] > 0.6  # 4 classes, mean over the 5 folds
     # fbank is CMVN'd per clip: its time-mean is zero, the pooled probe sits at chance
@@ -48,8 +50,10 @@ def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monk
     assert "| missing | error: " in table and "Learned layer weights" in table and "± " in table
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["upstream", "nsynth_pitch pitch_acc", "nsynth_pitch chroma_acc", "esc50 acc"]
-    assert float(rows[1][3]) == pytest.approx(results["fbank_no_cmvn"]["esc50"]["acc"], abs=1e-3)
+    assert rows[0] == ["upstream", "nsynth_pitch pitch_acc", "nsynth_pitch pitch_acc std", "nsynth_pitch chroma_acc",
+                       "nsynth_pitch chroma_acc std", "esc50 acc", "esc50 acc std"]
+    assert float(rows[1][5]) == pytest.approx(results["fbank_no_cmvn"]["esc50"]["acc"], abs=1e-3)
+    assert float(rows[1][6]) == pytest.approx(results["fbank_no_cmvn"]["esc50"]["acc_std"], abs=1e-3)
     details = json.loads((out / "details.json").read_text())
     folds = details["fbank_no_cmvn"]["esc50"]["folds"]
     assert [f["fold"] for f in folds] == [f"fold{k}" for k in range(1, 6)]
@@ -63,8 +67,11 @@ def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monk
 
     monkeypatch.setattr(hear_protocol, "embed_clips", fail)
     monkeypatch.setattr(compare, "load_hub_upstream", fail)
+    before = (out / "results.md").read_text()
     compare.main(args)
     assert json.loads((out / "results.json").read_text())["fbank_no_cmvn"]["esc50"] == results["fbank_no_cmvn"]["esc50"]
+    # that rerun failed a cell again: the earlier table stays, this run's is beside it
+    assert (out / "results.md").read_text() == before and (out / "results.partial.md").is_file()
 
 
 def test_cache_key_follows_the_checkpoint_file(tmp_path, tiny_ckpt):
@@ -92,12 +99,19 @@ def test_bad_arguments_are_usage_errors(tmp_path, capsys, datasets):
         with pytest.raises(SystemExit):
             compare.main(["--upstreams", "fbank_no_cmvn", "--out", str(tmp_path), *argv])
         assert message in capsys.readouterr().err
+    # a --data path that does not exist stops the command before any work
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["--upstreams", "fbank_no_cmvn", "--probes", "esc50", "--data", f"esc50={tmp_path / 'nowhere'}",
+                      "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "nowhere does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     # a probe whose data is broken is reported in the table, the other probe still runs
+    (tmp_path / "empty").mkdir()
     results = compare.main(["--upstreams", "fbank_no_cmvn", "--probes", "esc50,nsynth_pitch", "--data",
-                            f"esc50={tmp_path / 'nowhere'}", "--data", f"nsynth_pitch={datasets['nsynth_pitch']}",
+                            f"esc50={tmp_path / 'empty'}", "--data", f"nsynth_pitch={datasets['nsynth_pitch']}",
                             "--out", str(tmp_path / "o"), "--grid-size", "1", "--max-epochs", "9",
                             "--hidden-dim", "32", "--device", "cpu"])
-    assert "is not a folder" in results["fbank_no_cmvn"]["esc50"]["error"]
+    assert str(tmp_path / "empty") in results["fbank_no_cmvn"]["esc50"]["error"]
     assert "pitch_acc" in results["fbank_no_cmvn"]["nsynth_pitch"]
 
 

@@ -45,7 +45,7 @@ def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}. Check the path given with -k / --ckpt.")
+        raise CheckpointError(f"checkpoint not found: {path}; check the path (a states-N.ckpt or a published model.pt)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file is truncated, copy or download it "
                               "again.")

@@ -43,6 +43,7 @@ from encodecmae_s3prl.evaluation.hear_protocol import (
     task_names,
 )
 from encodecmae_s3prl.registry import load_hub_upstream
+from encodecmae_s3prl.upstream.atomic import atomic_write, atomic_write_text
 
 PAPER_NAMES = {"encodec_features": "EC", "encodecmae_random": "ECMAE-R", "fbank_no_cmvn": "fbank (no CMVN)"}
 
@@ -113,24 +114,34 @@ def evaluate(get_upstream, key: str, probe: str, root: str, cache: Path, weighte
                           max_epochs=max_epochs, device=device, hidden_dim=hidden_dim)
 
 
-def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], out: Path) -> None:
+def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], out: Path,
+                  stem: str = "results") -> Path:
+    """``<stem>.md`` / ``.csv`` / ``.json`` / ``.png`` and ``details.json`` (``<stem>.details.json`` for another
+    stem) in ``out``; returns the markdown file."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = {u: {p: ({k: v for k, v in r.items() if k not in NOT_METRICS} if "error" not in r
+    summary = {u: {p: ({**{k: v for k, v in r.items() if k not in NOT_METRICS},
+                        **{f"{k}_std": v for k, v in (r.get("std") or {}).items()}} if "error" not in r
                        else {"error": r["error"]}) for p, r in row.items()} for u, row in results.items()}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "details.json").write_text(json.dumps(results, indent=2, default=str))
+    details = "details.json" if stem == "results" else f"{stem}.details.json"
+    atomic_write_text(out / f"{stem}.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / details, json.dumps(results, indent=2, default=str))
     columns = [(p, m) for p in probes for m in _metrics_of(results, p)]
     header = ["upstream"] + [f"{p} {m}" for p, m in columns]
-    rows = []
+    rows, csv_rows = [], []
     for upstream, row in results.items():
         cells = [PAPER_NAMES.get(upstream, upstream)]
+        stds = []
         for probe, metric in columns:
             result = row.get(probe, {})
             cells.append(f"error: {result['error']}" if "error" in result else
                          f"{result[metric]:.3f}" if metric in result else "")
+            std = (result.get("std") or {}).get(metric) if "error" not in result else None
+            stds.append("" if std is None else f"{std:.3f}")
         rows.append(cells)
-    with open(out / "results.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([header] + rows)
+        csv_rows.append([c for pair in zip(cells[1:], stds, strict=True) for c in pair])
+    with open(out / f"{stem}.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["upstream"] + [f"{p} {m}{s}" for p, m in columns for s in ("", " std")]]
+                                     + [[cells[0], *values] for cells, values in zip(rows, csv_rows, strict=True)])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     # markdown: mean ± std over test folds where there are folds
     for upstream, cells in zip(results, rows, strict=True):
@@ -145,13 +156,14 @@ def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], ou
     folded = sorted({f"{p} ({len(r['folds'])} folds)" for row in results.values() for p, r in row.items()
                      if len(r.get("folds") or []) > 1})
     if folded:
-        lines += ["", "Mean ± std over test folds for " + ", ".join(folded) + "; per-fold results in details.json."]
+        lines += ["", "Mean ± std over test folds for " + ", ".join(folded) + f"; per-fold results in {details}."]
     weights = [f"- {u} / {p}: " + ", ".join(f"{w:.2f}" for w in r["layer_weights"])
                for u, row in results.items() for p, r in row.items() if r.get("layer_weights")]
     if weights:
         lines += ["", "Learned layer weights (softmax, first = embedding, last = model output):", *weights]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    _bar_chart(results, columns, out / "results.png")
+    atomic_write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
+    _bar_chart(results, columns, out / f"{stem}.png")
+    return out / f"{stem}.md"
 
 
 def _metrics_of(results, probe) -> List[str]:
@@ -187,7 +199,7 @@ def _bar_chart(results, columns, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("HEAR protocol, test metrics (error bars: std over folds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -227,6 +239,11 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
     missing = [p for p in probes if p not in data]
     if missing:
         parser.error(f"no --data PROBE=PATH for: {', '.join(missing)}")
+    for probe, paths in data.items():
+        absent = [p for p in paths.split(",") if p and not Path(p).expanduser().exists()]
+        if absent:
+            parser.error(f"--data {probe}={paths}: {absent[0]} does not exist; give the folder holding the "
+                         f"{probe} dataset")
     specs = [parse_upstream(s) for s in args.upstreams.split(",") if s]
     labels = [label for label, _, _ in specs]
     if len(set(labels)) != len(labels):
@@ -250,8 +267,13 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
                     break
         del upstream
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    write_outputs(results, probes, args.out)
-    print((args.out / "results.md").read_text())
+    failed = any("error" in r for row in results.values() for r in row.values())
+    keep = failed and (args.out / "results.md").is_file()  # a failed rerun never replaces a complete table
+    written = write_outputs(results, probes, args.out, "results.partial" if keep else "results")
+    print(written.read_text())
+    if keep:
+        print(f"compare: some cells failed, so {args.out / 'results.md'} (an earlier run's) is kept; this run's "
+              f"table is {written}", file=sys.stderr)
     return results
 
 
