@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import difflib
 import os
 import shutil
 import sys
@@ -125,6 +127,37 @@ def effective_config(argv: Sequence[str]) -> dict:
             target = target[name]
         target[fields[-1]] = value
     return config
+
+
+def _flat_keys(config: dict, prefix: str = "config") -> list[str]:
+    keys = []
+    for name, value in (config or {}).items():
+        keys.append(f"{prefix}.{name}")
+        if isinstance(value, dict):
+            keys += _flat_keys(value, f"{prefix}.{name}")
+    return keys
+
+
+def check_override_keys(argv: Sequence[str], extra: dict[str, Sequence[str]] | None = None) -> None:
+    """Every ``-o config.X.Y=...`` must name a key of the ``-c`` YAML (s3prl would add a misspelt key silently and
+    run with the YAML's value); ``extra`` maps a section (``config.pretrain_expert.datarc``) to more keys it
+    accepts (our typed configs' fields that the shipped YAML leaves at their defaults)."""
+    config_path = _peek(argv, "-c", "--config")
+    if not config_path or not Path(config_path).is_file():
+        return
+    with open(config_path) as handle:
+        config = yaml.safe_load(handle) or {}
+    known = set(_flat_keys(config))
+    for section, names in (extra or {}).items():
+        if section in known:
+            known.update(f"{section}.{name}" for name in names)
+    for key, _ in parse_override(_peek(argv, "-o", "--override")):
+        if not key.startswith("config.") or key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"keys are the YAML's, e.g. {sorted(known)[0]}"
+        raise UserError(f"-o {key}: no such key in {config_path}; {hint} (a key the YAML lacks: add it to a copy of "
+                        f"the YAML and pass that with -c)")
 
 
 def config_paths(config: dict, prefix: str = "config") -> dict[str, str]:
@@ -272,6 +305,9 @@ def _check_downstream_start(argv: Sequence[str]) -> None:
     if not _peek(argv, "-d", "--downstream") and not _peek(argv, "-c", "--config"):
         raise UserError("run_downstream.py needs -d DOWNSTREAM (e.g. -d esc50) to start, or -e CKPT to resume / "
                         "evaluate")
+    upstream = _peek(argv, "-u", "--upstream")
+    if upstream:
+        registry.require_hub_entry(upstream)
     _check_file_option(argv, "config", "-c", "--config")
 
 
@@ -286,14 +322,16 @@ def run_downstream(argv: Sequence[str] | None = None) -> None:
     argv = take_trust_flag(sys.argv[1:] if argv is None else argv)
     folder = NewExperimentFolder(argv, "downstream")
     paths: dict[str, str] = {}
-    with user_errors(path_keys=paths, path_hints=_PATH_HINTS, on_user_error=folder.remove):
+    with _interrupt_says_how_to_resume("downstream", argv, folder), \
+            user_errors(path_keys=paths, path_hints=_PATH_HINTS, on_user_error=folder.remove):
         registry.register()
         _check_downstream_start(argv)
         if _uses_published_download(argv):
             hub_offline_if_unreachable()
         compat.apply()
         argv = prepare_downstream_argv(argv)
-        if not _resumes(argv):
+        if not _resumes(argv) and not _wants_help(argv):
+            check_override_keys(argv)
             paths.update(config_paths(effective_config(argv)))
         import s3prl.downstream.runner as runner
         import s3prl.run_downstream as script
@@ -301,6 +339,21 @@ def run_downstream(argv: Sequence[str] | None = None) -> None:
         compat.route_checkpoint_loads(script, runner)
         sys.argv = [sys.argv[0]] + argv
         _main_with_help(script.main, argv)
+
+
+@contextlib.contextmanager
+def _interrupt_says_how_to_resume(kind: str, argv: Sequence[str], folder: "NewExperimentFolder"):
+    """Ctrl-C: one line (where the checkpoints are, how to resume), exit status 130, no empty experiment folder."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        folder.remove()
+        expdir = _peek(argv, "-p", "--expdir") or (f"result/{kind}/{_peek(argv, '-n', '--expname')}"
+                                                   if _peek(argv, "-n", "--expname") else None)
+        where = f"; checkpoints written so far are in {expdir}, resume with: python run_{kind}.py -e {expdir}" \
+            if expdir and Path(expdir).is_dir() else "; nothing was saved"
+        print(f"\nrun_{kind}.py: interrupted{where}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 def _main_with_help(main, argv: Sequence[str]) -> None:
@@ -319,6 +372,12 @@ def pretrain_config(upstream: str, kind: str, size: str | None = None) -> Path:
         folder = registry.package_folder("encodecmae_s3prl.pretrain_task")
     else:
         folder = compat.s3prl_package_dir() / "pretrain" / upstream
+        if not folder.is_dir():
+            tasks = [registry.OUR_PRETRAIN_TASK] + sorted(
+                p.name for p in folder.parent.iterdir() if p.is_dir() and not p.name.startswith("_"))
+            close = difflib.get_close_matches(upstream, tasks, n=3, cutoff=0.6)
+            raise UserError(f"-u {upstream}: no such pretrain task; "
+                            + (f"did you mean {', '.join(close)}?" if close else f"tasks: {', '.join(tasks)}"))
     path = folder / name
     if not path.is_file():
         raise UserError(
@@ -363,17 +422,30 @@ def _check_pretrain_start(argv: Sequence[str]) -> None:
                         f"{', '.join(PRETRAIN_MODEL_SIZES)}")
 
 
+def _pretrain_extra_keys(upstream: str | None) -> dict[str, Sequence[str]]:
+    """Our pretraining datarc's fields: all valid in -o, also those the shipped YAML leaves at their defaults."""
+    if upstream != registry.OUR_PRETRAIN_TASK:
+        return {}
+    import dataclasses
+
+    from encodecmae_s3prl.pretrain_task.pretrain_expert import PretrainDataConfig
+
+    return {"config.pretrain_expert.datarc": [f.name for f in dataclasses.fields(PretrainDataConfig)]}
+
+
 def run_pretrain(argv: Sequence[str] | None = None) -> None:
     """``run_pretrain.py``: s3prl's pretrain script and runner with our task registered."""
     argv = take_trust_flag(sys.argv[1:] if argv is None else argv)
     folder = NewExperimentFolder(argv, "pretrain")
     paths: dict[str, str] = {}
-    with user_errors(path_keys=paths, on_user_error=folder.remove):
+    with _interrupt_says_how_to_resume("pretrain", argv, folder), user_errors(path_keys=paths,
+                                                                               on_user_error=folder.remove):
         compat.enter_s3prl_script_environment()
         registry.register()
         argv = prepare_pretrain_argv(argv)
         _check_pretrain_start(argv)
         if not _resumes(argv) and not _wants_help(argv):
+            check_override_keys(argv, _pretrain_extra_keys(_peek(argv, "-u", "--upstream")))
             config = effective_config(argv)
             check_runner_steps(config)
             paths.update(config_paths(config))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from encodecmae_s3prl import compat
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
+from encodecmae_s3prl.upstream.atomic import atomic_write
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.expert import INPUT_RATE, WaveformError  # s3prl hands every upstream 16 kHz mono
 
@@ -106,11 +108,7 @@ def features(upstream, wavs: Sequence[torch.Tensor], layer: int | None, all_laye
 
 
 def _atomic_npy(target: Path, array: np.ndarray) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-    os.replace(tmp, target)
+    atomic_write(target, lambda handle: np.save(handle, array))
 
 
 @torch.no_grad()
@@ -127,7 +125,7 @@ def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, 
     frames = upstream.output_frames(len(wav))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    fd, written, shape = None, 0, None
+    fd, written, shape, finished = None, 0, None, False
     try:
         for first, values in upstream.stream(wav, layers):
             if fd is None:
@@ -143,13 +141,15 @@ def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, 
             written += values[0].shape[0]
             if progress is not None:
                 progress(values[0].shape[0] / frames)
+        if written != frames:
+            raise RuntimeError(f"streamed {written} of {frames} frames")
+        os.replace(tmp, target)
+        finished = True
     finally:
         if fd is not None:
             os.close(fd)
-    if written != frames:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"streamed {written} of {frames} frames")
-    os.replace(tmp, target)
+        if not finished:  # failed or interrupted: no temporary left behind
+            tmp.unlink(missing_ok=True)
     return shape
 
 
@@ -162,8 +162,51 @@ def run(args) -> int:
 
     streams = isinstance(upstream, UpstreamExpert)
     args.out.mkdir(parents=True, exist_ok=True)
-    done: dict[Path, tuple] = {}
+    done: dict[Path, tuple] = _finished_earlier(args, pairs)
+    if done:
+        print(f"{len(done)} of {len(pairs)} file(s) already extracted into {args.out} with these settings: kept")
+    pairs_left = [pair for pair in pairs if pair[0] not in done]
     failed: list[str] = []
+    try:
+        return _extract(args, upstream, streams, pairs, pairs_left, done, failed)
+    finally:
+        rows = [f"{path}\t{out}\t{'x'.join(map(str, shape))}" for path, (out, shape) in done.items()
+                if (args.out / out).is_file()]
+        atomic_write(args.out / "manifest.tsv", lambda handle: handle.write(
+            ("input\toutput\tshape\n" + "".join(row + "\n" for row in rows)).encode()))
+
+
+SETTINGS_FILE = ".extract-settings.json"  # what the outputs in a folder were extracted with
+
+
+def _settings(args) -> dict:
+    ckpt = Path(args.ckpt).expanduser().resolve() if args.ckpt else None
+    stat = ckpt.stat() if ckpt is not None and ckpt.is_file() else None
+    return {"upstream": args.upstream, "ckpt": str(ckpt) if ckpt else None,
+            "ckpt_identity": [stat.st_size, stat.st_mtime_ns] if stat else None, "model_config": args.model_config,
+            "layer": args.layer, "all_layers": bool(args.all_layers)}
+
+
+def _finished_earlier(args, pairs) -> dict:
+    """Outputs a previous run with the same settings finished (complete .npy files): a rerun keeps them. With
+    other settings every output is recomputed; the settings are recorded for the next run."""
+    settings_path = args.out / SETTINGS_FILE
+    try:
+        same = json.loads(settings_path.read_text()) == _settings(args)
+    except (OSError, json.JSONDecodeError):
+        same = False
+    done = {}
+    if same:
+        for path, out in pairs:
+            try:
+                done[path] = (out, np.load(args.out / out, mmap_mode="r").shape)
+            except (OSError, ValueError, EOFError):
+                continue
+    atomic_write(settings_path, lambda handle: handle.write(json.dumps(_settings(args)).encode()))
+    return done
+
+
+def _extract(args, upstream, streams: bool, pairs, pairs_left, done: dict, failed: list) -> int:
 
     def save(path: Path, out: Path, array: np.ndarray) -> None:
         _atomic_npy(args.out / out, array)
@@ -184,9 +227,9 @@ def run(args) -> int:
         for (path, out, _), array in zip(batch, arrays, strict=True):
             save(path, out, array)
 
-    seconds = {path: _seconds(path) for path, _ in pairs}
-    short = sorted((p for p in pairs if seconds[p[0]] <= args.long_seconds), key=lambda p: -seconds[p[0]])
-    long = [p for p in pairs if seconds[p[0]] > args.long_seconds]
+    seconds = {path: _seconds(path) for path, _ in pairs_left}
+    short = sorted((p for p in pairs_left if seconds[p[0]] <= args.long_seconds), key=lambda p: -seconds[p[0]])
+    long = [p for p in pairs_left if seconds[p[0]] > args.long_seconds]
     # progress in seconds of audio: a long file moves the bar block by block, not once at its end
     total = sum(seconds.values())
     with tqdm(total=total, desc=f"extract {args.upstream}", unit="audio-s", dynamic_ncols=True,
@@ -217,10 +260,8 @@ def run(args) -> int:
                 failed.append(_failure(path, err))
             bar.update(before + seconds[path] - bar.n)  # the rest of the file, or all of it if it failed
 
-    rows = [f"{path}\t{out}\t{'x'.join(map(str, shape))}" for path, (out, shape) in done.items()
-            if (args.out / out).is_file()]
-    (args.out / "manifest.tsv").write_text("input\toutput\tshape\n" + "".join(row + "\n" for row in rows))
-    print(f"wrote {len(rows)} of {len(pairs)} embedding file(s) and manifest.tsv to {args.out}")
+    written = sum((args.out / out).is_file() for out, _ in done.values())
+    print(f"wrote {written} of {len(pairs)} embedding file(s) and manifest.tsv to {args.out}")
     if failed:
         print(f"failed: {len(failed)} file(s):", *failed, sep="\n  ", file=sys.stderr)
         return 1
@@ -258,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args)
     except SystemExit as exit_:  # user_errors exits 2 after printing the one line; callers get the status
         return int(exit_.code or 0)
+    except KeyboardInterrupt:
+        print(f"\nextract: interrupted; the files finished so far are in {args.out} (manifest.tsv lists them), "
+              f"rerun the same command to extract the rest", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -267,6 +267,17 @@ def load_hub_upstream(entry: str, ckpt: str | None = None, device: str = "cpu", 
     ours = upstream_entries()
     if entry in ours:  # our entries need none of s3prl.hub's imports (~0.25 GB of memory)
         return ours[entry](**kwargs, **options).to(device).eval()
+    require_hub_entry(entry)
+    from s3prl import hub
+
+    return getattr(hub, entry)(**kwargs, **options).to(device).eval()
+
+
+def require_hub_entry(entry: str) -> None:
+    """Raise UnknownUpstreamError, with the closest entry names, unless ``entry`` is an upstream of s3prl.hub."""
+    register()
+    if entry in upstream_entries():
+        return
     from s3prl import hub
 
     if entry.startswith("_") or not inspect.isfunction(getattr(hub, entry, None)):
@@ -275,4 +286,3 @@ def load_hub_upstream(entry: str, ckpt: str | None = None, device: str = "cpu", 
         hint = f"did you mean {', '.join(close)}?" if close else \
             "list them with: python -c 'import s3prl.hub as h; print(dir(h))'"
         raise UnknownUpstreamError(f"unknown upstream {entry!r}; {hint}")
-    return getattr(hub, entry)(**kwargs, **options).to(device).eval()

@@ -41,3 +41,91 @@ def test_a_file_that_is_no_checkpoint_is_called_unreadable_not_untrusted(clip, t
     line = _error_line(capsys, ["-u", "encodecmae_local", "-k", str(bad), str(clip), "--out", str(tmp_path / "f")])
     assert f"checkpoint {bad} is not a torch checkpoint" in line
     assert "TRUST" not in line and "allow-list" not in line
+
+
+def _script(name: str, cwd, *args, timeout: int = 300):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / name), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    return proc.returncode, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, expected", [
+    ("run_pretrain.py", ["-u", "encodecmae", "-n", "x", "-g", "tiny", "-o", "config.runner.total_step=4"],
+     "-o config.runner.total_step: no such key in "),
+    ("run_pretrain.py", ["-u", "encodecmaee", "-n", "x"], "-u encodecmaee: no such pretrain task; did you mean "
+                                                         "encodecmae?"),
+    ("run_downstream.py", ["-m", "train", "-u", "fbank_no_cmvn", "-d", "esc50", "-n", "x", "-o",
+                           "config.downstream_expert.datarc.rooot=/tmp"],
+     "did you mean config.downstream_expert.datarc.root?"),
+    ("run_downstream.py", ["-m", "train", "-u", "encodecmae_locl", "-d", "esc50", "-n", "x", "-o",
+                           "config.downstream_expert.datarc.root=/tmp"], "did you mean encodecmae_local"),
+])
+def test_runner_typos_are_one_line_and_leave_nothing(tmp_path, script, args, expected):
+    code, errors = _script(script, tmp_path, *args)
+    assert code == 2 and len(errors) == 1 and expected in errors[0], errors
+    assert not (tmp_path / "result").exists() or not any((tmp_path / "result").rglob("*"))
+    if "total_step" in expected:
+        assert "did you mean config.runner.total_steps?" in errors[0]
+
+
+def test_extract_interrupted_keeps_what_finished_and_resumes(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        write_wav(tmp_path / "in" / f"c{i}.wav", harmonic_tone(220 * (i + 1), 0.5 + 0.1 * i, 16000, rng), 16000)
+    argv = ["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "f"),
+            "--batch-size", "2", "--device", "cpu"]
+    real, calls = extract.features, []
+
+    def interrupted_on_second_batch(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "features", interrupted_on_second_batch)
+    assert extract.main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    kept = sorted(p.name for p in (tmp_path / "f").glob("*.npy"))
+    assert len(kept) == 2 and not list((tmp_path / "f").rglob("*.tmp"))
+    assert len((tmp_path / "f" / "manifest.tsv").read_text().splitlines()) == 1 + 2
+
+    calls.clear()
+    monkeypatch.setattr(extract, "features", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    assert extract.main(argv) == 0
+    assert sum(calls) == 3  # only the three files the interrupted run did not finish
+    assert "2 of 5 file(s) already extracted" in capsys.readouterr().out
+    assert len((tmp_path / "f" / "manifest.tsv").read_text().splitlines()) == 1 + 5
+    # other settings: everything again
+    calls.clear()
+    assert extract.main(argv + ["--layer", "0"]) == 0 and sum(calls) == 5
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_pretraining_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, pretrain_overrides, write_tone_corpus
+
+    corpus = write_tone_corpus(tmp_path / "corpus")
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-n", "intr", "-g",
+                             "tiny", "-o", pretrain_overrides(corpus, steps=100000, save=2)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "result" / "pretrain" / "intr").glob("states-*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "run_pretrain.py: interrupted; checkpoints written so far are in result/pretrain/intr, resume with: " \
+           "python run_pretrain.py -e result/pretrain/intr" in err
+    assert "Traceback" not in err
