@@ -281,8 +281,25 @@ def _with_device(argv: Sequence[str]) -> list[str]:
     return argv
 
 
+def _evaluation_beside_checkpoint(argv: list[str]) -> list[str]:
+    """``-m evaluate -e CKPT``: s3prl takes the output folder from the checkpoint's arguments, a path relative to
+    wherever training ran; write next to the checkpoint instead, unless ``-o args.expdir=...`` says otherwise."""
+    past = _peek(argv, "-e", "--past_exp")
+    override = _peek(argv, "-o", "--override")
+    if _peek(argv, "-m", "--mode") != "evaluate" or not past or "args.expdir" in (override or ""):
+        return argv
+    folder = Path(past).resolve() if Path(past).is_dir() else Path(past).resolve().parent
+    extra = f"args.expdir={folder}"
+    if override and override.lower() != "none":
+        index = max(i for i, a in enumerate(argv) if a in ("-o", "--override"))
+        argv[index + 1] = f"{override},,{extra}"
+    else:
+        argv += ["-o", extra]
+    return argv
+
+
 def prepare_downstream_argv(argv: Sequence[str]) -> list[str]:
-    argv = _with_device(argv)
+    argv = _evaluation_beside_checkpoint(_with_device(argv))
     if _wants_help(argv):
         return argv
     downstream = _peek(argv, "-d", "--downstream")
@@ -337,8 +354,15 @@ def run_downstream(argv: Sequence[str] | None = None) -> None:
         import s3prl.run_downstream as script
 
         compat.route_checkpoint_loads(script, runner)
+        compat.evaluate_at_checkpoint_step(runner)
         sys.argv = [sys.argv[0]] + argv
-        _main_with_help(script.main, argv)
+        before = _empty_result_folders()
+        try:
+            _main_with_help(script.main, argv)
+        finally:
+            if _peek(argv, "-m", "--mode") == "evaluate":  # s3prl creates the training run's (relative) folder first
+                for folder in sorted(_empty_result_folders() - before, key=lambda p: -len(p.parts)):
+                    folder.rmdir()
 
 
 @contextlib.contextmanager
@@ -354,6 +378,14 @@ def _interrupt_says_how_to_resume(kind: str, argv: Sequence[str], folder: "NewEx
             if expdir and Path(expdir).is_dir() else "; nothing was saved"
         print(f"\nrun_{kind}.py: interrupted{where}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+
+
+def _empty_result_folders() -> set[Path]:
+    """Folders under ./result (./result included) that hold no file at any depth."""
+    root = Path("result")
+    if not root.is_dir():
+        return set()
+    return {p for p in [root, *root.rglob("*")] if p.is_dir() and not any(q.is_file() for q in p.rglob("*"))}
 
 
 def _main_with_help(main, argv: Sequence[str]) -> None:

@@ -10,6 +10,7 @@ import importlib
 import inspect
 import os
 import re
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -236,6 +237,35 @@ def route_checkpoint_loads(*modules) -> None:
     for module in modules:
         if not isinstance(getattr(module, "torch", None), _TorchWithSafeLoad):
             module.torch = _TorchWithSafeLoad()
+
+
+def evaluate_at_checkpoint_step(runner_module) -> None:
+    """Reason: ``run_downstream.py -m evaluate`` calls ``Runner.evaluate()`` with global_step 0, so the scores of a
+    checkpoint from step N are logged as step 0; pass the checkpoint's ``Step`` (the same temporary TensorBoard
+    writer s3prl uses in that mode)."""
+    runner_class = runner_module.Runner
+    if getattr(runner_class.evaluate, "_at_checkpoint_step", False):
+        return
+    original = runner_class.evaluate
+
+    def evaluate(self, split=None, logger=None, global_step=0):
+        step = (getattr(self, "init_ckpt", None) or {}).get("Step", 0)
+        if split is not None or logger is not None or global_step != 0 or not step:
+            return original(self, split, logger, global_step)
+        import tempfile
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        tempdir = tempfile.mkdtemp()
+        writer = SummaryWriter(tempdir)
+        try:
+            return original(self, self.args.evaluate_split, writer, step)
+        finally:
+            writer.close()
+            shutil.rmtree(tempdir, ignore_errors=True)
+
+    evaluate._at_checkpoint_step = True
+    runner_class.evaluate = evaluate
 
 
 @contextlib.contextmanager

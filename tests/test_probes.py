@@ -55,10 +55,16 @@ def test_probe_learns_through_run_downstream(tmp_path, probe):
     overrides = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.num_workers=0,,"
                  "config.downstream_expert.datarc.train_batch_size=8,,config.runner.total_steps=150,,"
                  "config.runner.log_step=50,,config.runner.eval_step=150,,config.runner.save_step=150")
-    out = run_script("run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", probe, "-p", str(exp), "-o",
+    where = ["-n", "ns"] if probe == "nsynth_pitch" else ["-p", str(exp)]  # -n: an experiment folder relative to cwd
+    out = run_script("run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", probe, *where, "-o",
                      overrides, cwd=tmp_path)
-    if probe == "nsynth_pitch":  # and once through -m evaluate in a fresh process (args restored from the ckpt)
-        out = run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-150.ckpt"), cwd=tmp_path)
+    if probe == "nsynth_pitch":  # and once through -m evaluate in a fresh process (args restored from the ckpt),
+        exp = tmp_path / "result" / "downstream" / "ns"  # from another folder, by absolute path
+        (tmp_path / "elsewhere").mkdir()
+        out = run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-150.ckpt"),
+                         cwd=tmp_path / "elsewhere")
+        assert not any((tmp_path / "elsewhere").iterdir())  # the evaluation went next to its checkpoint
+        assert "step 150 test" in (exp / "log.log").read_text().splitlines()[-1]  # at the checkpoint's step
     value = _metric(out, "test", metric)
     if chance is None:
         task = hear_protocol.load_task(probe, root, hear_protocol.task_folds(probe, root)[0])
