@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import os
 import re
 import shutil
@@ -207,21 +206,49 @@ class _TorchWithAtomicSave(_TorchWithSafeLoad):
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_rank() != 0:
             return
-        atomic_save(obj, _step_named(path, inspect.currentframe().f_back))
+        named = _step_named(path, obj)
+        if named != str(path):  # s3prl's log line named the epoch file; _RunnerLog held it back
+            _RunnerLog.write(f"[Runner] - Save the checkpoint to: {named}")
+        atomic_save(obj, named)
 
 
-def _step_named(path, caller) -> str:
+def _step_named(path, states) -> str:
     """Reason: s3prl's pretrain runner names its last checkpoint ``states-epoch-{n_epochs}.ckpt`` whenever it
     counts at least one epoch (n_epochs > 0, or total_steps x accumulation >= the corpus's file count, i.e.
     almost always), and names every other one ``states-{global_step}.ckpt``. Its own ``-e DIR`` / ``-a`` resume
     and ``max_keep`` then sort the epoch file by its epoch number, as if it were the oldest step. Keep the
-    step name for it: ``states-{global_step}.ckpt``, what s3prl writes at every other save."""
+    step name for it: ``states-{global_step}.ckpt``, what s3prl writes at every other save (the runner stores
+    ``Step`` = global_step - 1, its progress bar's count before the update, unless the task's
+    ``add_state_to_save`` counted the step itself and says so with ``StepCounted``, as ours does)."""
     path = str(path)
-    name = os.path.basename(path)
-    step = caller.f_locals.get("global_step") if caller is not None else None
-    if _EPOCH_CHECKPOINT.fullmatch(name) and isinstance(step, int):
-        return os.path.join(os.path.dirname(path), f"states-{step}.ckpt")
+    step = states.get("Step") if isinstance(states, dict) else None
+    if _EPOCH_CHECKPOINT.fullmatch(os.path.basename(path)) and isinstance(step, int):
+        global_step = step if states.get("StepCounted") else step + 1
+        return os.path.join(os.path.dirname(path), f"states-{global_step}.ckpt")
     return path
+
+
+class _RunnerLog:
+    """``tqdm`` for s3prl's pretrain runner: its "Save the checkpoint to: .../states-epoch-N.ckpt" line is left to
+    ``_TorchWithAtomicSave.save``, which names the file it really writes."""
+
+    def __getattr__(self, name):
+        from tqdm import tqdm
+
+        return getattr(tqdm, name)
+
+    def __call__(self, *args, **kwargs):
+        from tqdm import tqdm
+
+        return tqdm(*args, **kwargs)
+
+    @staticmethod
+    def write(text, *args, **kwargs):
+        from tqdm import tqdm
+
+        if "Save the checkpoint to:" in str(text) and _EPOCH_CHECKPOINT.search(str(text)):
+            return
+        tqdm.write(text, *args, **kwargs)
 
 
 def _atomic_runner_checkpoints(runner_module) -> None:
@@ -229,6 +256,8 @@ def _atomic_runner_checkpoints(runner_module) -> None:
     truncated file that -e then cannot load) from every DDP rank at once; route it through atomic_save."""
     if not isinstance(getattr(runner_module, "torch", None), _TorchWithAtomicSave):
         runner_module.torch = _TorchWithAtomicSave()
+    if not isinstance(getattr(runner_module, "tqdm", None), _RunnerLog):
+        runner_module.tqdm = _RunnerLog()
 
 
 def route_checkpoint_loads(*modules) -> None:

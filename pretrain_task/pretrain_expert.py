@@ -164,6 +164,7 @@ class UpstreamPretrainExpert(nn.Module):
         # s3prl's runner saves 'Step': pbar.n before counting the step it just took, so -e would redo that
         # step; the number of completed optimizer steps is one more.
         all_states["Step"] = all_states.get("Step", 0) + 1
+        all_states["StepCounted"] = True  # 'Step' is the global step itself (the file is named after it)
         return all_states
 
     def get_train_dataloader(self) -> CropLoader:

@@ -182,6 +182,10 @@ def test_last_pretraining_checkpoint_is_named_by_its_step(tmp_path, files):
     assert "approximately 1 epochs" in proc.stdout + proc.stderr
     names = sorted(p.name for p in (tmp_path / "result/pretrain/run").glob("states-*.ckpt"))
     assert names == ["states-2.ckpt", "states-4.ckpt"], names
+    output = proc.stdout + proc.stderr
+    assert "states-epoch" not in output  # the log names the files it writes
+    assert output.count("Save the checkpoint to:") == 2 and "Save the checkpoint to: " in output
+    assert output.rstrip().count("states-4.ckpt") >= 1
 
 
 # --- the shared helper ------------------------------------------------------------------------------------------
