@@ -127,12 +127,22 @@ def test_decoder_input_at_masked_frames(recipe):
 
 @pytest.mark.parametrize("recipe", ["v1", "paper"])
 def test_checkpoints_record_their_recipe(tmp_path, recipe):
+    from encodecmae_s3prl.evaluation import hear_api
+    from encodecmae_s3prl.registry import load_hub_upstream
     from encodecmae_s3prl.synthetic import write_tiny_encodecmae_checkpoint
 
     path = write_tiny_encodecmae_checkpoint(tmp_path / "states-1.ckpt", recipe=recipe)
     assert safe_load(path)[CHECKPOINT_KEY]["config"]["recipe"] == recipe
     model = load_checkpoint(path)
     assert model.config.recipe == recipe and (model.mask_token is None) == (recipe == "v1")
+    # the upstream (how extract and compare load it too) and the HEAR API
+    upstream = load_hub_upstream("encodecmae_local", str(path))
+    assert upstream.model.config.recipe == recipe
+    with torch.no_grad():
+        hidden = upstream([torch.zeros(8000).uniform_(-0.5, 0.5)])["hidden_states"]
+        assert len(hidden) == model.config.encoder_layers + 2
+        hear = hear_api.load_model(str(path), device="cpu")
+        assert hear_api.get_scene_embeddings(torch.zeros(1, 8000).uniform_(-0.5, 0.5), hear).isfinite().all()
 
 
 def test_checkpoints_from_before_the_recipe_load_as_paper(tmp_path, tiny_ckpt):
