@@ -266,16 +266,17 @@ def fit_codec_to_synthetic_audio(model, seed: int = 0) -> None:
     model.codec.init_from_audio([torch.from_numpy(np.asarray(w, np.float32)) for w in corpus], seed=seed)
 
 
-def write_tiny_encodecmae_checkpoint(path: Path, seed: int = 0, size: str = "tiny") -> Path:
-    """A random EnCodecMAE checkpoint (``size``: tiny unless told) as ``run_pretrain.py -u encodecmae`` writes
-    it, its random-init codec fitted to synthetic audio: what ``encodecmae_local``, ``encodec_features`` and
-    ``encodecmae_random`` take with ``-k`` offline."""
+def write_tiny_encodecmae_checkpoint(path: Path, seed: int = 0, size: str = "tiny", recipe: str | None = None
+                                     ) -> Path:
+    """A random EnCodecMAE checkpoint (``size``: tiny unless told; ``recipe``: the size's unless told) as
+    ``run_pretrain.py -u encodecmae`` writes it, its random-init codec fitted to synthetic audio: what
+    ``encodecmae_local``, ``encodec_features`` and ``encodecmae_random`` take with ``-k`` offline."""
     from dataclasses import asdict, replace
 
     from encodecmae_s3prl.upstream.checkpoint import atomic_save
     from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
 
-    config = model_config_from_yaml({"model": size})
+    config = model_config_from_yaml({"model": size, **({"recipe": recipe} if recipe else {})})
     if config.encodec_source == "pretrained":  # offline: the random codec, standardised
         config = replace(config, encodec_source="random", standardise_features=True)
     model = build_model(config, seed=seed)

@@ -137,22 +137,22 @@ def draw_start_frame(file: AudioFile, crop_seconds: float, rng: np.random.Genera
     return int(rng.integers(0, file_frames - crop_frames + 1)) if file_frames > crop_frames else 0
 
 
-def read_crop(file: AudioFile, crop_seconds: float, rng: np.random.Generator) -> tuple[torch.Tensor, int] | None:
-    """A random crop of at most ``crop_seconds`` as 24 kHz mono float32 (samples,) and its first EnCodec
-    frame in the file, or None if the file is unreadable, empty or not finite.
+def read_crop_at(file: AudioFile, crop_seconds: float, start_frame: int) -> torch.Tensor | None:
+    """The crop of at most ``crop_seconds`` that starts at EnCodec frame ``start_frame`` of the file (a drawn
+    one, or a stored self-training item), 24 kHz mono float32; None if the file is unreadable, empty or not
+    finite.
 
     Crops start on an EnCodec frame boundary (a multiple of 1/75 s), so a crop's frames are frames of the
     whole file and self-training targets sliced from whole-file codes line up exactly. The start sample is
     exact for rates that are multiples of 75 Hz (24, 48, 44.1, 22.05 kHz) and within half a sample otherwise.
     """
     want = int(math.ceil(crop_seconds * file.sample_rate))
-    start_frame = draw_start_frame(file, crop_seconds, rng)
     start = min(int(round(start_frame * file.sample_rate / FRAME_RATE)), max(0, file.num_frames - want))
     try:
         wav = read_audio(file.path, SAMPLE_RATE, start, want)
     except AudioReadError:
         return None
-    return wav[: int(round(crop_seconds * SAMPLE_RATE))], start_frame
+    return wav[: int(round(crop_seconds * SAMPLE_RATE))]
 
 
 @dataclass
@@ -198,6 +198,17 @@ class CropSampler:
         self.probabilities = seconds / seconds.sum()
         self.bad_files: set[str] = set()
         self.cache = cache  # a codec_cache.CodecCache: crops of features and codes instead of audio
+        self.items: list[tuple[AudioFile, int]] = []  # fixed crops (file, start frame) to draw from, if any
+
+    def use_items(self, items: Sequence[tuple[str, int]]) -> None:
+        """From now on, every crop is one of these stored (path, start frame) items, drawn uniformly: the
+        self-training stage as v1 trains it, on the crops its targets were computed on. Items of files
+        outside this sampler's files are left out."""
+        by_path = {f.path: f for f in self.files}
+        self.items = [(by_path[path], int(start)) for path, start in items if path in by_path]
+        if not self.items:
+            raise CorpusError("none of the stored self-training crops belongs to a corpus file: the target store "
+                              "was built from another corpus")
 
     def use_cache(self, cache, files: Sequence[AudioFile]) -> None:
         """From now on, crops of ``cache`` (features and codes) drawn over ``files`` (those it holds)."""
@@ -218,16 +229,19 @@ class CropSampler:
     def example(self, batch_index: int, slot: int, stream: int = TRAIN) -> Crop:
         for attempt in range(100):
             rng = np.random.default_rng([self.seed, stream, batch_index, self.rank, slot, attempt])
-            file = self.files[int(rng.choice(len(self.files), p=self.probabilities))]
+            if self.items and stream == self.TRAIN:
+                file, start_frame = self.items[int(rng.integers(len(self.items)))]
+            else:
+                file = self.files[int(rng.choice(len(self.files), p=self.probabilities))]
+                start_frame = draw_start_frame(file, self.crop_seconds, rng)
             if file.path in self.bad_files:
                 continue
             if self.cache is not None:  # the same draws as from audio: same files, same start frames
-                start_frame = draw_start_frame(file, self.crop_seconds, rng)
                 frames = int(round(self.crop_seconds * FRAME_RATE))
                 return Crop(None, file.path, start_frame, self.cache.crop(file.path, start_frame, frames))
-            crop = read_crop(file, self.crop_seconds, rng)
-            if crop is not None and crop[0].numel() > 0:
-                return Crop(crop[0], file.path, crop[1])
+            wav = read_crop_at(file, self.crop_seconds, start_frame)
+            if wav is not None and wav.numel() > 0:
+                return Crop(wav, file.path, start_frame)
             self.bad_files.add(file.path)
             print(f"[corpus] skipping unreadable or invalid audio file {file.path} "
                   f"({len(self.bad_files)} skipped so far)", file=sys.stderr)

@@ -101,9 +101,11 @@ class UpstreamPretrainExpert(nn.Module):
             from encodecmae_s3prl.pretrain_task.self_training import TargetStore
 
             self.targets = TargetStore.open(data.target_store)
-            files = self.targets.check(files, self.model_config.extra_targets)
+            files = self.targets.check(files, self.model_config.extra_targets, data.crop_seconds)
         self.sampler = CropSampler(files, data.train_batch_size, data.crop_seconds,
                                    seed=self.seed, rank=self.rank, world_size=self.world_size)
+        if self.targets is not None and self.targets.per_crop:  # v1: stage 2 trains on the crops it labelled
+            self.sampler.use_items(self.targets.items())
         self.files = files
 
         self.model = build_model(self.model_config, seed=self.seed)

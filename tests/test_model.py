@@ -120,7 +120,8 @@ def test_v1_heads_are_checked_against_the_projections(tmp_path):
 
 def test_parameter_counts_match_v1_and_the_paper():
     """Unique trainable parameters (codec excluded) of v1's own modules, counted once on the authors' code at
-    v.1.0.0: small 36,121,601, base 47,933,441, large 118,374,401 (no mask token there; ours adds D). The paper's
+    v.1.0.0: small 36,121,601, base 47,933,441, large 118,374,401 (no mask token there, nor under recipe v1; the
+    paper recipe's learned token adds D). The paper's
     encoder-side counts (torchinfo: a shared module counts once per use, EnCodec included): 51M, 94M, 269M."""
     v1 = {"small": 36_121_601, "base": 47_933_441, "large": 118_374_401}
     paper = {"small": 51e6, "base": 94e6, "large": 269e6}
@@ -130,7 +131,10 @@ def test_parameter_counts_match_v1_and_the_paper():
         with torch.device("meta"):  # shapes only: counts without allocating 500 MB
             model = EncodecMAE(config, codec=codec)
         counts = model.parameter_counts()
-        assert counts["trainable"] == v1[name] + config.dim, name
+        assert config.recipe == "v1" and counts["trainable"] == v1[name], name
+        with torch.device("meta"):
+            paper_recipe = EncodecMAE(replace(config, recipe="paper"), codec=codec)
+        assert paper_recipe.parameter_counts()["trainable"] == v1[name] + config.dim, name
         assert abs(counts["encoder_side_per_use"] - paper[name]) / paper[name] < 0.05, (name, counts)
 
 
@@ -212,14 +216,14 @@ def _runs(row):
 
 
 @pytest.mark.parametrize("mask_prop,span", [(0.5, 15), (0.3, 7), (0.75, 4), (0.5, 1)])
-def test_span_mask_counts_spans_and_padding(mask_prop, span):
+def test_paper_span_mask_counts_spans_and_padding(mask_prop, span):
     for seed in range(4):
         generator = torch.Generator().manual_seed(seed)
         lengths = torch.randint(0, 400, (48,), generator=generator)
         lengths[:3] = torch.tensor([0, 1, span])
-        mask = span_mask(lengths, 400, mask_prop, span, generator)
+        mask = span_mask(lengths, 400, mask_prop, span, generator, recipe="paper")
         assert mask.shape == (48, 400) and mask.dtype == torch.bool
-        counts = masked_counts(lengths, mask_prop)
+        counts = masked_counts(lengths, mask_prop, "paper")
         assert torch.equal(mask.sum(1), counts)
         assert torch.equal(counts, torch.round(lengths.double() * mask_prop).long())
         assert not (mask & (torch.arange(400)[None] >= lengths[:, None])).any()  # padding never masked
@@ -230,16 +234,18 @@ def test_span_mask_counts_spans_and_padding(mask_prop, span):
             assert all(r % span == count % span for r in odd)
 
 
-def test_span_mask_equal_lengths_deterministic_and_random():
+@pytest.mark.parametrize("recipe", ["v1", "paper"])
+def test_span_mask_equal_lengths_deterministic_and_random(recipe):
     lengths = torch.full((16,), 300)
-    mask = span_mask(lengths, 320, generator=torch.Generator().manual_seed(0))
+    mask = span_mask(lengths, 320, generator=torch.Generator().manual_seed(0), recipe=recipe)
     assert (mask.sum(1) == 150).all()  # every clip has the same number of visible frames
-    again = span_mask(lengths, 320, generator=torch.Generator().manual_seed(0))
-    other = span_mask(lengths, 320, generator=torch.Generator().manual_seed(1))
+    again = span_mask(lengths, 320, generator=torch.Generator().manual_seed(0), recipe=recipe)
+    other = span_mask(lengths, 320, generator=torch.Generator().manual_seed(1), recipe=recipe)
     assert torch.equal(mask, again) and not torch.equal(mask, other)
     assert len({tuple(row.nonzero().flatten().tolist()) for row in mask}) == 16  # clips differ
-    assert not span_mask(lengths, 300, mask_prop=0.0).any()
-    coverage = span_mask(torch.full((2000,), 300), 300, generator=torch.Generator().manual_seed(2)).float().mean(0)
+    assert not span_mask(lengths, 300, mask_prop=0.0, recipe=recipe).any()
+    coverage = span_mask(torch.full((2000,), 300), 300, generator=torch.Generator().manual_seed(2),
+                         recipe=recipe).float().mean(0)
     assert 0.4 < coverage[100:200].mean() < 0.6  # interior frames are masked about half the time
 
 

@@ -58,7 +58,8 @@ def encodecmae_large_st(ckpt=None, refresh=False, **kwargs):
 
 
 def encodecmae(ckpt=None, refresh=False, **kwargs):
-    """The best default of the paper's Table 1 overall: base + self-training."""
+    """Base + self-training: the best of Table 1 at base size (six-task mean 77.45); large + self-training has
+    the higher mean (77.65) at almost three times the parameters."""
     return encodecmae_base_st(ckpt, refresh, **kwargs)
 
 

@@ -202,7 +202,7 @@ def config_from_v1(state_dict: Dict[str, Tensor], gin: Optional[Dict[str, Any]] 
     head_rows = state_dict["head.layer.weight"].shape[0]
     if head_rows % codebook_size:
         raise V1CheckpointError(f"head.layer has {head_rows} outputs, not a multiple of {codebook_size} codes")
-    from_weights = {
+    from_weights: Dict[str, Any] = {
         "dim": dim,
         "encoder_layers": _layer_count(state_dict, "visible_encoder"),
         "decoder_layers": _layer_count(state_dict, "decoder"),
@@ -233,7 +233,8 @@ def config_from_v1(state_dict: Dict[str, Tensor], gin: Optional[Dict[str, Any]] 
     return EncodecMAEConfig(
         **from_weights, heads=int(gin["heads"]), codebook_weights=tuple(weights), **settings,
         shared_feed_forward=_feed_forward_is_shared(state_dict),
-        interleaved_heads=True, mask_token="zeros", extra_targets=int(extra.shape[0]) if extra is not None else 0,
+        interleaved_heads=True, recipe="v1", mask_token="zeros",
+        extra_targets=int(extra.shape[0]) if extra is not None else 0,
         # the codec comes from the checkpoint itself (v1 saved it, its RVQ as trained); 'pretrained'
         # only matters if someone rebuilds this config from scratch
         encodec_source="pretrained", standardise_features=False)

@@ -1,10 +1,12 @@
 """Batched k-means in torch, for the self-training targets and the random codec's codebooks.
 
-Seeding is k-means++ on a random subsample (at most 32 points per cluster), so its k passes
-stay cheap for the ST stage's millions of frames; Lloyd iterations then use every point.
+Seeding is greedy k-means++ (scikit-learn's) on a random subsample (at most 32 points per cluster), so
+its k passes stay cheap for the ST stage's millions of frames; Lloyd iterations then use every point.
 Distances are computed in chunks so memory stays O(chunk × k).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -58,24 +60,37 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0, to
         if empty:
             centroids[~filled] = points[distance.topk(empty).indices]
         inertia = float(distance.mean())
-        if empty == 0 and abs(previous - inertia) <= tolerance * max(previous, 1e-12):
+        # (the first pass has no previous inertia: inf - x <= tolerance * inf would stop it there)
+        if empty == 0 and previous < float("inf") and abs(previous - inertia) <= tolerance * max(previous, 1e-12):
             break
         previous = inertia
     return centroids
 
 
 def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: each next centre drawn with probability proportional to squared distance."""
-    first = int(torch.randint(points.shape[0], (1,), generator=generator, device=points.device))
-    centroids = [points[first]]
-    closest = ((points - points[first]) ** 2).sum(dim=1)
+    """Greedy k-means++ seeding, as scikit-learn's KMeans does: each next centre is the best, by the
+    potential it leaves (sum of squared distances to the nearest centre), of 2 + log(k) candidates drawn
+    with probability proportional to squared distance. Plain k-means++ (one candidate) ends some
+    per cent higher in inertia at k = 1024."""
+    n = points.shape[0]
+    trials = 2 + int(math.log(k))
+    norms = (points * points).sum(dim=1)
+    first = int(torch.randint(n, (1,), generator=generator, device=points.device))
+    chosen = [first]
+    closest = (norms - 2.0 * points @ points[first] + norms[first]).clamp_min(0)
     for _ in range(1, k):
-        weights = closest.clamp_min(0)
-        index = int(torch.multinomial(weights / weights.sum(), 1, generator=generator)) if weights.sum() > 0 else \
-            int(torch.randint(points.shape[0], (1,), generator=generator, device=points.device))
-        centroids.append(points[index])
-        closest = torch.minimum(closest, ((points - points[index]) ** 2).sum(dim=1))
-    return torch.stack(centroids).clone()
+        potential = closest.sum()
+        if float(potential) <= 0:  # every point is a centre already: any point will do
+            chosen.append(int(torch.randint(n, (1,), generator=generator, device=points.device)))
+            continue
+        draws = torch.rand(trials, generator=generator, device=points.device, dtype=closest.dtype) * potential
+        candidates = torch.searchsorted(closest.cumsum(0), draws).clamp_max(n - 1)        # (trials,)
+        to_candidates = (norms[None, :] - 2.0 * points[candidates] @ points.T + norms[candidates, None]).clamp_min(0)
+        after = torch.minimum(closest[None, :], to_candidates)                          # (trials, n)
+        best = int(after.sum(dim=1).argmin())
+        chosen.append(int(candidates[best]))
+        closest = after[best]
+    return points[torch.tensor(chosen, device=points.device)].clone()
 
 
 def assign(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,23 @@
 """Span masking and the drop / restore of masked frames (MAE style), vectorised over the batch.
 
-A clip of L valid frames gets exactly ``round(mask_prop * L)`` masked frames (round half to
-even, ``torch.round``), laid out as n = ceil(count / span) disjoint spans: n - 1 of length
-``span`` and one (at a random rank) of length count - (n - 1) * span, in 1..span.
+Two layouts, chosen by ``span_mask(..., recipe=...)``:
 
-How the spans are placed (exact, uniform over layouts, no per-clip loop): put the n spans and
-the g = L - count visible frames on a compressed line of n + g items, pick which n items are
-spans by sampling n slots without replacement, then expand each span to its length. Spans may
-touch (a run of 2 spans is 2 * span frames) but never overlap, so the count is exact by
-construction and no frame past L is ever masked. As with any sampler of whole spans inside
-[0, L), the first and last few frames are masked less often than interior ones.
+``v1`` -- what the authors' code (tag v.1.0.0, which trained the published models) does: span starts
+drawn uniformly WITH replacement in [0, L - span], spans of ``span`` frames that overlap and merge,
+drawn until at least floor(mask_prop * L) frames are masked; the excess is then unmasked at the
+start of the first drawn span that starts before ``max_len - span``. Exactly floor(mask_prop * L)
+frames are masked; merged spans make runs longer than ``span`` common.
+
+``paper`` -- the paper's text (starts without replacement, ``span`` frames each) read as disjoint
+spans: exactly ``round(mask_prop * L)`` masked frames (round half to even), laid out as
+n = ceil(count / span) disjoint spans, n - 1 of length ``span`` and one (at a random rank) of
+length count - (n - 1) * span, in 1..span. Placement is exact and uniform over layouts: the n spans
+and the g = L - count visible frames are put on a compressed line of n + g items, n slots are
+picked without replacement, and each span is expanded to its length. Spans may touch but never
+overlap.
+
+As with any sampler of whole spans inside [0, L), the first and last few frames are masked less
+often than interior ones, under both layouts.
 """
 from __future__ import annotations
 
@@ -18,26 +26,36 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+RECIPES = ("v1", "paper")
 
-def masked_counts(lengths: Tensor, mask_prop: float) -> Tensor:
-    """Frames masked per clip: round(mask_prop * length), half to even. (B,) long -> (B,) long."""
+
+def masked_counts(lengths: Tensor, mask_prop: float, recipe: str = "v1") -> Tensor:
+    """Frames masked per clip, (B,) long -> (B,) long: floor(mask_prop * length) under ``v1`` (the
+    authors' code truncates), round(mask_prop * length), half to even, under ``paper``."""
+    if recipe == "v1":
+        # a float32 product truncated toward zero, as the authors' (xlens * mask_prop).to(int64)
+        return (lengths.to(torch.float32) * mask_prop).long()
     return torch.round(lengths.to(torch.float64) * mask_prop).long()
 
 
 def span_mask(lengths: Tensor, max_len: int, mask_prop: float = 0.5, span: int = 15,
-              generator: Optional[torch.Generator] = None) -> Tensor:
+              generator: Optional[torch.Generator] = None, recipe: str = "v1") -> Tensor:
     """Random span mask.
 
     Args:
         lengths: (B,) long, valid frames per clip, each <= max_len.
         max_len: T, the padded length.
         mask_prop: proportion of each clip's valid frames to mask, in [0, 1].
-        span: span length in frames (v1: 15).
+        span: span length in frames (15 in the paper and the authors' code).
         generator: source of randomness (its device is where the sampling runs).
+        recipe: ``'v1'`` (the authors' code: starts with replacement, spans merge, floor count) or
+            ``'paper'`` (disjoint spans, rounded count); see the module docstring.
     Returns:
         (B, T) bool on ``lengths.device``, True = masked. Padding is never masked; clips of
         equal length have equal masked (hence visible) counts.
     """
+    if recipe not in RECIPES:
+        raise ValueError(f"span_mask: recipe must be one of {RECIPES}, got {recipe!r}")
     if not 0.0 <= mask_prop <= 1.0:
         raise ValueError(f"span_mask: mask_prop must be in [0, 1], got {mask_prop}")
     if span < 1:
@@ -48,8 +66,10 @@ def span_mask(lengths: Tensor, max_len: int, mask_prop: float = 0.5, span: int =
     if lengths.numel() and (int(lengths.max()) > max_len or int(lengths.min()) < 0):
         raise ValueError(f"span_mask: lengths must lie in [0, max_len={max_len}], got {lengths.tolist()}")
     batch = lengths.shape[0]
+    if recipe == "v1":
+        return _v1_span_mask(lengths, max_len, mask_prop, span, generator).to(out_device)
 
-    count = masked_counts(lengths, mask_prop)                      # (B,) frames to mask
+    count = masked_counts(lengths, mask_prop, recipe)               # (B,) frames to mask
     spans = torch.div(count + span - 1, span, rounding_mode="floor")  # (B,) n = ceil(count / span)
     visible = lengths - count                                       # (B,) g
     items = spans + visible                                         # (B,) n + g items on the compressed line
@@ -86,6 +106,69 @@ def span_mask(lengths: Tensor, max_len: int, mask_prop: float = 0.5, span: int =
     delta.scatter_add_(1, start + span_len, -real.long())
     mask = delta.cumsum(dim=1)[:, :max_len] > 0
     return mask.to(out_device)
+
+
+def _v1_span_mask(lengths: Tensor, max_len: int, mask_prop: float, span: int,
+                  generator: Optional[torch.Generator]) -> Tensor:
+    """The authors' TimeGapMask layout without its per-clip loop.
+
+    Draw j of clip b starts at s_j uniform in [0, max(0, L_b - span)]. Frame t is first covered by
+    draw c_t = min{j : s_j <= t < s_j + span}; after draws 0..k the union is {t : c_t <= k}. Drawing
+    stops at the first k whose union reaches ``count`` frames: k is the count-th smallest c_t. Draws
+    are made in blocks until every clip has stopped (the same draws in the same order, whatever the
+    block size, so the result depends only on the generator).
+    """
+    device = lengths.device
+    batch = lengths.shape[0]
+    count = masked_counts(lengths, mask_prop, "v1")                 # (B,)
+    if batch == 0 or int(count.max()) == 0:
+        return torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+    never = torch.iinfo(torch.int32).max
+    highest = (lengths - span).clamp_min(0)                         # (B,) last start, inclusive
+    frame = torch.arange(max_len, device=device)[None, :]           # (1, T)
+    # enough draws for most clips at once: the union of n spans covers about 1 - exp(-n span / L)
+    block = max(8, 2 * int(torch.ceil(count.max() / span)) + 8)
+    starts = torch.empty(batch, 0, dtype=torch.long, device=device)
+    while True:
+        fresh = torch.rand(batch, block, device=device, generator=generator, dtype=torch.float64)
+        starts = torch.cat([starts, (fresh * (highest[:, None] + 1)).long()], dim=1)   # (B, J)
+        draws = starts.shape[1]
+        # the first draw starting at each s (at index s + span - 1), then the first covering t: the min
+        # over starts in (t - span, t], a sliding-window min
+        first_at = torch.full((batch, max_len + span - 1), never, dtype=torch.int32, device=device)
+        order = torch.arange(draws, dtype=torch.int32, device=device).expand(batch, -1)
+        first_at.scatter_reduce_(1, starts + span - 1, order, reduce="amin")
+        covered_by = _window_min(first_at, span)[:, :max_len]                          # (B, T)
+        covered_by = covered_by.masked_fill(frame >= lengths[:, None], never)
+        # frames first covered by each draw, summed: the union's size after draws 0..k
+        newly = torch.zeros(batch, draws + 1, dtype=torch.int32, device=device)
+        newly.scatter_add_(1, covered_by.clamp_max(draws).long(), torch.ones_like(covered_by))
+        union = newly[:, :draws].cumsum(dim=1)                                         # (B, J)
+        stop = (union < count[:, None]).sum(dim=1, keepdim=True)                       # (B, 1) last draw used
+        if int(stop.max()) < draws:
+            break
+        block *= 2
+    mask = (covered_by <= stop) & (count[:, None] > 0)
+    # unmask the excess at the start of the first used draw that starts before max_len - span
+    excess = mask.sum(dim=1) - count                                                   # (B,) in 0..span-1
+    used = torch.arange(draws, device=device)[None, :] <= stop
+    eligible = used & (starts < max_len - span)
+    first = torch.where(eligible.any(dim=1), eligible.long().argmax(dim=1), torch.zeros_like(count))
+    begin = starts.gather(1, first[:, None])                                           # (B, 1)
+    mask &= ~((frame >= begin) & (frame < begin + excess[:, None]))
+    return mask
+
+
+def _window_min(x: Tensor, width: int) -> Tensor:
+    """Sliding minimum along dim 1: out[:, t] = min(x[:, t : t + width]), (B, N) -> (B, N - width + 1);
+    log2(width) elementwise minima (doubling windows), no strided reduction."""
+    out, have = x, 1
+    while 2 * have <= width:
+        out = torch.minimum(out[:, :-have], out[:, have:])
+        have *= 2
+    if have < width:  # two overlapping windows of `have` cover the `width`
+        out = torch.minimum(out[:, : out.shape[1] - (width - have)], out[:, width - have:])
+    return out
 
 
 def gather_visible(x: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

@@ -32,7 +32,7 @@ from encodecmae_s3prl.upstream.codec import (
     build_encodec,
 )
 from encodecmae_s3prl.upstream.components import SinusoidalPositions, TransformerStack
-from encodecmae_s3prl.upstream.masking import gather_visible, scatter_back, span_mask
+from encodecmae_s3prl.upstream.masking import RECIPES, gather_visible, scatter_back, span_mask
 from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
 
 IGNORE = -100                    # target value that no loss or accuracy counts (padding, missing ST codes)
@@ -46,6 +46,12 @@ CPU_CHUNKS_PER_STEP = 4
 V1_CODEBOOK_WEIGHTS = (0.22407463, 0.1759858, 0.14499009, 0.12150037, 0.10315603, 0.08831368, 0.07608274,
                        0.06589669)
 MASK_TOKENS = ("learned", "zeros")
+# what each recipe sets, row by row (each row also a config field of its own, for ablations):
+# 'v1' = the authors' code at tag v.1.0.0, which trained the published models; 'paper' = the paper's text
+RECIPE_ROWS: Dict[str, Dict[str, str]] = {
+    "v1": {"mask_layout": "v1", "mask_token": "zeros"},
+    "paper": {"mask_layout": "paper", "mask_token": "learned"},
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,10 @@ class EncodecMAEConfig:
     codebook_weights: Tuple[float, ...] = V1_CODEBOOK_WEIGHTS  # γ_q, one per codebook
     interleaved_heads: bool = True      # v1 head split (channel c -> head c mod H)
     shared_feed_forward: bool = True    # one feed-forward module per stack, as v1 (Table 1); False: one per layer
-    mask_token: str = "learned"         # 'learned' (paper) or 'zeros' (what v1 checkpoints do)
+    recipe: str = "v1"                  # 'v1' (the authors' code, the published models) or 'paper' (its text)
+    mask_layout: Optional[str] = None   # span layout 'v1' | 'paper' (masking.span_mask); None: the recipe's
+    mask_token: Optional[str] = None    # decoder input at masked frames: 'zeros' (v1) | 'learned' (paper);
+    #                                     None: the recipe's
     extra_targets: int = 0              # k of an extra self-training target stream; 0 = none
     extra_target_weight: Optional[float] = None  # weight of that stream; None = sum(codebook_weights)
     encodec_source: str = "pretrained"  # 'pretrained', 'random' or a path (see codec.build_encodec)
@@ -92,13 +101,27 @@ class EncodecMAEConfig:
             (0.0 <= self.delta <= 1.0, "delta", self.delta, "in [0, 1]"),
             (len(self.codebook_weights) == self.num_codebooks, "codebook_weights", self.codebook_weights,
              f"one weight per codebook ({self.num_codebooks})"),
-            (self.mask_token in MASK_TOKENS, "mask_token", self.mask_token, f"one of {MASK_TOKENS}"),
+            (self.recipe in RECIPE_ROWS, "recipe", self.recipe, f"one of {tuple(RECIPE_ROWS)}"),
+            (self.mask_layout is None or self.mask_layout in RECIPES, "mask_layout", self.mask_layout,
+             f"None (the recipe's) or one of {RECIPES}"),
+            (self.mask_token is None or self.mask_token in MASK_TOKENS, "mask_token", self.mask_token,
+             f"None (the recipe's) or one of {MASK_TOKENS}"),
             (self.extra_targets >= 0, "extra_targets", self.extra_targets, ">= 0 (0 = no extra stream)"),
             (round(self.chunk_seconds * FRAME_RATE) >= 1, "chunk_seconds", self.chunk_seconds,
              f">= 1 frame (1/{FRAME_RATE} s)"),
             (0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)"),
         ]
         check_rules(rules, "EncodecMAEConfig")
+
+    @property
+    def resolved_mask_layout(self) -> str:
+        """The span layout this config trains with: ``mask_layout``, or its recipe's."""
+        return self.mask_layout or RECIPE_ROWS[self.recipe]["mask_layout"]
+
+    @property
+    def resolved_mask_token(self) -> str:
+        """The decoder input at masked frames: ``mask_token``, or its recipe's."""
+        return self.mask_token or RECIPE_ROWS[self.recipe]["mask_token"]
 
     @property
     def extra_weight(self) -> float:
@@ -120,14 +143,16 @@ class EncodecMAEConfig:
 
 CONFIGS: Dict[str, EncodecMAEConfig] = {
     # for tests and the offline demo on a laptop CPU; not a paper size. Random EnCodec, so its
-    # input is standardised with corpus statistics (a random EnCodec's output is ~99 % a constant offset)
+    # input is standardised with corpus statistics (a random EnCodec's output is ~99 % a constant offset).
+    # It keeps the recipe the demo's figures were measured with (paper); set recipe: v1 to change it
     "tiny": EncodecMAEConfig(dim=64, encoder_layers=2, decoder_layers=2, heads=2, ff_dim=128,
-                             encodec_source="random", standardise_features=True),
-    "small": EncodecMAEConfig(dim=768, encoder_layers=5, heads=12),
-    "base": EncodecMAEConfig(dim=768, encoder_layers=10, heads=12),
+                             encodec_source="random", standardise_features=True, recipe="paper"),
+    # the named sizes train as the authors' code trained the published models (recipe v1)
+    "small": EncodecMAEConfig(dim=768, encoder_layers=5, heads=12, recipe="v1"),
+    "base": EncodecMAEConfig(dim=768, encoder_layers=10, heads=12, recipe="v1"),
     # v1's training scripts change only the width and depth for large: 12 heads of 1024 // 12 = 85
     # channels, attention projections 12 * 85 = 1020 wide
-    "large": EncodecMAEConfig(dim=1024, encoder_layers=20, heads=12),
+    "large": EncodecMAEConfig(dim=1024, encoder_layers=20, heads=12, recipe="v1"),
 }
 
 
@@ -137,7 +162,8 @@ def build_codec(config: EncodecMAEConfig) -> FrozenEncodec:
 
 
 def get_config(name: str) -> EncodecMAEConfig:
-    """A named configuration: tiny, small, base or large (dataclasses.replace to change fields)."""
+    """A named configuration: tiny, small, base or large (dataclasses.replace to change fields); its
+    ``recipe`` says how it trains ('v1' for small, base and large)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown EnCodecMAE config {name!r}; known: {', '.join(CONFIGS)}")
     return CONFIGS[name]
@@ -382,7 +408,7 @@ class EncodecMAE(ChunkedInference):
         self.encoder = TransformerStack(config.encoder_layers, dim, config.heads, config.ff_dim,
                                         config.interleaved_heads, config.dropout, config.shared_feed_forward)
         self.decoder_projection = nn.Linear(dim, dim)
-        if config.mask_token == "learned":
+        if config.resolved_mask_token == "learned":
             self.mask_token = nn.Parameter(torch.zeros(dim))
         else:
             self.register_parameter("mask_token", None)  # v1: dropped frames are zeros
@@ -516,7 +542,8 @@ class EncodecMAE(ChunkedInference):
         targets = codes.to(features.device, torch.long).masked_fill(padding[:, :, None], IGNORE)
 
         if mask is None:
-            mask = span_mask(frame_lengths, frames, config.mask_prop, config.mask_span, generator)
+            mask = span_mask(frame_lengths, frames, config.mask_prop, config.mask_span, generator,
+                             recipe=config.resolved_mask_layout)
         elif mask.shape != (batch, frames):
             raise ValueError(f"mask must be (batch, frames) = {(batch, frames)}, got {tuple(mask.shape)}")
         mask = mask.to(features.device, torch.bool) & ~padding
