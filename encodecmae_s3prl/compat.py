@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import re
 import shutil
@@ -138,6 +139,10 @@ def apply() -> None:
         return
     _patch_torchaudio()
     _patch_huggingface_hub()
+    # Reason: s3prl.hub imports every upstream; espnet_hubert's warns "ESPnet is not installed" on every run of
+    # every command. Someone who picks that upstream still gets its own error saying how to install ESPnet.
+    for name in ("s3prl.upstream.espnet_hubert.expert", "upstream.espnet_hubert.expert"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     # Reason: torch >= 2.6 loads weights_only by default and s3prl checkpoints hold an argparse.Namespace.
     register_safe_globals()
     _APPLIED = True

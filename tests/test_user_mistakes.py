@@ -129,3 +129,16 @@ def test_ctrl_c_in_pretraining_is_one_line_and_exit_130(tmp_path):
     assert "run_pretrain.py: interrupted; checkpoints written so far are in result/pretrain/intr, resume with: " \
            "python run_pretrain.py -e result/pretrain/intr" in err
     assert "Traceback" not in err
+
+
+def test_empty_file_is_called_empty_and_no_espnet_noise(tmp_path, clip):
+    import subprocess
+    import sys
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "encodecmae_s3prl.extract", "-u", "fbank_no_cmvn", str(clip),
+                           str(tmp_path / "empty.wav"), "--out", str(tmp_path / "f"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1  # one of two files failed
+    assert f"{tmp_path / 'empty.wav'}: empty file (0 bytes)" in proc.stderr
+    assert "ESPnet" not in proc.stderr and "Format not recognised" not in proc.stderr

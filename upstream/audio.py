@@ -32,6 +32,8 @@ def read_audio(path: str | os.PathLike, rate: int, start: int = 0, frames: Optio
     Raises:
         AudioReadError naming the file: cannot decode, no samples, NaN or infinite samples.
     """
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise AudioReadError(f"{path}: empty file (0 bytes); copy it again or remove it")
     try:
         with soundfile.SoundFile(str(path)) as handle:
             file_rate = handle.samplerate
