@@ -28,6 +28,7 @@ from encodecmae_s3prl import compat, registry
 from encodecmae_s3prl.errors import UserError, user_errors  # noqa: F401  (re-exported: the shared helper)
 
 PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large")
+RUNNER_PRESETS = ("cpu",)  # -c cpu: config_runner_cpu.yaml
 TRUST_FLAG = "--trust-checkpoint"
 TRUST_ENV = "ENCODECMAE_TRUST_CHECKPOINT"  # = encodecmae_s3prl.upstream.checkpoint.TRUST_ENV
 # our hub entries that download a published checkpoint when -k is not given
@@ -425,8 +426,13 @@ def prepare_pretrain_argv(argv: Sequence[str]) -> list[str]:
         return argv
     upstream = _peek(argv, "-u", "--upstream")
     if upstream and not _resumes(argv):
-        if _peek(argv, "-c", "--config") is None:
+        runner_config = _peek(argv, "-c", "--config")
+        if runner_config is None:
             argv += ["-c", str(pretrain_config(upstream, "runner"))]
+        elif runner_config in RUNNER_PRESETS and not Path(runner_config).exists():
+            # `-c cpu` is shorthand for our pretrain_task/config_runner_cpu.yaml
+            index = max(i for i, a in enumerate(argv) if a in ("-c", "--config"))
+            argv[index + 1] = str(pretrain_config(upstream, f"runner_{runner_config}"))
         model_config = _peek(argv, "-g", "--upstream_config")
         if model_config is None:
             argv += ["-g", str(pretrain_config(upstream, "model"))]

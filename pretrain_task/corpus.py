@@ -313,7 +313,10 @@ class CropLoader:
         self.targets = targets
         self.backend = backend
         self.start_batch = start_batch
-        self.num_workers = max(0, num_workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if num_workers > cores:  # more loader processes than cores only slows the step they feed
+            print(f"[corpus] datarc.num_workers={num_workers} > {cores} cores here: using {cores}", file=sys.stderr)
+        self.num_workers = max(0, min(num_workers, cores))
         self.prefetch = max(1, prefetch)
         per_epoch = sampler.total_seconds() / (sampler.crop_seconds * sampler.batch_size)
         self._len = batches_per_epoch or max(1, int(math.ceil(per_epoch)))

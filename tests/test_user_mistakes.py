@@ -142,3 +142,18 @@ def test_empty_file_is_called_empty_and_no_espnet_noise(tmp_path, clip):
     assert proc.returncode == 1  # one of two files failed
     assert f"{tmp_path / 'empty.wav'}: empty file (0 bytes)" in proc.stderr
     assert "ESPnet" not in proc.stderr and "Format not recognised" not in proc.stderr
+
+
+def test_cpu_runner_preset_is_selected_not_edited():
+    import yaml
+
+    from encodecmae_s3prl import cli
+    from encodecmae_s3prl.pretrain_task.pretrain_expert import PretrainDataConfig
+
+    argv = cli.prepare_pretrain_argv(["-u", "encodecmae", "-n", "x", "-g", "tiny", "-c", "cpu"])
+    config_path = argv[argv.index("-c") + 1]
+    assert config_path.endswith("config_runner_cpu.yaml")
+    with open(config_path) as handle:
+        config = yaml.safe_load(handle)
+    datarc = PretrainDataConfig.from_dict(config["pretrain_expert"]["datarc"])  # strict: every key is real
+    assert datarc.train_batch_size <= 16 and datarc.num_workers <= 2 and config["runner"]["total_steps"] <= 5000
