@@ -123,33 +123,30 @@ def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, 
         raise UsageError(f"--layer {layer}: this upstream has {count} hidden states (0..{count - 1}, or negative "
                          f"from the end)")
     frames = upstream.output_frames(len(wav))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    fd, written, shape, finished = None, 0, None, False
-    try:
+    shape: tuple = ()
+
+    def write(handle) -> None:
+        nonlocal shape
+        offset, written, dim = None, 0, 0
         for first, values in upstream.stream(wav, layers):
-            if fd is None:
+            if offset is None:
                 dim = values[0].shape[-1]
                 shape = (len(layers), frames, dim) if all_layers else (frames, dim)
-                header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-                offset = header.offset
-                del header  # the file and its header exist; the data goes in by positioned writes
-                fd = os.open(tmp, os.O_WRONLY)
+                np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                              "shape": shape})
+                handle.flush()
+                offset = handle.tell()
+                handle.truncate(offset + int(np.prod(shape)) * 4)
             for index, value in enumerate(values):
                 block = value.float().cpu().numpy()
-                os.pwrite(fd, block.tobytes(), offset + ((index * frames + first) * dim) * 4)
+                os.pwrite(handle.fileno(), block.tobytes(), offset + ((index * frames + first) * dim) * 4)
             written += values[0].shape[0]
             if progress is not None:
                 progress(values[0].shape[0] / frames)
         if written != frames:
             raise RuntimeError(f"streamed {written} of {frames} frames")
-        os.replace(tmp, target)
-        finished = True
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if not finished:  # failed or interrupted: no temporary left behind
-            tmp.unlink(missing_ok=True)
+
+    atomic_write(target, write)  # a failure or an interrupt leaves no file under the final name, no temporary
     return shape
 
 

@@ -43,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, load_corpus
+from encodecmae_s3prl.upstream.atomic import atomic_write
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
 
@@ -93,12 +94,7 @@ def _shards(files: Sequence[AudioFile], per_shard: int) -> List[List[AudioFile]]
 
 
 def _save_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, write)
 
 
 def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLike, num_codebooks: int,

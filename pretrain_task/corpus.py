@@ -25,6 +25,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
+from encodecmae_s3prl.upstream.atomic import atomic_write_text
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
 
@@ -94,12 +95,9 @@ def write_manifest(files: Sequence[AudioFile], root: Path, out: Path) -> None:
     root = Path(root).resolve()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(f"{root}\n")
-        for f in files:
-            handle.write(f"{os.path.relpath(Path(f.path).resolve(), root)}\t{f.num_frames}\t{f.sample_rate}\n")
-    os.replace(tmp, out)
+    lines = [f"{root}\n"] + [f"{os.path.relpath(Path(f.path).resolve(), root)}\t{f.num_frames}\t{f.sample_rate}\n"
+                              for f in files]
+    atomic_write_text(out, "".join(lines))
 
 
 def load_corpus(entries: Sequence[str] | str, progress: bool = True) -> list[AudioFile]:

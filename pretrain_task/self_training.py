@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ import yaml
 from tqdm import tqdm
 
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, draw_start_frame, load_corpus, read_crop_at
+from encodecmae_s3prl.upstream.atomic import replace_folder
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
@@ -251,9 +251,7 @@ def _write_store(tmp: Path, out: Path, codes: np.ndarray, meta: dict, centroids:
     np.save(tmp / "codes.npy", codes)
     (tmp / "index.json").write_text(json.dumps(meta))
     atomic_save({"centroids": centroids}, tmp / "kmeans.pt")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_folder(tmp, out)
     return meta
 
 

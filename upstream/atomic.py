@@ -17,7 +17,7 @@ class DiskFullError(OSError):
     """No space left while writing a file: what was being written and where."""
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """``write(handle)`` into a temporary file in ``path``'s folder, then rename it to ``path``; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,3 +40,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def replace_folder(built: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """A folder built completely beside ``path`` (``built``) takes its place: the old one is removed first, so a
+    crash in between leaves no folder under ``path`` (readers rebuild) but never a mixture of old and new files."""
+    import shutil
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(built, path)
+    return path
