@@ -217,12 +217,12 @@ def test_hear_api_for_ours_hubert_and_fbank(tmp_path, tiny_ckpt):
     from encodecmae_s3prl import hear_api
 
     hubert = write_tiny_hubert_checkpoint(tmp_path / "hubert_tiny.pt")
-    models = {"ours": (hear_api.load_model(str(tiny_ckpt), device="cpu"), 64, 1000 / 75, 24000),
+    models = {"ours": (hear_api.load_model(str(tiny_ckpt), device="cpu"), 64, 1000 / 75, 48000),
               "hubert": (hear_api.load_model(str(hubert), upstream="hubert_local", device="cpu"), 32, 20.0, 16000),
               "hubert_spec": (hear_api.load_model(f"hubert_local:{hubert}", device="cpu"), 32, 20.0, 16000),
               "fbank": (hear_api.load_model("", upstream="fbank_no_cmvn", device="cpu"), None, None, 16000)}
     for name, (model, size, hop_ms, rate) in models.items():
-        assert model.sample_rate == rate, name  # EnCodecMAE takes 24 kHz itself; other s3prl upstreams 16 kHz
+        assert model.sample_rate == rate, name  # EnCodecMAE declares HEAR's 48 kHz; other s3prl upstreams 16 kHz
         audio = torch.randn(3, rate) * 0.1
         scene = hear_api.get_scene_embeddings(audio, model)
         frames, stamps = hear_api.get_timestamp_embeddings(audio, model)
@@ -235,10 +235,10 @@ def test_hear_api_for_ours_hubert_and_fbank(tmp_path, tiny_ckpt):
             assert float(stamps[0, 1] - stamps[0, 0]) == pytest.approx(hop_ms, abs=1e-3), name  # ms per frame
     torch.testing.assert_close(hear_api.get_scene_embeddings(audio[:, :16000], models["hubert"][0]),
                                hear_api.get_scene_embeddings(audio[:, :16000], models["hubert_spec"][0]))
-    # a declared rate other than the native one is resampled inside (48 kHz HEAR folders for ours)
-    at48 = hear_api.load_model(str(tiny_ckpt), device="cpu", sample_rate=48000)
-    assert at48.sample_rate == 48000 and at48.native_rate == 24000
-    assert hear_api.get_scene_embeddings(torch.randn(2, 48000) * 0.1, at48).shape == (2, 64)
+    # a declared rate other than the native one is resampled inside (ours by default: HEAR's 48 kHz -> 24 kHz)
+    at24 = hear_api.load_model(str(tiny_ckpt), device="cpu", sample_rate=24000)
+    assert at24.sample_rate == 24000 and models["ours"][0].native_rate == 24000
+    assert hear_api.get_scene_embeddings(torch.randn(2, 24000) * 0.1, at24).shape == (2, 64)
     with pytest.raises(FileNotFoundError, match="no_such.pt"):
         hear_api.load_model(str(tmp_path / "no_such.pt"), upstream="hubert_local")
     with pytest.raises(ValueError, match="n_sounds, n_samples"):

@@ -278,8 +278,8 @@ def test_our_upstream_is_fed_24k_directly_in_the_hear_paths(tmp_path, ours):
         alone = upstream.model.encode(straight[None])
         np.testing.assert_allclose(pooled[2], torch.stack([h[0].mean(0) for h in alone.hidden_states]).numpy(),
                                    rtol=1e-4, atol=1e-5)
-        # the HEAR API: 24 kHz declared and fed to model.encode as it is, 75 frames/s
-        model = hear_api.load_model(str(ckpt), device="cpu")
+        # the HEAR API with sample_rate=24000: fed to model.encode as it is, 75 frames/s
+        model = hear_api.load_model(str(ckpt), device="cpu", sample_rate=24_000)
         assert model.sample_rate == 24_000
         audio = torch.from_numpy(np.stack([wav24["b"][:24_000], wav24["b"][12_000:]]))
         frames, stamps = hear_api.get_timestamp_embeddings(audio, model)
@@ -305,8 +305,8 @@ def test_hear_api_model_file_path_names_any_upstream(tmp_path, ours):
     assert hear_api.resolve("") == ("encodecmae", None)
     assert hear_api.resolve("", upstream="fbank_no_cmvn") == ("fbank_no_cmvn", None)
     assert hear_api.load_model("fbank_no_cmvn", device="cpu").sample_rate == 16_000
-    random_mae = hear_api.load_model(f"encodecmae_random:{ckpt}", device="cpu")
-    assert random_mae.sample_rate == 24_000
+    assert hear_api.load_model(f"encodecmae_random:{ckpt}", device="cpu").sample_rate == 48_000
+    random_mae = hear_api.load_model(f"encodecmae_random:{ckpt}", device="cpu", sample_rate=24_000)
     audio = torch.from_numpy(np.stack([synthetic.sound_class(c, 1.0, 24_000, np.random.default_rng(c))
                                        for c in range(4)]))
     scene = hear_api.get_scene_embeddings(audio, random_mae)

@@ -3,10 +3,15 @@
     hear-validator encodecmae_s3prl.hear_api --model /path/to/states-N.ckpt      # or model.pt (v1)
     hear-validator encodecmae_s3prl.hear_api --model fbank_no_cmvn
     hear-validator encodecmae_s3prl.hear_api --model encodecmae_random:/path/to/states-N.ckpt
-    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api --model /path/to/model.pt
-    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api --model-options '{"upstream": "fbank_no_cmvn"}'
+    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api --model /path/to/states-N.ckpt
+    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api --model /path/to/states-N.ckpt \
+        --model-options '{"upstream": "encodecmae_random"}'
+    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api \
+        --model-options '{"upstream": "fbank_no_cmvn", "sample_rate": 48000}'
 
-``load_model(model_file_path)`` takes what the kit's ``--model`` passes (the validator passes nothing else):
+``load_model(model_file_path)`` takes what ``--model`` passes. The validator passes any string; the kit's
+embedding runner only an existing path (its ``--model`` is a ``click.Path(exists=True)``), so there a hub entry is
+named with ``--model-options '{"upstream": ENTRY}'`` and ``--model`` is left out (or is the entry's checkpoint):
 
 - a checkpoint file: ``encodecmae_local`` on it (our ``states-N.ckpt`` or a published v1 ``model.pt``);
 - an s3prl hub entry name: ``fbank_no_cmvn``, ``encodecmae_base`` ... (checkpoint-free or published entries);
@@ -14,12 +19,14 @@
   for ECMAE-R on a checkpoint's fitted codec, ``encodec_features:/x/states-N.ckpt`` for EC);
 - ``''``: ``encodecmae``, the published base+ST model.
 
-``upstream=ENTRY`` (``--model-options '{"upstream": ...}'``) names the entry explicitly, ``model_file_path`` then
-being its checkpoint. Our EnCodecMAE upstreams take 24 kHz audio (``sample_rate`` 24000) straight into
-``model.encode``, so nothing between 8 and 12 kHz is lost, and give 75 frames/s; every other s3prl upstream takes
-16 kHz. ``sample_rate=R`` (a model option) declares another input rate, resampled to the model's inside
-(e.g. 48000 for HEAR task folders that hold no 24000 copy). Scene embeddings are the time-mean of the last hidden
-state (the paper's protocol); timestamp embeddings are that layer's frames with their centre times in ms.
+Model options: ``upstream=ENTRY`` names the entry explicitly, ``model_file_path`` then being its checkpoint;
+``sample_rate=R`` the rate the model declares and takes, resampled inside to the rate the upstream's model runs at
+(24000 for our EnCodecMAE upstreams, fed straight to ``model.encode``; 16000 for every other s3prl upstream).
+Default: 48000 for ours (what HEAR distributes and the stock validator accepts: a 2:1 resampling to 24 kHz, nothing
+between 8 and 12 kHz lost), the native 16000 for the others; ``sample_rate=24000`` feeds ours without resampling
+(a ``24000/`` task folder). ``layer=N``: the hidden state used (s3prl's ``hidden_states`` index, negative from the
+end; default -1, the last layer, as the authors' HEAR module). Scene embeddings are that layer's time-mean (the
+paper's protocol); timestamp embeddings are its frames with their centre times in ms.
 """
 from __future__ import annotations
 
@@ -36,24 +43,37 @@ from encodecmae_s3prl.upstream.audio import resample
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
 
 DEFAULT_ENTRY = "encodecmae"  # the published base + self-training model
+HEAR_RATE = 48000  # what HEAR distributes its tasks at; our upstreams declare it unless told otherwise
 
 
 class HearModel(nn.Module):
     """An s3prl upstream plus the attributes the HEAR API asks for.
 
-    ``sample_rate``: what callers hand in; ``native_rate``: what the upstream's model runs at (24000 for ours,
-    16000 for other s3prl upstreams); audio is resampled between the two only when they differ."""
+    ``sample_rate``: what callers hand in (default ``HEAR_RATE`` for our EnCodecMAE upstreams, the native rate for
+    others); ``native_rate``: what the upstream's model runs at (24000 for ours, 16000 for other s3prl upstreams);
+    audio is resampled between the two only when they differ. ``layer``: the hidden state embedded (default -1)."""
 
-    def __init__(self, upstream: nn.Module, sample_rate: int | None = None):
+    def __init__(self, upstream: nn.Module, sample_rate: int | None = None, layer: int = -1):
         super().__init__()
         self.upstream = upstream.eval()
         self.native_rate = upstream_rate(upstream)
-        self.sample_rate = int(sample_rate or self.native_rate)
+        default = HEAR_RATE if self.native_rate == SAMPLE_RATE else self.native_rate
+        self.sample_rate = int(sample_rate or default)
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise ValueError(f"layer must be an integer (a hidden_states index, -1 = last), got {layer!r}")
+        self.layer = layer
         with torch.no_grad():
-            probe = self.frames(torch.zeros(1, self.sample_rate, device=self._device()))
-        self.scene_embedding_size = self.timestamp_embedding_size = int(probe.shape[-1])
+            audio = torch.zeros(1, self.sample_rate, device=self._device())
+            if self.sample_rate != self.native_rate:
+                audio = resample(audio, self.sample_rate, self.native_rate)
+            hidden, _ = encode_native(self.upstream, list(audio))
+        self.num_layers = len(hidden)
+        if not -self.num_layers <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} is out of range: this upstream has {self.num_layers} hidden states "
+                             f"(0..{self.num_layers - 1}, or -1 for the last)")
+        self.scene_embedding_size = self.timestamp_embedding_size = int(hidden[layer].shape[-1])
         if self.native_rate == SAMPLE_RATE:  # ours: EnCodec's hop at 24 kHz (75 frames/s)
             self.hop_seconds = HOP / self.native_rate
         elif hasattr(upstream, "get_downsample_rates"):
@@ -67,14 +87,14 @@ class HearModel(nn.Module):
 
     @torch.no_grad()
     def frames(self, audio: Tensor) -> Tensor:
-        """audio (n, samples) at ``sample_rate`` in [-1, 1] -> last hidden state (n, frames, dim)."""
+        """audio (n, samples) at ``sample_rate`` in [-1, 1] -> hidden state ``layer`` (n, frames, dim)."""
         if audio.dim() != 2:
             raise ValueError(f"HEAR audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
         audio = audio.to(self._device(), torch.float32)
         if self.sample_rate != self.native_rate:
             audio = resample(audio, self.sample_rate, self.native_rate)
         hidden, _ = encode_native(self.upstream, list(audio))  # equal lengths: every frame is each clip's own
-        return hidden[-1].float()
+        return hidden[self.layer].float()
 
 
 def _is_entry(name: str) -> bool:
@@ -122,14 +142,16 @@ def resolve(model_file_path: str = "", upstream: str | None = None) -> tuple[str
 
 
 def load_model(model_file_path: str = "", upstream: str | None = None, device: str | None = None,
-               sample_rate: int | None = None, **kwargs) -> HearModel:
+               sample_rate: int | None = None, layer: int = -1, **kwargs) -> HearModel:
+    """The HEAR ``load_model``: ``model_file_path`` as ``--model`` passes it (see the module's docstring); the
+    other arguments are ``--model-options``; ``kwargs`` go to the hub entry."""
     entry, ckpt = resolve(model_file_path, upstream)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return HearModel(load_hub_upstream(entry, ckpt, device, **kwargs), sample_rate)
+    return HearModel(load_hub_upstream(entry, ckpt, device, **kwargs), sample_rate, layer)
 
 
 def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
-    """(n_sounds, n_samples) -> (n_sounds, scene_embedding_size): time-mean of the last layer."""
+    """(n_sounds, n_samples) -> (n_sounds, scene_embedding_size): time-mean of hidden state ``model.layer``."""
     return model.frames(audio).mean(dim=1)
 
 

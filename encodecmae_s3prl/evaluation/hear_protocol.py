@@ -345,6 +345,15 @@ def kit_rng(seed: int = KIT_SEED, device: str = "cpu"):
         yield
 
 
+def _load_outside_stream(load: Callable[[object], tuple], fold, device: str) -> tuple:
+    """``load(fold)`` without touching the task's random stream: on a cache miss it builds the upstream (s3prl's
+    hub entries initialise their modules from torch's default generator, fbank_no_cmvn included) and embeds, which
+    the kit does in another process (``heareval.embeddings.runner``) before its stream is seeded."""
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        return load(fold)
+
+
 def train_one(task: ProbeTask, data: Dict[str, dict], params: dict, weighted: bool, max_epochs: int = MAX_EPOCHS,
               seed: int | None = None, device: str = "cpu", hidden_dim: int = HIDDEN_DIM) -> dict:
     """One HEAR configuration as the kit trains it: batches of 1024 in the data's order (never reshuffled; a last
@@ -429,7 +438,8 @@ def evaluate_folds(folds: Sequence, load: Callable[[object], tuple], weighted: b
                    max_epochs: int = MAX_EPOCHS, seed: int = KIT_SEED, device: str = "cpu",
                    hidden_dim: int = HIDDEN_DIM) -> dict:
     """The kit's rule for a task with several test folds: grid search on the first fold only, the selected
-    configuration trained on each other fold, every fold tested; one random stream for the whole task.
+    configuration trained on each other fold, every fold tested; one random stream for the whole task, which
+    ``load`` (embedding on a cache miss) does not draw from.
 
     ``load(fold)`` -> (ProbeTask, data) for that test fold. Returns {metric: mean over folds,
     "std": {metric: std over folds, ddof 1}, "params": the selected configuration, "grid": the first fold's
@@ -437,13 +447,13 @@ def evaluate_folds(folds: Sequence, load: Callable[[object], tuple], weighted: b
     "layer_weights": their mean (weighted mode) or None}."""
     per_fold = []
     with kit_rng(seed, device):
-        task, data = load(folds[0])
+        task, data = _load_outside_stream(load, folds[0], device)
         search = _search(task, data, weighted, grid_size, max_epochs, seed, device, hidden_dim)
         grid = search.pop("grid")
         per_fold.append({"fold": folds[0], **search})
         del data
         for fold in folds[1:]:
-            task, data = load(fold)
+            task, data = _load_outside_stream(load, fold, device)
             per_fold.append({"fold": fold, "params": search["params"],
                              **train_one(task, data, search["params"], weighted, max_epochs, None, device,
                                          hidden_dim)})
