@@ -39,4 +39,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text.encode()))
+    def write(handle: BinaryIO) -> None:
+        handle.write(text.encode())
+
+    return atomic_write(path, write)
