@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -111,6 +111,35 @@ def write_corpus(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def write_probes(root: Path) -> Dict[str, Path]:
+    """The demo's two probe datasets under ``root``: NSynth-layout pitch (48 notes; the test instrument's timbre,
+    8 harmonics, is unlike the training ones, 2-4: pitch must transfer across timbre) and ESC-50-layout sound
+    classes (8 classes, 5 folds of 4 clips each)."""
+    return {"nsynth_pitch": synthetic.write_nsynth(root / "nsynth", pitches=range(36, 84), instruments=3,
+                                                   test_harmonics=8),
+            "esc50": synthetic.write_esc50(root / "esc50", classes=8, per_fold=4, seed=1)}
+
+
+def pretrain(corpus: Path, expdir: Path, model_config: str, steps: int, env: Dict[str, str], cwd: Path,
+             name: str = "demo", overrides: Sequence[str] = ()) -> Path:
+    """The demo's pretraining: ``run_pretrain.py -u encodecmae -g MODEL_CONFIG`` on ``corpus`` for ``steps`` steps
+    (batch 8 of 2 s crops, lr 1e-3) into ``expdir``, plus ``overrides`` (more ``config.a.b=value`` items of
+    ``-o``); returns the newest checkpoint. A user error of the runner (exit status 2) is a UserError."""
+    override = ",,".join([
+        f"config.pretrain_expert.datarc.corpus=['{corpus}']", "config.pretrain_expert.datarc.train_batch_size=8",
+        "config.pretrain_expert.datarc.crop_seconds=2.0", "config.pretrain_expert.datarc.num_workers=1",
+        "config.pretrain_expert.datarc.codec_init_clips=128", "config.optimizer.lr=1.0e-3",
+        f"config.runner.total_steps={steps}", f"config.runner.log_step={max(1, min(20, steps // 2))}",
+        f"config.runner.save_step={max(1, steps // 2)}", "config.runner.max_keep=1", *overrides])
+    proc = subprocess.run([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", model_config,
+                           "-n", name, "-p", str(expdir), "-o", override], env=env, cwd=cwd)
+    if proc.returncode == 2:  # a user error, already printed by run_pretrain.py
+        raise UserError(f"pretraining failed (run_pretrain.py's message above); see {expdir}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"run_pretrain.py failed with exit status {proc.returncode} (its traceback above)")
+    return max(expdir.glob("states-*.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "demo_output")
@@ -139,26 +168,13 @@ def run(args) -> None:
     print("[1/3] writing the corpus and the probe datasets")
     corpus = write_corpus(out / "corpus")
     # the test instrument's timbre (8 harmonics) is unlike the training ones (2-4): pitch must transfer across timbre
-    probes = {"nsynth_pitch": synthetic.write_nsynth(out / "probes" / "nsynth", pitches=range(36, 84),
-                                                     instruments=3, test_harmonics=8),
-              "esc50": synthetic.write_esc50(out / "probes" / "esc50", classes=8, per_fold=4, seed=1)}
+    probes = write_probes(out / "probes")
 
     print(f"[2/3] pretraining the tiny EnCodecMAE for {args.steps} steps (s3prl's runner)")
     expdir = out / "pretrain"
     shutil.rmtree(expdir, ignore_errors=True)  # a rerun pretrains afresh instead of mixing with old checkpoints
     model_config = pretrain_model_config(choice, out / "config")
-    override = (f"config.pretrain_expert.datarc.corpus=['{corpus}'],,config.pretrain_expert.datarc.train_batch_size=8,,"
-                "config.pretrain_expert.datarc.crop_seconds=2.0,,config.pretrain_expert.datarc.num_workers=1,,"
-                "config.pretrain_expert.datarc.codec_init_clips=128,,config.optimizer.lr=1.0e-3,,"
-                f"config.runner.total_steps={args.steps},,config.runner.log_step={min(20, args.steps // 2)},,"
-                f"config.runner.save_step={args.steps // 2},,config.runner.max_keep=1")
-    proc = subprocess.run([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", model_config,
-                           "-n", "demo", "-p", str(expdir), "-o", override], env=env, cwd=out)
-    if proc.returncode == 2:  # a user error, already printed by run_pretrain.py
-        raise UserError(f"pretraining failed (run_pretrain.py's message above); see {expdir}")
-    if proc.returncode != 0:
-        raise RuntimeError(f"run_pretrain.py failed with exit status {proc.returncode} (its traceback above)")
-    checkpoint = max(expdir.glob("states-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    checkpoint = pretrain(corpus, expdir, model_config, args.steps, env, cwd=out)
     codec = checkpoint_codec(checkpoint)
 
     print("[3/3] HEAR protocol: EC, ECMAE-R, the pretrained model and fbank_no_cmvn on the probes")
