@@ -1,0 +1,32 @@
+"""Files written whole or not at all: a failure (a full disk included) leaves the previous file and no temporary."""
+import errno
+
+import pytest
+
+from encodecmae_s3prl.errors import user_error_message
+from encodecmae_s3prl.upstream.atomic import DiskFullError, atomic_write, atomic_write_text
+
+
+def test_full_disk_is_one_clear_error_and_the_previous_file_survives(tmp_path):
+    target = atomic_write_text(tmp_path / "table.md", "the good table\n")
+
+    def fills_the_disk(handle):
+        handle.write(b"half of a new ")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as err:
+        atomic_write(target, fills_the_disk)
+    assert str(target) in str(err.value) and "free some space" in str(err.value)
+    assert user_error_message(err.value) is not None  # a command prints it as one error: line
+    assert target.read_text() == "the good table\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]  # no temporary left
+
+
+def test_an_interrupt_mid_write_leaves_nothing_under_the_final_name(tmp_path):
+    def interrupted(handle):
+        handle.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "x.npy", interrupted)
+    assert not any(tmp_path.iterdir())
