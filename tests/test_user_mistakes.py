@@ -39,7 +39,7 @@ def test_a_file_that_is_no_checkpoint_is_called_unreadable_not_untrusted(clip, t
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(content)
     line = _error_line(capsys, ["-u", "encodecmae_local", "-k", str(bad), str(clip), "--out", str(tmp_path / "f")])
-    assert f"checkpoint {bad} is not a torch checkpoint" in line
+    assert f"cannot read checkpoint {bad}: it is not a torch checkpoint" in line
     assert "TRUST" not in line and "allow-list" not in line
 
 

@@ -76,13 +76,13 @@ def _unreadable(path: Path, err: BaseException) -> CheckpointError:
     with open(path, "rb") as handle:
         head = handle.read(2)
     if head == b"PK" and not zipfile.is_zipfile(path):
-        what = "is truncated (a zip archive without its end)"
+        what = "it is truncated (a zip archive without its end)"
     elif not zipfile.is_zipfile(path) and head[:1] != b"\x80":
-        what = "is not a torch checkpoint (neither a zip archive nor a pickle)"
+        what = "it is not a torch checkpoint (neither a zip archive nor a pickle)"
     else:
-        what = f"is unreadable ({_first_line(err)[:160]}): probably truncated or not a torch checkpoint"
-    return CheckpointError(f"checkpoint {path} {what}; give the states-N.ckpt written by run_pretrain.py or a "
-                           f"published model.pt, or copy / download it again")
+        what = f"{_first_line(err)[:160]}: probably truncated or not a torch checkpoint"
+    return CheckpointError(f"cannot read checkpoint {path}: {what}; give the states-N.ckpt written by "
+                           f"run_pretrain.py or a published model.pt, or copy / download it again")
 
 
 def _first_line(err: BaseException) -> str:
