@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import shutil
 import sys
@@ -46,7 +47,7 @@ from encodecmae_s3prl.evaluation.paper_table1 import (
     paper_row,
     paper_value,
 )
-from encodecmae_s3prl.upstream.atomic import atomic_write_text
+from encodecmae_s3prl.upstream.atomic import atomic_write, atomic_write_text
 
 CELL_FORMAT = 1  # part of every finished cell's fingerprint
 
@@ -280,20 +281,15 @@ def write_outputs(out: Path, table: dict, tasks: Dict[str, FoundTask]) -> str:
             values += (["error", "", "", ""] if "error" in cell else
                        [cell.get(k, "") if cell.get(k) is not None else "" for k in ("value", "std", "paper", "diff")])
         body.append(values)
-    rows_text = []
-
-    class _Lines:
-        def write(self, text):
-            rows_text.append(text)
-
-    csv.writer(_Lines(), lineterminator="\n").writerows([header] + body)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header] + body)
     document = {"source": SOURCE, "units": {c: ("%" if c in PERCENT else "mAP") for c in columns},
                 "tasks": {c: {"task": t.spec.task_name, "mode": t.mode, "folder": str(t.folder), "note": t.note}
                           for c, t in tasks.items()},
                 "rows": table}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "table1.md", markdown)
-    atomic_write_text(out / "table1.csv", "".join(rows_text))
+    atomic_write_text(out / "table1.csv", text.getvalue())
     atomic_write_text(out / "table1.json", json.dumps(document, indent=1) + "\n")
     _plot(out / "table1.png", table, columns)
     return markdown
@@ -323,12 +319,7 @@ def _plot(path: Path, table: dict, columns: Sequence[str]) -> None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
 
-    def save(handle):
-        fig.savefig(handle, format="png", dpi=90)
-
-    from encodecmae_s3prl.upstream.atomic import atomic_write
-
-    atomic_write(path, save)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=90))
     plt.close(fig)
 
 
