@@ -46,6 +46,10 @@ class UserError(Exception):
     """Something the user can fix; the message names the file or key and says how."""
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration value or key that cannot be used (model config, runner config, recipe keys)."""
+
+
 # (module, class): the project's user-error exceptions; subclasses count too (V1CheckpointError is a CheckpointError)
 USER_ERROR_TYPES = frozenset({
     ("encodecmae_s3prl.upstream.checkpoint", "CheckpointError"),
