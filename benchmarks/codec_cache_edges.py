@@ -33,7 +33,8 @@ def main() -> None:
     args = parser.parse_args()
     from encodecmae_s3prl.pretrain_task.codec_cache import whole_file_features
     from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone, sound_class
-    from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
+    from encodecmae_s3prl.upstream.loading import model_config_from_yaml
+    from encodecmae_s3prl.upstream.model import build_model
 
     model = build_model(model_config_from_yaml({"model": "tiny", **RANDOM_CODEC}))
     if model.codec.needs_corpus_init():

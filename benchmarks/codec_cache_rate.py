@@ -28,7 +28,8 @@ def main() -> None:
     from encodecmae_s3prl.pretrain_task.codec_cache import CodecCache, build
     from encodecmae_s3prl.pretrain_task.corpus import load_corpus
     from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone, write_wav
-    from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
+    from encodecmae_s3prl.upstream.loading import model_config_from_yaml
+    from encodecmae_s3prl.upstream.model import build_model
 
     model = build_model(model_config_from_yaml({"model": "small", **RANDOM_CODEC}), seed=0)
     fit_codec_to_synthetic_audio(model)

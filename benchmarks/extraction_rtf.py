@@ -31,7 +31,8 @@ def main():
 
     from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
-    from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
+    from encodecmae_s3prl.upstream.loading import model_config_from_yaml
+    from encodecmae_s3prl.upstream.model import build_model
     from encodecmae_s3prl.upstream.precision import autocast, autocast_dtype
 
     device = torch.device(args.device)

@@ -152,7 +152,8 @@ def main() -> None:
                          f"encodecmae/tasks/models/encodecmae/mae.py); see the usage at the top of this file")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone
-    from encodecmae_s3prl.upstream.loading import build_model, model_config_from_yaml
+    from encodecmae_s3prl.upstream.loading import model_config_from_yaml
+    from encodecmae_s3prl.upstream.model import build_model
     from encodecmae_s3prl.upstream.precision import autocast, autocast_dtype
 
     device = torch.device(args.device)

@@ -69,7 +69,7 @@ USER_ERROR_TYPES = frozenset({
 
 # ValueError is a user error only when raised (innermost frame) here: module -> function names (None: any)
 VALUE_ERROR_SOURCES: Mapping[str, Optional[frozenset]] = {
-    "encodecmae_s3prl.upstream.model": frozenset({"from_dict", "__post_init__", "get_config"}),
+    "encodecmae_s3prl.upstream.config": frozenset({"from_dict", "__post_init__", "get_config"}),
     "encodecmae_s3prl.upstream.loading": None,
     "encodecmae_s3prl.upstream.strict_config": None,  # unknown keys and value rules of the typed configs
 }

@@ -274,7 +274,8 @@ def write_tiny_encodecmae_checkpoint(path: Path, seed: int = 0, size: str = "tin
     from dataclasses import asdict, replace
 
     from encodecmae_s3prl.upstream.checkpoint import atomic_save
-    from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
+    from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, model_config_from_yaml
+    from encodecmae_s3prl.upstream.model import build_model
 
     config = model_config_from_yaml({"model": size, **({"recipe": recipe} if recipe else {})})
     if config.encodec_source == "pretrained":  # offline: the random codec, standardised

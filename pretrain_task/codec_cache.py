@@ -272,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--files-per-shard", type=int, default=FILES_PER_SHARD)
     args = parser.parse_args(argv)
     from encodecmae_s3prl.errors import user_errors
-    from encodecmae_s3prl.upstream.loading import build_model, load_checkpoint, model_config_from_yaml
+    from encodecmae_s3prl.upstream.loading import load_checkpoint, model_config_from_yaml
+    from encodecmae_s3prl.upstream.model import build_model
 
     with user_errors():
         if args.ckpt:

@@ -43,10 +43,10 @@ from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, draw_s
 from encodecmae_s3prl.upstream.atomic import replace_folder
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
-from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
+from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
 from encodecmae_s3prl.upstream.kmeans import assign, kmeans
 from encodecmae_s3prl.upstream.loading import load_checkpoint
-from encodecmae_s3prl.upstream.model import FRAME_RATE, IGNORE
+from encodecmae_s3prl.upstream.loss import IGNORE
 
 
 class TargetStoreError(ValueError):

@@ -190,7 +190,7 @@ def test_last_pretraining_checkpoint_is_named_by_its_step(tmp_path, files):
 
 # --- the shared helper ------------------------------------------------------------------------------------------
 def test_user_error_message_keeps_bugs_as_bugs():
-    from encodecmae_s3prl.upstream.model import EncodecMAEConfig
+    from encodecmae_s3prl.upstream.config import EncodecMAEConfig
 
     with pytest.raises(ValueError) as config_error:
         EncodecMAEConfig.from_dict({"no_such_key": 1})

@@ -13,18 +13,12 @@ import torch.nn.functional as F
 from encodecmae_s3prl.upstream import codec as codec_module
 from encodecmae_s3prl.upstream.codec import EncodecWeightsError, build_encodec
 from encodecmae_s3prl.upstream.components import SinusoidalPositions
+from encodecmae_s3prl.upstream.config import EncodecMAEConfig, get_config
 from encodecmae_s3prl.upstream.import_v1 import V1CheckpointError, config_from_v1, load_v1, parse_config_gin
+from encodecmae_s3prl.upstream.inference import EncodecFeatures
+from encodecmae_s3prl.upstream.loss import IGNORE, frame_cross_entropy, masked_prediction_loss
 from encodecmae_s3prl.upstream.masking import gather_visible, masked_counts, scatter_back, span_mask
-from encodecmae_s3prl.upstream.model import (
-    IGNORE,
-    EncodecFeatures,
-    EncodecMAE,
-    EncodecMAEConfig,
-    build_codec,
-    frame_cross_entropy,
-    get_config,
-    masked_prediction_loss,
-)
+from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
 
 from conftest import tone_batch
 from v1_reference import SMALL, V1Spec, make_v1_checkpoint, ref_positions, ref_stack
@@ -33,7 +27,7 @@ from v1_reference import SMALL, V1Spec, make_v1_checkpoint, ref_positions, ref_s
 def tiny(**overrides) -> EncodecMAE:
     torch.manual_seed(0)
     config = replace(get_config("tiny"), **overrides)
-    return EncodecMAE(config, build_codec(config))
+    return build_model(config)
 
 
 # --- (a) v1 parity against the independent reference in v1_reference.py -------------------------------
@@ -129,11 +123,11 @@ def test_parameter_counts_match_v1_and_the_paper():
     for name in ("small", "base", "large"):
         config = replace(get_config(name), encodec_source="random")
         with torch.device("meta"):  # shapes only: counts without allocating 500 MB
-            model = EncodecMAE(config, codec=codec)
+            model = build_model(config, codec=codec)
         counts = model.parameter_counts()
         assert config.recipe == "v1" and counts["trainable"] == v1[name], name
         with torch.device("meta"):
-            paper_recipe = EncodecMAE(replace(config, recipe="paper"), codec=codec)
+            paper_recipe = build_model(replace(config, recipe="paper"), codec=codec)
         assert paper_recipe.parameter_counts()["trainable"] == v1[name] + config.dim, name
         assert abs(counts["encoder_side_per_use"] - paper[name]) / paper[name] < 0.05, (name, counts)
 

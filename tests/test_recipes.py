@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from encodecmae_s3prl.upstream.checkpoint import atomic_save, safe_load
+from encodecmae_s3prl.upstream.config import get_config
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, load_checkpoint, model_config_from_yaml
 from encodecmae_s3prl.upstream.masking import masked_counts, span_mask
-from encodecmae_s3prl.upstream.model import EncodecMAE, build_codec, get_config
+from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
 
 from conftest import tone_batch
 
@@ -115,7 +116,7 @@ def _decoder_input(model: EncodecMAE, seed: int = 0):
 def test_decoder_input_at_masked_frames(recipe):
     torch.manual_seed(0)
     config = replace(get_config("tiny"), recipe=recipe)
-    model = EncodecMAE(config, build_codec(config)).eval()
+    model = build_model(config).eval()
     x, mask = _decoder_input(model)
     fill = torch.zeros(config.dim) if recipe == "v1" else model.mask_token.detach()
     expected = model.positions(fill.expand(1, x.shape[1], -1))[0]      # (T, D): the fill plus positions

@@ -7,13 +7,14 @@ import torch
 
 from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone
 from encodecmae_s3prl.upstream.components import SelfAttention
-from encodecmae_s3prl.upstream.model import EncodecMAE, build_codec, get_config
+from encodecmae_s3prl.upstream.config import get_config
+from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
 
 
 def _model(**overrides) -> EncodecMAE:
     torch.manual_seed(0)
     config = replace(get_config("tiny"), dim=96, heads=4, **overrides)
-    model = EncodecMAE(config, build_codec(config))
+    model = build_model(config)
     fit_codec_to_synthetic_audio(model)
     return model.train()
 

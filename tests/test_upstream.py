@@ -12,7 +12,8 @@ from encodecmae_s3prl.extract import main as extract_main
 from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, atomic_save
 from encodecmae_s3prl.upstream.expert import DOWNSAMPLE_RATE, UpstreamExpert
-from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, build_model, model_config_from_yaml
+from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, model_config_from_yaml
+from encodecmae_s3prl.upstream.model import build_model
 from encodecmae_s3prl.upstream.published import PublishedCheckpointError
 
 from conftest import tone

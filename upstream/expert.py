@@ -16,7 +16,7 @@ from torch import Tensor
 
 from encodecmae_s3prl.upstream.audio import all_finite, resampled_length
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
-from encodecmae_s3prl.upstream.model import ChunkedInference
+from encodecmae_s3prl.upstream.inference import ChunkedInference
 
 INPUT_RATE = 16_000  # what s3prl hands every upstream
 MODEL_RATE = SAMPLE_RATE  # EnCodec 24 kHz

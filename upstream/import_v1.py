@@ -35,7 +35,8 @@ from torch import Tensor
 
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
 from encodecmae_s3prl.upstream.codec import CODEBOOK_SIZE, FEATURE_DIM, build_encodec
-from encodecmae_s3prl.upstream.model import V1_CODEBOOK_WEIGHTS, EncodecMAE, EncodecMAEConfig
+from encodecmae_s3prl.upstream.config import V1_CODEBOOK_WEIGHTS, EncodecMAEConfig
+from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
 
 ACCEPTED = ("a published EnCodecMAE v1 model.pt ({'state_dict': {'wav_encoder.model.*', 'target_encoder.model.*', "
             "'visible_encoder.encoder_layers.N.*', 'decoder.encoder_layers.N.*', 'head.layer.*', ...}}), with the "
@@ -314,7 +315,7 @@ def load_v1(path: Union[str, os.PathLike], gin_path: Union[str, os.PathLike, Non
 
     converted = convert_v1_state_dict(state)
     with torch.device("meta"):  # shapes only
-        expected = EncodecMAE(config, codec=build_encodec("random", config.num_codebooks)).state_dict()
+        expected = build_model(config, codec=build_encodec("random", config.num_codebooks)).state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
     wrong = sorted(k for k in set(expected) & set(converted) if expected[k].shape != converted[k].shape)

@@ -8,11 +8,12 @@ import os
 from dataclasses import fields, replace
 from pathlib import Path
 
-import torch
 import yaml
 
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
-from encodecmae_s3prl.upstream.model import EncodecFeatures, EncodecMAE, EncodecMAEConfig, build_codec, get_config
+from encodecmae_s3prl.upstream.config import EncodecMAEConfig, get_config
+from encodecmae_s3prl.upstream.inference import EncodecFeatures
+from encodecmae_s3prl.upstream.model import EncodecMAE, build_codec, build_model
 
 CHECKPOINT_KEY = "EncodecMAE"  # where run_pretrain.py -u encodecmae stores {"config", "state_dict"}
 
@@ -35,14 +36,6 @@ def model_config_from_yaml(spec: dict | str | os.PathLike | None) -> EncodecMAEC
     if "codebook_weights" in spec:
         spec["codebook_weights"] = tuple(spec["codebook_weights"])
     return replace(get_config(name), **spec)
-
-
-def build_model(config: EncodecMAEConfig, seed: int = 0, codec=None) -> EncodecMAE:
-    """The one way to make a fresh model: seeded (the same seed, the same weights), on ``codec`` when
-    given (e.g. another checkpoint's), else on the codec the config asks for."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return EncodecMAE(config, codec=codec if codec is not None else build_codec(config))
 
 
 def _is_v1(checkpoint: dict) -> bool:

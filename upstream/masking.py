@@ -18,6 +18,8 @@ overlap.
 
 As with any sampler of whole spans inside [0, L), the first and last few frames are masked less
 often than interior ones, under both layouts.
+
+``padding_mask`` turns clip lengths into the (B, T) padding mask (True = padding) every module takes.
 """
 from __future__ import annotations
 
@@ -219,3 +221,8 @@ def scatter_back(visible: Tensor, visible_index: Tensor, visible_padding: Tensor
     index = visible_index.masked_fill(visible_padding, frames)
     out = base.scatter(1, index[:, :, None].expand(-1, -1, dim), visible)
     return out[:, :frames]
+
+
+def padding_mask(lengths: Tensor, frames: int) -> Tensor:
+    """(B,) lengths -> (B, frames) bool, True at and past each length."""
+    return torch.arange(frames, device=lengths.device)[None, :] >= lengths[:, None]

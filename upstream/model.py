@@ -8,152 +8,25 @@ Data flow, readable top to bottom in ``EncodecMAE.forward``:
         -> encoder (visible frames only) -> Linear D->D -> mask token at the dropped frames
         -> + positions (the same module, one shared scale) -> decoder (2 layers) -> head -> (B, T, Q, 1024)
 
-``encode`` is the inference path (no masking, long audio in 4 s chunks); its ``hidden_states``
-are what s3prl's Featurizer weighs.
+``encode`` (``inference.ChunkedInference``) is the inference path: no masking, long audio in 4 s chunks.
+``build_model`` is the one way to make a fresh model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from encodecmae_s3prl.upstream.audio import resample_span, resampled_length
-from encodecmae_s3prl.upstream.codec import (
-    CODEBOOK_SIZE,
-    FEATURE_DIM,
-    FRAME_RATE,
-    HOP,
-    SAMPLE_RATE,
-    FrozenEncodec,
-    build_encodec,
-)
+from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FrozenEncodec, build_encodec
 from encodecmae_s3prl.upstream.components import SinusoidalPositions, TransformerStack
-from encodecmae_s3prl.upstream.masking import RECIPES, gather_visible, scatter_back, span_mask
-from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
-
-IGNORE = -100                    # target value that no loss or accuracy counts (padding, missing ST codes)
-# inference: 4 s chunks per pass (bounds memory for audio of any length). A GPU wants large batches; on a CPU
-# more chunks per pass only add activations (the speed per chunk is the same), so fewer (EnCodec's convolutions,
-# ~60 MB of activations per chunk, take them one at a time there: FrozenEncodec.features)
-CHUNKS_PER_STEP = 16
-CPU_CHUNKS_PER_STEP = 4
-
-# γ_q of the published v1 models: mean quantization error of each of the first 8 codebooks, summed to 1
-V1_CODEBOOK_WEIGHTS = (0.22407463, 0.1759858, 0.14499009, 0.12150037, 0.10315603, 0.08831368, 0.07608274,
-                       0.06589669)
-MASK_TOKENS = ("learned", "zeros")
-# what each recipe sets, row by row (each row also a config field of its own, for ablations):
-# 'v1' = the authors' code at tag v.1.0.0, which trained the published models; 'paper' = the paper's text
-RECIPE_ROWS: Dict[str, Dict[str, str]] = {
-    "v1": {"mask_layout": "v1", "mask_token": "zeros"},
-    "paper": {"mask_layout": "paper", "mask_token": "learned"},
-}
-
-
-@dataclass(frozen=True)
-class EncodecMAEConfig:
-    """Sizes and training settings of one EnCodecMAE. Defaults are the paper's base model."""
-
-    dim: int = 768                      # D, model width
-    encoder_layers: int = 10
-    decoder_layers: int = 2
-    heads: int = 12                     # encoder attention heads
-    decoder_heads: Optional[int] = None  # None: same as ``heads`` (v1 sets both in its config.gin)
-    ff_dim: int = 4096                  # feed-forward width (ReLU)
-    num_codebooks: int = 8              # Q, first RVQ stages predicted (8 = 6 kbps)
-    codebook_size: int = CODEBOOK_SIZE  # codes per stage; EnCodec's RVQ has 1024
-    mask_prop: float = 0.5              # proportion of each clip's frames masked
-    mask_span: int = 15                 # frames per masked span
-    delta: float = 0.9                  # δ: weight of the masked-frame loss, 1-δ for the visible frames
-    codebook_weights: Tuple[float, ...] = V1_CODEBOOK_WEIGHTS  # γ_q, one per codebook
-    interleaved_heads: bool = True      # v1 head split (channel c -> head c mod H)
-    shared_feed_forward: bool = True    # one feed-forward module per stack, as v1 (Table 1); False: one per layer
-    recipe: str = "v1"                  # 'v1' (the authors' code, the published models) or 'paper' (its text)
-    mask_layout: Optional[str] = None   # span layout 'v1' | 'paper' (masking.span_mask); None: the recipe's
-    mask_token: Optional[str] = None    # decoder input at masked frames: 'zeros' (v1) | 'learned' (paper);
-    #                                     None: the recipe's
-    extra_targets: int = 0              # k of an extra self-training target stream; 0 = none
-    extra_target_weight: Optional[float] = None  # weight of that stream; None = sum(codebook_weights)
-    encodec_source: str = "pretrained"  # 'pretrained', 'random' or a path (see codec.build_encodec)
-    standardise_features: bool = False  # per-channel corpus standardisation of the input (random codec)
-    chunk_seconds: float = 4.0          # inference chunk length (encode); 4 s = 300 frames
-    dropout: float = 0.0                # attention and feed-forward dropout
-
-    def __post_init__(self):
-        object.__setattr__(self, "codebook_weights", tuple(float(w) for w in self.codebook_weights))
-        rules = [
-            (self.dim > 0 and self.dim % 2 == 0, "dim", self.dim, "a positive even number (sin/cos pairs)"),
-            (1 <= self.heads <= self.dim, "heads", self.heads, f"in 1..dim={self.dim} (heads are dim // heads wide)"),
-            (self.decoder_heads is None or 1 <= self.decoder_heads <= self.dim,
-             "decoder_heads", self.decoder_heads, f"None or in 1..dim={self.dim}"),
-            (self.encoder_layers >= 1, "encoder_layers", self.encoder_layers, ">= 1"),
-            (self.decoder_layers >= 1, "decoder_layers", self.decoder_layers, ">= 1"),
-            (self.ff_dim >= 1, "ff_dim", self.ff_dim, ">= 1"),
-            (1 <= self.num_codebooks <= 32, "num_codebooks", self.num_codebooks, "in 1..32 (EnCodec 24 kHz stages)"),
-            (self.codebook_size == CODEBOOK_SIZE, "codebook_size", self.codebook_size,
-             f"{CODEBOOK_SIZE} (EnCodec's RVQ bins)"),
-            (0.0 <= self.mask_prop < 1.0, "mask_prop", self.mask_prop, "in [0, 1)"),
-            (self.mask_span >= 1, "mask_span", self.mask_span, ">= 1"),
-            (0.0 <= self.delta <= 1.0, "delta", self.delta, "in [0, 1]"),
-            (len(self.codebook_weights) == self.num_codebooks, "codebook_weights", self.codebook_weights,
-             f"one weight per codebook ({self.num_codebooks})"),
-            (self.recipe in RECIPE_ROWS, "recipe", self.recipe, f"one of {tuple(RECIPE_ROWS)}"),
-            (self.mask_layout is None or self.mask_layout in RECIPES, "mask_layout", self.mask_layout,
-             f"None (the recipe's) or one of {RECIPES}"),
-            (self.mask_token is None or self.mask_token in MASK_TOKENS, "mask_token", self.mask_token,
-             f"None (the recipe's) or one of {MASK_TOKENS}"),
-            (self.extra_targets >= 0, "extra_targets", self.extra_targets, ">= 0 (0 = no extra stream)"),
-            (round(self.chunk_seconds * FRAME_RATE) >= 1, "chunk_seconds", self.chunk_seconds,
-             f">= 1 frame (1/{FRAME_RATE} s)"),
-            (0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)"),
-        ]
-        check_rules(rules, "EncodecMAEConfig")
-
-    @property
-    def resolved_mask_layout(self) -> str:
-        """The span layout this config trains with: ``mask_layout``, or its recipe's."""
-        return self.mask_layout or RECIPE_ROWS[self.recipe]["mask_layout"]
-
-    @property
-    def resolved_mask_token(self) -> str:
-        """The decoder input at masked frames: ``mask_token``, or its recipe's."""
-        return self.mask_token or RECIPE_ROWS[self.recipe]["mask_token"]
-
-    @property
-    def extra_weight(self) -> float:
-        """Weight of the extra stream: as the paper, Σ γ_q unless set."""
-        if self.extra_target_weight is None:
-            return float(sum(self.codebook_weights))
-        return float(self.extra_target_weight)
-
-    @property
-    def chunk_frames(self) -> int:
-        """Frames per inference chunk (300 for 4 s); chunks are a whole number of EnCodec hops."""
-        return int(round(self.chunk_seconds * FRAME_RATE))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "EncodecMAEConfig":
-        """Build from a plain dict (a YAML, a checkpoint); unknown keys are an error, not ignored."""
-        return from_dict_strict(cls, values, "EncodecMAEConfig")
-
-
-CONFIGS: Dict[str, EncodecMAEConfig] = {
-    # for tests and the offline demo on a laptop CPU; not a paper size. Random EnCodec, so its
-    # input is standardised with corpus statistics (a random EnCodec's output is ~99 % a constant offset).
-    # It keeps the recipe the demo's figures were measured with (paper); set recipe: v1 to change it
-    "tiny": EncodecMAEConfig(dim=64, encoder_layers=2, decoder_layers=2, heads=2, ff_dim=128,
-                             encodec_source="random", standardise_features=True, recipe="paper"),
-    # the named sizes train as the authors' code trained the published models (recipe v1)
-    "small": EncodecMAEConfig(dim=768, encoder_layers=5, heads=12, recipe="v1"),
-    "base": EncodecMAEConfig(dim=768, encoder_layers=10, heads=12, recipe="v1"),
-    # v1's training scripts change only the width and depth for large: 12 heads of 1024 // 12 = 85
-    # channels, attention projections 12 * 85 = 1020 wide
-    "large": EncodecMAEConfig(dim=1024, encoder_layers=20, heads=12, recipe="v1"),
-}
+from encodecmae_s3prl.upstream.config import EncodecMAEConfig
+from encodecmae_s3prl.upstream.inference import ChunkedInference
+from encodecmae_s3prl.upstream.loss import IGNORE, frame_cross_entropy, masked_prediction_loss
+from encodecmae_s3prl.upstream.masking import gather_visible, padding_mask, scatter_back, span_mask
 
 
 def build_codec(config: EncodecMAEConfig) -> FrozenEncodec:
@@ -161,31 +34,12 @@ def build_codec(config: EncodecMAEConfig) -> FrozenEncodec:
     return build_encodec(config.encodec_source, config.num_codebooks, config.standardise_features)
 
 
-def get_config(name: str) -> EncodecMAEConfig:
-    """A named configuration: tiny, small, base or large (dataclasses.replace to change fields); its
-    ``recipe`` says how it trains ('v1' for small, base and large)."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown EnCodecMAE config {name!r}; known: {', '.join(CONFIGS)}")
-    return CONFIGS[name]
-
-
-@dataclass
-class EncoderOutput:
-    """What ``EncodecMAE.encode`` returns.
-
-    hidden_states: L + 2 tensors (B, T, D): the embedding (projection + positions), the ``a``
-        stream after each of the L encoder layers, and the encoder output a + LN_final(b).
-        For ``EncodecFeatures`` it is [features (B, T, 128)] alone.
-    output: (B, T, D), the last of ``hidden_states`` (the paper's "last encoder layer"); None when
-        ``encode`` was asked for other layers only.
-    frame_lengths: (B,) long, ceil(samples / 320); frames past it are zeros.
-    padding_mask: (B, T) bool, True = padding.
-    """
-
-    hidden_states: List[Tensor]
-    output: Optional[Tensor]
-    frame_lengths: Tensor
-    padding_mask: Tensor
+def build_model(config: EncodecMAEConfig, seed: int = 0, codec: Optional[FrozenEncodec] = None) -> EncodecMAE:
+    """The one way to make a fresh model: seeded (the same seed, the same weights), on ``codec`` when
+    given (e.g. another checkpoint's), else on the codec the config asks for."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return EncodecMAE(config, codec=codec if codec is not None else build_codec(config))
 
 
 @dataclass
@@ -214,173 +68,6 @@ class PretrainOutput:
     def masked_accuracy(self) -> Tensor:
         hits = (self.logits.argmax(dim=-1) == self.targets) & self.mask[:, :, None]
         return hits.sum() / (self.mask.sum() * self.targets.shape[-1]).clamp_min(1)
-
-
-class ChunkedInference(nn.Module):
-    """The inference path shared by EnCodecMAE and the EnCodec-features baseline: audio of any length
-    cut into ``chunk_frames``-frame chunks, a few at a time through the frozen ``codec`` and whatever
-    ``chunk_hidden`` computes on them, laid back in time order.
-
-    Subclasses set ``self.codec`` (a ``FrozenEncodec``) and ``self.chunk_frames`` and implement
-    ``hidden_count`` and ``chunk_hidden``.
-    """
-
-    codec: FrozenEncodec
-    chunk_frames: int
-
-    # --- lengths, chunks and codec features --------------------------------------------------
-    @staticmethod
-    def frame_lengths(wav_lengths: Tensor) -> Tensor:
-        """Frames of a clip of that many 24 kHz samples: ceil(samples / 320)."""
-        return FrozenEncodec.frame_lengths(wav_lengths)
-
-    @staticmethod
-    def _check_audio(wav: Tensor, wav_lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        if wav.dim() == 1:
-            wav = wav[None]
-        if wav.dim() != 2 or not wav.is_floating_point():
-            raise ValueError(f"EncodecMAE expects wav (batch, samples) float at 24 kHz, got {tuple(wav.shape)} "
-                             f"{wav.dtype}")
-        if wav_lengths is None:
-            wav_lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long)
-        wav_lengths = torch.as_tensor(wav_lengths).to(device=wav.device, dtype=torch.long)
-        if wav_lengths.shape != (wav.shape[0],):
-            raise ValueError(f"wav_lengths must be ({wav.shape[0]},), got {tuple(wav_lengths.shape)}")
-        if int(wav_lengths.min()) < 1 or int(wav_lengths.max()) > wav.shape[1]:
-            raise ValueError(f"wav_lengths must lie in [1, {wav.shape[1]}] samples, got {wav_lengths.tolist()}")
-        return wav, wav_lengths
-
-    def _codec_features(self, segments: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
-        """EnCodec features of N 1-D 24 kHz segments.
-
-        EnCodec runs on each segment at its own length (zero padding would change the frames near
-        its end), batching the segments of equal length together.
-        Returns features (N, F, 128) float32 zero-padded, frames (N,).
-        """
-        lengths = torch.tensor([len(segment) for segment in segments])
-        frames = self.frame_lengths(lengths)
-        out = segments[0].new_zeros(len(segments), int(frames.max()), FEATURE_DIM, dtype=torch.float32)
-        for size in torch.unique(lengths).tolist():
-            group = (lengths == size).nonzero().squeeze(1)
-            features = self.codec.features(torch.stack([segments[i] for i in group.tolist()]))
-            out[group.to(out.device), : features.shape[1]] = features
-        return out, frames.to(out.device)
-
-    # --- inference ---------------------------------------------------------------------------
-    def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, layers: Optional[Sequence[int]] = None,
-               chunks_per_step: Optional[int] = None) -> EncoderOutput:
-        """Every encoder layer (or the ``layers`` asked for), no masking.
-
-        Args:
-            wav: (B, S) float, 24 kHz mono, zero-padded past each clip's length.
-            wav_lengths: (B,) samples per clip; None = all S.
-            layers: indices into the L + 2 hidden states to keep (negative allowed); None = all.
-            chunks_per_step: 4 s chunks that go through EnCodec and the encoder together (None: 16 on a
-                GPU, 4 on a CPU).
-        Returns:
-            ``EncoderOutput``, T = ceil(max length / 320). Clips longer than ``chunk_seconds`` are
-            cut into chunks of ``chunk_frames`` frames (4 s = 300) that the encoder sees as
-            separate clips (positions restart), the last one at its own length; the chunks'
-            frames are concatenated in time. Each clip gives the frames it gives alone. Memory
-            beyond the returned states is bounded by ``chunks_per_step``, whatever the length.
-        """
-        wav, lengths = self._check_audio(wav, wav_lengths)
-        frame_lengths = self.frame_lengths(lengths)
-        frames = int(frame_lengths.max())
-        padding = _padding_mask(frame_lengths, frames)
-        index = torch.arange(frames, device=wav.device)[None, :].expand(wav.shape[0], -1)
-        clips = [wav[i, :length] for i, length in enumerate(lengths.tolist())]
-        hidden = self.collect_blocks(self.encode_blocks(clips, SAMPLE_RATE, index, ~padding, layers, chunks_per_step),
-                                     wav.shape[0], frames)
-        every = layers is None or self.hidden_count() - 1 in [i % self.hidden_count() for i in layers]
-        return EncoderOutput(hidden_states=hidden, output=hidden[-1] if every else None,
-                             frame_lengths=frame_lengths, padding_mask=padding)
-
-    @staticmethod
-    def collect_blocks(blocks: Iterator[Tuple[Tensor, Tensor, List[Tensor]]], batch: int, frames: int) -> List[Tensor]:
-        """Write the blocks of ``encode_blocks`` into zero-initialised (batch, frames, D) tensors."""
-        out: Optional[List[Tensor]] = None
-        for rows, cols, values in blocks:
-            if out is None:
-                out = [v.new_zeros(batch, frames, v.shape[-1]) for v in values]
-            for tensor, value in zip(out, values, strict=True):
-                tensor[rows, cols] = value
-            del values  # not held while the next block is computed
-        if out is None:
-            raise ValueError("no block: nothing to encode")
-        return out
-
-    def hidden_count(self) -> int:
-        """How many hidden states ``encode`` gives."""
-        raise NotImplementedError
-
-    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
-        """Hidden states (hidden_count() tensors (N, F, D)) of N chunks' features (N, F, 128), frames (N,)."""
-        raise NotImplementedError
-
-    def encode_blocks(self, clips: Sequence[Tensor], rate: int, output_index: Tensor, output_valid: Tensor,
-                      layers: Optional[Sequence[int]] = None, chunks_per_step: Optional[int] = None
-                      ) -> Iterator[Tuple[Tensor, Tensor, List[Tensor]]]:
-        """The inference path, ``chunks_per_step`` 4 s chunks at a time, in time order.
-
-        Args:
-            clips: B 1-D waveforms at ``rate``, each at its own length (checked by the caller). Each 4 s
-                chunk is resampled to 24 kHz when its step comes (``resample_span``: the samples of the
-                whole clip's resampling), so no 24 kHz copy of the clips is ever held.
-            output_index: (B, J) long, the model frame shown at each output position (the identity for
-                ``encode``; s3prl's 213-sample grid for the upstream expert).
-            output_valid: (B, J) bool, positions to fill (False = padding).
-            layers: hidden-state indices to compute (None = all L + 2).
-            chunks_per_step: None = 16 on a GPU, 4 on a CPU.
-        Yields:
-            (rows, cols, values): the output positions (rows[k], cols[k]) whose frames this step
-            computed, and one (K, D) tensor per kept layer. Every valid position comes exactly once.
-        """
-        count = self.hidden_count()
-        keep = list(range(count)) if layers is None else [i % count if -count <= i < count else _bad_layer(i, count)
-                                                          for i in layers]
-        device = output_index.device
-        if chunks_per_step is None:
-            chunks_per_step = CHUNKS_PER_STEP if device.type == "cuda" else CPU_CHUNKS_PER_STEP
-        chunk_frames = self.chunk_frames
-        chunk_samples = chunk_frames * HOP
-        lengths = torch.tensor([resampled_length(len(c), rate, SAMPLE_RATE) for c in clips], device=device)
-        # the chunk table: chunk i is samples start[i] : start[i] + size[i] of clip[i] at 24 kHz
-        chunks = torch.div(lengths + chunk_samples - 1, chunk_samples, rounding_mode="floor")  # (B,)
-        first = chunks.cumsum(0) - chunks                                                   # (B,)
-        clip = torch.repeat_interleave(torch.arange(len(lengths), device=device), chunks)  # (N,)
-        start = (torch.arange(len(clip), device=device) - first[clip]) * chunk_samples
-        size = torch.minimum(lengths[clip] - start, torch.full_like(start, chunk_samples))
-        # where each output position's frame lives: chunk and frame within it
-        chunk_of = first[:, None] + torch.div(output_index, chunk_frames, rounding_mode="floor")  # (B, J)
-        frame_of = output_index % chunk_frames
-        table = list(zip(clip.tolist(), start.tolist(), (start + size).tolist(), strict=True))
-        for begin in range(0, len(table), chunks_per_step):
-            end = min(begin + chunks_per_step, len(table))
-            segments = [resample_span(clips[c], rate, SAMPLE_RATE, low, high) for c, low, high in table[begin:end]]
-            features, frames = self._codec_features(segments)
-            hidden = self.chunk_hidden(features, frames)
-            rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
-            chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
-            values = [hidden[i][chunk, frame] for i in keep]
-            del segments, features, hidden  # not held while the caller writes and the next step computes
-            yield rows, cols, values
-
-
-class EncodecFeatures(ChunkedInference):
-    """The paper's EC baseline: the frozen EnCodec encoder's output (128-dim, 75 Hz), standardised with
-    the codec's corpus statistics (identity for the real codec). One hidden state."""
-
-    def __init__(self, codec: FrozenEncodec, chunk_seconds: float = 4.0):
-        super().__init__()
-        self.codec = codec
-        self.chunk_frames = int(round(chunk_seconds * FRAME_RATE))
-
-    def hidden_count(self) -> int:
-        return 1
-
-    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
-        return [self.codec.standardise(features)]
 
 
 class EncodecMAE(ChunkedInference):
@@ -426,7 +113,7 @@ class EncodecMAE(ChunkedInference):
     def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
         """The embedding, the ``a`` stream after each layer, and the output a + LN(b) of N chunks."""
         x = self.embed(features, frames)
-        output, per_layer = self.encoder(x, _padding_mask(frames, features.shape[1]))
+        output, per_layer = self.encoder(x, padding_mask(frames, features.shape[1]))
         return [x, *per_layer, output]
 
     def _stream_weights(self) -> Tensor:
@@ -484,7 +171,7 @@ class EncodecMAE(ChunkedInference):
         Frames at or past ``frame_lengths`` are zeroed."""
         x = self.positions(self.feature_projection(self.codec.standardise(features)))
         if frame_lengths is not None:
-            x = x.masked_fill(_padding_mask(frame_lengths, x.shape[1])[:, :, None], 0.0)
+            x = x.masked_fill(padding_mask(frame_lengths, x.shape[1])[:, :, None], 0.0)
         return x
 
     # --- pretraining -------------------------------------------------------------------------
@@ -535,7 +222,7 @@ class EncodecMAE(ChunkedInference):
         batch, frames = features.shape[:2]
         features = features.float()
         frame_lengths = frame_lengths.to(features.device, torch.long)
-        padding = _padding_mask(frame_lengths, frames)
+        padding = padding_mask(frame_lengths, frames)
         if codes.shape != (batch, frames, config.num_codebooks):
             raise ValueError(f"codes must be (batch, frames, num_codebooks) = {(batch, frames, config.num_codebooks)}"
                              f", got {tuple(codes.shape)}")
@@ -609,51 +296,3 @@ class EncodecMAE(ChunkedInference):
     def trainable_parameters(self):
         """What an optimizer should get: everything but the frozen codec."""
         return [p for p in self.parameters() if p.requires_grad]
-
-
-# --- loss ------------------------------------------------------------------------------------------
-def frame_cross_entropy(logits: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
-    """Cross-entropy per frame and stream, in float32.
-
-    Args:
-        logits: (B, T, S, K); targets: (B, T, S) long, IGNORE (-100) where nothing is to be predicted.
-    Returns:
-        ce: (B, T, S) float32, 0 where ignored; valid: (B, T, S) bool.
-    """
-    batch, frames, streams, classes = logits.shape
-    valid = targets != IGNORE
-    ce = F.cross_entropy(logits.float().reshape(-1, classes), targets.reshape(-1), ignore_index=IGNORE,
-                         reduction="none").view(batch, frames, streams)
-    return ce.masked_fill(~valid, 0.0), valid
-
-
-def masked_prediction_loss(ce: Tensor, valid: Tensor, mask: Tensor, weights: Tensor, delta: float
-                           ) -> Tuple[Tensor, Tensor, Tensor]:
-    """L = Σ_s w_s [ α Σ_{t∈M} CE + β Σ_{t∉M} CE ],  α = δ/|M|,  β = (1-δ)/(T-|M|).
-
-    Normalisation: |M| and T-|M| are totals over the whole batch (masked, resp. visible, valid
-    frames of all clips), counted per stream (a stream's ignored targets do not count); this is
-    what v1's loss does. A stream with no masked (visible) frames contributes 0 to that term.
-
-    Args:
-        ce, valid: (B, T, S) from ``frame_cross_entropy``; mask: (B, T) bool, True = masked;
-        weights: (S,) the γ_q (and the extra stream's weight); delta: δ.
-    Returns:
-        loss (scalar), masked_loss (S,), unmasked_loss (S,) (the per-stream means, unweighted).
-    """
-    masked = valid & mask[:, :, None]
-    unmasked = valid & ~mask[:, :, None]
-    masked_loss = (ce * masked).sum(dim=(0, 1)) / masked.sum(dim=(0, 1)).clamp_min(1)
-    unmasked_loss = (ce * unmasked).sum(dim=(0, 1)) / unmasked.sum(dim=(0, 1)).clamp_min(1)
-    loss = (weights.to(ce) * (delta * masked_loss + (1.0 - delta) * unmasked_loss)).sum()
-    return loss, masked_loss, unmasked_loss
-
-
-def _bad_layer(index: int, count: int) -> int:
-    raise ValueError(f"layer {index} does not exist: this model has {count} hidden states (0..{count - 1}, or "
-                     f"-{count}..-1 from the end)")
-
-
-def _padding_mask(lengths: Tensor, frames: int) -> Tensor:
-    """(B,) lengths -> (B, frames) bool, True at and past each length."""
-    return torch.arange(frames, device=lengths.device)[None, :] >= lengths[:, None]

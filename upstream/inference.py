@@ -1,0 +1,215 @@
+"""Chunked inference shared by EnCodecMAE and the EC baseline (the frozen EnCodec's output alone).
+
+Audio of any length is cut into 4 s chunks that go a few at a time through the frozen codec and the
+model, and are laid back in time order; ``encode`` returns every hidden state, which is what s3prl's
+Featurizer weighs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from encodecmae_s3prl.upstream.audio import resample_span, resampled_length
+from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
+from encodecmae_s3prl.upstream.masking import padding_mask
+
+# 4 s chunks per pass (bounds memory for audio of any length). A GPU wants large batches; on a CPU
+# more chunks per pass only add activations (the speed per chunk is the same), so fewer (EnCodec's convolutions,
+# ~60 MB of activations per chunk, take them one at a time there: FrozenEncodec.features)
+CHUNKS_PER_STEP = 16
+CPU_CHUNKS_PER_STEP = 4
+
+
+@dataclass
+class EncoderOutput:
+    """What ``EncodecMAE.encode`` returns.
+
+    hidden_states: L + 2 tensors (B, T, D): the embedding (projection + positions), the ``a``
+        stream after each of the L encoder layers, and the encoder output a + LN_final(b).
+        For ``EncodecFeatures`` it is [features (B, T, 128)] alone.
+    output: (B, T, D), the last of ``hidden_states`` (the paper's "last encoder layer"); None when
+        ``encode`` was asked for other layers only.
+    frame_lengths: (B,) long, ceil(samples / 320); frames past it are zeros.
+    padding_mask: (B, T) bool, True = padding.
+    """
+
+    hidden_states: List[Tensor]
+    output: Optional[Tensor]
+    frame_lengths: Tensor
+    padding_mask: Tensor
+
+
+class ChunkedInference(nn.Module):
+    """The inference path shared by EnCodecMAE and the EnCodec-features baseline: audio of any length
+    cut into ``chunk_frames``-frame chunks, a few at a time through the frozen ``codec`` and whatever
+    ``chunk_hidden`` computes on them, laid back in time order.
+
+    Subclasses set ``self.codec`` (a ``FrozenEncodec``) and ``self.chunk_frames`` and implement
+    ``hidden_count`` and ``chunk_hidden``.
+    """
+
+    codec: FrozenEncodec
+    chunk_frames: int
+
+    # --- lengths, chunks and codec features --------------------------------------------------
+    @staticmethod
+    def frame_lengths(wav_lengths: Tensor) -> Tensor:
+        """Frames of a clip of that many 24 kHz samples: ceil(samples / 320)."""
+        return FrozenEncodec.frame_lengths(wav_lengths)
+
+    @staticmethod
+    def _check_audio(wav: Tensor, wav_lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        if wav.dim() == 1:
+            wav = wav[None]
+        if wav.dim() != 2 or not wav.is_floating_point():
+            raise ValueError(f"EncodecMAE expects wav (batch, samples) float at 24 kHz, got {tuple(wav.shape)} "
+                             f"{wav.dtype}")
+        if wav_lengths is None:
+            wav_lengths = torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long)
+        wav_lengths = torch.as_tensor(wav_lengths).to(device=wav.device, dtype=torch.long)
+        if wav_lengths.shape != (wav.shape[0],):
+            raise ValueError(f"wav_lengths must be ({wav.shape[0]},), got {tuple(wav_lengths.shape)}")
+        if int(wav_lengths.min()) < 1 or int(wav_lengths.max()) > wav.shape[1]:
+            raise ValueError(f"wav_lengths must lie in [1, {wav.shape[1]}] samples, got {wav_lengths.tolist()}")
+        return wav, wav_lengths
+
+    def _codec_features(self, segments: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        """EnCodec features of N 1-D 24 kHz segments.
+
+        EnCodec runs on each segment at its own length (zero padding would change the frames near
+        its end), batching the segments of equal length together.
+        Returns features (N, F, 128) float32 zero-padded, frames (N,).
+        """
+        lengths = torch.tensor([len(segment) for segment in segments])
+        frames = self.frame_lengths(lengths)
+        out = segments[0].new_zeros(len(segments), int(frames.max()), FEATURE_DIM, dtype=torch.float32)
+        for size in torch.unique(lengths).tolist():
+            group = (lengths == size).nonzero().squeeze(1)
+            features = self.codec.features(torch.stack([segments[i] for i in group.tolist()]))
+            out[group.to(out.device), : features.shape[1]] = features
+        return out, frames.to(out.device)
+
+    # --- inference ---------------------------------------------------------------------------
+    def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, layers: Optional[Sequence[int]] = None,
+               chunks_per_step: Optional[int] = None) -> EncoderOutput:
+        """Every encoder layer (or the ``layers`` asked for), no masking.
+
+        Args:
+            wav: (B, S) float, 24 kHz mono, zero-padded past each clip's length.
+            wav_lengths: (B,) samples per clip; None = all S.
+            layers: indices into the L + 2 hidden states to keep (negative allowed); None = all.
+            chunks_per_step: 4 s chunks that go through EnCodec and the encoder together (None: 16 on a
+                GPU, 4 on a CPU).
+        Returns:
+            ``EncoderOutput``, T = ceil(max length / 320). Clips longer than ``chunk_seconds`` are
+            cut into chunks of ``chunk_frames`` frames (4 s = 300) that the encoder sees as
+            separate clips (positions restart), the last one at its own length; the chunks'
+            frames are concatenated in time. Each clip gives the frames it gives alone. Memory
+            beyond the returned states is bounded by ``chunks_per_step``, whatever the length.
+        """
+        wav, lengths = self._check_audio(wav, wav_lengths)
+        frame_lengths = self.frame_lengths(lengths)
+        frames = int(frame_lengths.max())
+        padding = padding_mask(frame_lengths, frames)
+        index = torch.arange(frames, device=wav.device)[None, :].expand(wav.shape[0], -1)
+        clips = [wav[i, :length] for i, length in enumerate(lengths.tolist())]
+        hidden = self.collect_blocks(self.encode_blocks(clips, SAMPLE_RATE, index, ~padding, layers, chunks_per_step),
+                                     wav.shape[0], frames)
+        every = layers is None or self.hidden_count() - 1 in [i % self.hidden_count() for i in layers]
+        return EncoderOutput(hidden_states=hidden, output=hidden[-1] if every else None,
+                             frame_lengths=frame_lengths, padding_mask=padding)
+
+    @staticmethod
+    def collect_blocks(blocks: Iterator[Tuple[Tensor, Tensor, List[Tensor]]], batch: int, frames: int) -> List[Tensor]:
+        """Write the blocks of ``encode_blocks`` into zero-initialised (batch, frames, D) tensors."""
+        out: Optional[List[Tensor]] = None
+        for rows, cols, values in blocks:
+            if out is None:
+                out = [v.new_zeros(batch, frames, v.shape[-1]) for v in values]
+            for tensor, value in zip(out, values, strict=True):
+                tensor[rows, cols] = value
+            del values  # not held while the next block is computed
+        if out is None:
+            raise ValueError("no block: nothing to encode")
+        return out
+
+    def hidden_count(self) -> int:
+        """How many hidden states ``encode`` gives."""
+        raise NotImplementedError
+
+    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
+        """Hidden states (hidden_count() tensors (N, F, D)) of N chunks' features (N, F, 128), frames (N,)."""
+        raise NotImplementedError
+
+    def encode_blocks(self, clips: Sequence[Tensor], rate: int, output_index: Tensor, output_valid: Tensor,
+                      layers: Optional[Sequence[int]] = None, chunks_per_step: Optional[int] = None
+                      ) -> Iterator[Tuple[Tensor, Tensor, List[Tensor]]]:
+        """The inference path, ``chunks_per_step`` 4 s chunks at a time, in time order.
+
+        Args:
+            clips: B 1-D waveforms at ``rate``, each at its own length (checked by the caller). Each 4 s
+                chunk is resampled to 24 kHz when its step comes (``resample_span``: the samples of the
+                whole clip's resampling), so no 24 kHz copy of the clips is ever held.
+            output_index: (B, J) long, the model frame shown at each output position (the identity for
+                ``encode``; s3prl's 213-sample grid for the upstream expert).
+            output_valid: (B, J) bool, positions to fill (False = padding).
+            layers: hidden-state indices to compute (None = all L + 2).
+            chunks_per_step: None = 16 on a GPU, 4 on a CPU.
+        Yields:
+            (rows, cols, values): the output positions (rows[k], cols[k]) whose frames this step
+            computed, and one (K, D) tensor per kept layer. Every valid position comes exactly once.
+        """
+        count = self.hidden_count()
+        keep = list(range(count)) if layers is None else [i % count if -count <= i < count else _bad_layer(i, count)
+                                                          for i in layers]
+        device = output_index.device
+        if chunks_per_step is None:
+            chunks_per_step = CHUNKS_PER_STEP if device.type == "cuda" else CPU_CHUNKS_PER_STEP
+        chunk_frames = self.chunk_frames
+        chunk_samples = chunk_frames * HOP
+        lengths = torch.tensor([resampled_length(len(c), rate, SAMPLE_RATE) for c in clips], device=device)
+        # the chunk table: chunk i is samples start[i] : start[i] + size[i] of clip[i] at 24 kHz
+        chunks = torch.div(lengths + chunk_samples - 1, chunk_samples, rounding_mode="floor")  # (B,)
+        first = chunks.cumsum(0) - chunks                                                   # (B,)
+        clip = torch.repeat_interleave(torch.arange(len(lengths), device=device), chunks)  # (N,)
+        start = (torch.arange(len(clip), device=device) - first[clip]) * chunk_samples
+        size = torch.minimum(lengths[clip] - start, torch.full_like(start, chunk_samples))
+        # where each output position's frame lives: chunk and frame within it
+        chunk_of = first[:, None] + torch.div(output_index, chunk_frames, rounding_mode="floor")  # (B, J)
+        frame_of = output_index % chunk_frames
+        table = list(zip(clip.tolist(), start.tolist(), (start + size).tolist(), strict=True))
+        for begin in range(0, len(table), chunks_per_step):
+            end = min(begin + chunks_per_step, len(table))
+            segments = [resample_span(clips[c], rate, SAMPLE_RATE, low, high) for c, low, high in table[begin:end]]
+            features, frames = self._codec_features(segments)
+            hidden = self.chunk_hidden(features, frames)
+            rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
+            chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
+            values = [hidden[i][chunk, frame] for i in keep]
+            del segments, features, hidden  # not held while the caller writes and the next step computes
+            yield rows, cols, values
+
+
+class EncodecFeatures(ChunkedInference):
+    """The paper's EC baseline: the frozen EnCodec encoder's output (128-dim, 75 Hz), standardised with
+    the codec's corpus statistics (identity for the real codec). One hidden state."""
+
+    def __init__(self, codec: FrozenEncodec, chunk_seconds: float = 4.0):
+        super().__init__()
+        self.codec = codec
+        self.chunk_frames = int(round(chunk_seconds * FRAME_RATE))
+
+    def hidden_count(self) -> int:
+        return 1
+
+    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
+        return [self.codec.standardise(features)]
+
+
+def _bad_layer(index: int, count: int) -> int:
+    raise ValueError(f"layer {index} does not exist: this model has {count} hidden states (0..{count - 1}, or "
+                     f"-{count}..-1 from the end)")
