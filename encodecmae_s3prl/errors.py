@@ -60,7 +60,7 @@ USER_ERROR_TYPES = frozenset({
     ("encodecmae_s3prl.pretrain_task.corpus", "CorpusError"),
     ("encodecmae_s3prl.pretrain_task.pretrain_expert", "ConfigError"),
     ("encodecmae_s3prl.pretrain_task.self_training", "TargetStoreError"),
-    ("encodecmae_s3prl.downstream_probes.common", "ProbeDataError"),
+    ("encodecmae_s3prl.downstream_probes.task", "ProbeDataError"),
     ("encodecmae_s3prl.upstream.atomic", "DiskFullError"),
     ("encodecmae_s3prl.pretrain_task.codec_cache", "CodecCacheError"),
     ("encodecmae_s3prl.upstream.audio", "AudioReadError"),

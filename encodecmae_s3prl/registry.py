@@ -52,7 +52,7 @@ def _probes_in(folder: Path) -> dict[str, Path]:
 def probe_folders() -> dict[str, Path]:
     """Every probe, name -> folder: each ``downstream_probes/<name>/`` holding a ``dataset.py``, then each such
     ``<name>/`` in the folders ``ENCODECMAE_PROBE_PATH`` lists (read at every call). A name is taken once: a
-    listed folder named like anything in ``downstream_probes/`` (a probe, ``common``, ``expert``, ...) or like an
+    listed folder named like anything in ``downstream_probes/`` (a probe, ``task``, ``expert``, ...) or like an
     earlier one is skipped. (A probe named like one of s3prl's recipes would take over ``s3prl.downstream.<name>``:
     pick another name.)"""
     shipped = _probe_folder()

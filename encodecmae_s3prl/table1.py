@@ -38,6 +38,7 @@ import numpy as np
 
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.evaluation import compare, hear_protocol
+from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
 from encodecmae_s3prl.evaluation.paper_table1 import (
     COLUMNS,
     DEFAULT_UPSTREAMS,
@@ -338,9 +339,9 @@ def _cache_shape(row: Row, out: Path, upstream: compare.LazyUpstream) -> tuple[i
     shapes = json.loads(shapes_path.read_text()) if shapes_path.is_file() else {}
     if row.key not in shapes:
         model = upstream()
-        rate = hear_protocol.upstream_rate(model)
+        rate = upstream_rate(model)
         with torch.no_grad():
-            hidden, _ = hear_protocol.encode_native(model, [torch.zeros(rate, device=upstream.device)])
+            hidden, _ = encode_native(model, [torch.zeros(rate, device=upstream.device)])
         shapes[row.key] = [len(hidden), int(hidden[0].shape[-1])]
         atomic_write_text(shapes_path, json.dumps(shapes, indent=1))
     return tuple(shapes[row.key])

@@ -202,6 +202,7 @@ def kit_targets(kit_dir: Path, split: str) -> np.ndarray:
 def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: list[Path], work: Path, env: dict,
           grid_points: int, max_epochs: int) -> dict:
     from encodecmae_s3prl.evaluation import compare, hear_protocol
+    from encodecmae_s3prl.evaluation.native import upstream_rate
 
     emb_root = work / "embeddings" / label
     shutil.rmtree(emb_root, ignore_errors=True)
@@ -267,7 +268,7 @@ def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: lis
             same_targets &= bool(np.array_equal(targets, ours_y))
             del kit
         results[task_root.name] = {"metric": metric, "embedding_rel_diff": max(diffs), "same_targets": same_targets,
-                                   "rate": hear_protocol.upstream_rate(upstream()), "kit": kit_result,
+                                   "rate": upstream_rate(upstream()), "kit": kit_result,
                                    "ours": our_result}
         print(json.dumps(results[task_root.name], indent=1, default=str)[:3000])
     return results

@@ -182,7 +182,7 @@ def test_one_cache_of_every_layer_serves_both_modes_and_reruns(tmp_path, dataset
     come from it, and a rerun never calls the upstream."""
     from s3prl import hub
 
-    from encodecmae_s3prl.downstream_probes.common import read_clip
+    from encodecmae_s3prl.downstream_probes.clips import read_clip
 
     task = hear_protocol.load_task("esc50", datasets["esc50"])
     built = []

@@ -12,16 +12,12 @@ import torch
 import torch.nn as nn
 
 from encodecmae_s3prl import synthetic
-from encodecmae_s3prl.downstream_probes.common import (
-    Clip,
-    PooledMLP,
-    encode_native,
-    fold_std,
-    mean_average_precision,
-    read_clip,
-    upstream_rate,
-)
+from encodecmae_s3prl.downstream_probes.clips import read_clip
+from encodecmae_s3prl.downstream_probes.metrics import fold_std, mean_average_precision
+from encodecmae_s3prl.downstream_probes.mlp import PooledMLP
+from encodecmae_s3prl.downstream_probes.task import Clip
 from encodecmae_s3prl.evaluation import hear_protocol
+from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
 
 
 def _toy(n_train=120, n_dev=40, n_test=40, classes=3, dim=8, seed=0, multilabel=False):

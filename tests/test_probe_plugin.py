@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from encodecmae_s3prl import cli, registry, synthetic
-from encodecmae_s3prl.downstream_probes.common import ProbeDataError
+from encodecmae_s3prl.downstream_probes.task import ProbeDataError
 from encodecmae_s3prl.evaluation import hear_protocol
 
 from conftest import run_script
@@ -49,11 +49,11 @@ def test_the_registry_finds_the_folder(plugin):
     assert NAME in hear_protocol.task_names()
     module = importlib.import_module(f"encodecmae_s3prl.downstream_probes.{NAME}.dataset")
     assert Path(module.__file__) == plugin / "dataset.py"
-    # a listed folder never takes over a name of ours (a probe, or a module such as common)
-    for taken in ("esc50", "common"):
+    # a listed folder never takes over a name of ours (a probe, or a module such as task)
+    for taken in ("esc50", "task"):
         shutil.copytree(plugin, plugin.parent / taken)
     assert registry.probe_folders()["esc50"] == REPO / "downstream_probes" / "esc50"
-    assert "common" not in registry.probe_names()
+    assert "task" not in registry.probe_names()
 
 
 def test_without_the_folder_listed_the_probe_is_unknown(tmp_path, monkeypatch, data):

@@ -8,12 +8,8 @@ import pytest
 import torch
 
 from encodecmae_s3prl import synthetic
-from encodecmae_s3prl.downstream_probes.common import (
-    ProbeDataError,
-    chroma_accuracy,
-    fold_splits,
-    mean_average_precision,
-)
+from encodecmae_s3prl.downstream_probes.metrics import chroma_accuracy, mean_average_precision
+from encodecmae_s3prl.downstream_probes.task import ProbeDataError, fold_splits
 from encodecmae_s3prl.evaluation import hear_protocol
 
 from conftest import run_script

@@ -6,7 +6,7 @@ column is HEAR's esc50 task (``python -m encodecmae_s3prl.table1``).
 import csv
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask, fold_splits, natural_key
+from encodecmae_s3prl.downstream_probes.task import Clip, ProbeDataError, ProbeTask, fold_splits, natural_key
 
 LAYOUT = "ROOT/meta/esc50.csv (filename,fold,target,category,...) and ROOT/audio/*.wav, as in the ESC-50 repository"
 COLUMNS = ("filename", "fold", "target", "category")

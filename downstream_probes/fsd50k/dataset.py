@@ -7,7 +7,7 @@ dev.csv's ``split`` column gives train/val; eval.csv is the test set.
 import csv
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask
+from encodecmae_s3prl.downstream_probes.task import Clip, ProbeDataError, ProbeTask
 
 LAYOUT = ("ROOT/FSD50K.ground_truth/{dev,eval,vocabulary}.csv, ROOT/FSD50K.dev_audio/<fname>.wav and "
           "ROOT/FSD50K.eval_audio/<fname>.wav, as distributed on Zenodo")

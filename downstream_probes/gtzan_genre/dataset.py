@@ -8,7 +8,7 @@ on disk.
 """
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask, fold_splits
+from encodecmae_s3prl.downstream_probes.task import Clip, ProbeDataError, ProbeTask, fold_splits
 
 FOLDS = 10
 FOLD_NAMES = [f"fold{k}" for k in range(1, FOLDS + 1)]

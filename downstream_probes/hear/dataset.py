@@ -15,7 +15,7 @@ import json
 import random
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask, fold_splits, natural_key
+from encodecmae_s3prl.downstream_probes.task import Clip, ProbeDataError, ProbeTask, fold_splits, natural_key
 
 LAYOUT = ("TASK/task_metadata.json, TASK/labelvocabulary.csv (idx,label), TASK/<split>.json and "
           "TASK/<rate>/<split>/<file> (e.g. 48000/), as hear-preprocess writes a task")

@@ -7,7 +7,7 @@ accuracy, as the paper's NS column measures them; the paper's numbers come from 
 import json
 from pathlib import Path
 
-from encodecmae_s3prl.downstream_probes.common import Clip, ProbeDataError, ProbeTask
+from encodecmae_s3prl.downstream_probes.task import Clip, ProbeDataError, ProbeTask
 
 LOWEST, HIGHEST = 21, 108
 CLASSES = [str(p) for p in range(LOWEST, HIGHEST + 1)]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from encodecmae_s3prl import compat
-from encodecmae_s3prl.downstream_probes.common import fold_std
+from encodecmae_s3prl.downstream_probes.metrics import fold_std
 from encodecmae_s3prl.evaluation.hear_protocol import (
     CHECK_VAL_EVERY,
     MAX_EPOCHS,

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from encodecmae_s3prl.downstream_probes.common import encode_native, upstream_rate
+from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.upstream.audio import resample
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE

@@ -44,21 +44,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from encodecmae_s3prl import registry
-from encodecmae_s3prl.downstream_probes.common import (  # noqa: F401  (upstream_rate: re-exported)
-    METRICS,
-    Clip,
-    PooledMLP,
-    ProbeDataError,
-    ProbeTask,
-    TaskSource,
-    encode_native,
-    fold_std,
-    probe_source,
-    read_clip,
-    upstream_rate,
-)
+from encodecmae_s3prl.downstream_probes.clips import read_clip
 from encodecmae_s3prl.downstream_probes.hear.dataset import rates as hear_rates
+from encodecmae_s3prl.downstream_probes.metrics import METRICS, fold_std
+from encodecmae_s3prl.downstream_probes.mlp import PooledMLP
+from encodecmae_s3prl.downstream_probes.task import Clip, ProbeDataError, ProbeTask, TaskSource, probe_source
 from encodecmae_s3prl.evaluation import recipe_tasks
+from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
 from encodecmae_s3prl.upstream.atomic import atomic_write
 
 MIN_SECONDS = 0.1  # shorter clips are zero-padded to 0.1 s (convolutional front ends need ~25 ms)

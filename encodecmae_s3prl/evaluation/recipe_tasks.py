@@ -27,14 +27,7 @@ from typing import Dict, List
 
 import soundfile
 
-from encodecmae_s3prl.downstream_probes.common import (
-    Clip,
-    ProbeDataError,
-    ProbeTask,
-    TaskSource,
-    check_task,
-    fold_splits,
-)
+from encodecmae_s3prl.downstream_probes.task import Clip, ProbeDataError, ProbeTask, TaskSource, check_task, fold_splits
 
 SPEECH_COMMANDS_LAYOUT = ("TRAIN_ROOT/<word>/<speaker>_nohash_<n>.wav with TRAIN_ROOT/_background_noise_/*.wav "
                           "(speech_commands_v0.01) and TEST_ROOT/<class>/*.wav (speech_commands_test_set_v0.01)")
