@@ -9,12 +9,15 @@ minute, then (when --device is not the CPU) rebuilds the first file on the CPU a
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_data: the test-data writers
 
 RANDOM_CODEC = {"encodec_source": "random", "standardise_features": True}
 
@@ -25,11 +28,13 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
+    from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
     from encodecmae_s3prl.pretrain_task.codec_cache import CodecCache, build
     from encodecmae_s3prl.pretrain_task.corpus import load_corpus
-    from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone, write_wav
     from encodecmae_s3prl.upstream.loading import model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
+
+    from synthetic_data import fit_codec_to_synthetic_audio
 
     model = build_model(model_config_from_yaml({"model": "small", **RANDOM_CODEC}), seed=0)
     fit_codec_to_synthetic_audio(model)

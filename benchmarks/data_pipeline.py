@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
 from encodecmae_s3prl.pretrain_task.corpus import CropLoader, CropSampler, load_corpus
-from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
 
 
 def main():

@@ -9,10 +9,14 @@ and the share of the plain-matmul ceiling it sustains.
 """
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 from limits import count_gflop, matmul_gflops
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_data: the test-data writers
 
 # benchmarks run offline: the seeded random-init EnCodec (same cost as the real one), standardised
 RANDOM_CODEC = {"encodec_source": "random", "standardise_features": True}
@@ -29,11 +33,12 @@ def main():
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
 
-    from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
     from encodecmae_s3prl.upstream.loading import model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
     from encodecmae_s3prl.upstream.precision import autocast, autocast_dtype
+
+    from synthetic_data import fit_codec_to_synthetic_audio
 
     device = torch.device(args.device)
     # the ceiling in the precision the model runs at (a bf16 step against an fp32 matmul would read > 100 %)

@@ -133,8 +133,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / f"{args.size}.ckpt"
     if not ckpt.exists():  # written by this checkout: an older --tree must read the same file
-        child(["-c", "import sys; from encodecmae_s3prl.synthetic import write_tiny_encodecmae_checkpoint as w; "
-               "w(sys.argv[1], size=sys.argv[2])", str(ckpt), args.size], None)
+        child(["-c", "import sys; sys.path.insert(0, sys.argv[3]); "
+               "from synthetic_data import write_tiny_encodecmae_checkpoint as w; w(sys.argv[1], size=sys.argv[2])",
+               str(ckpt), args.size, str(REPO / "tests")], None)
     label = f"{args.tree or 'this checkout'}"
     print(f"machine: {platform.node()} {os.cpu_count()} cores, cpu flags {cpu_flags()}, torch threads "
           f"{os.environ.get('OMP_NUM_THREADS', '2')}, {time.strftime('%Y-%m-%d')}")

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # synthetic_data: the test-data writers
 
 
 def runner_mode(upstream: str, ckpt: str | None, root: Path, work: Path, steps: int, batch: int) -> float:
@@ -86,15 +87,17 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from encodecmae_s3prl import synthetic
+    from encodecmae_s3prl.demo_data import write_esc50
+
+    from synthetic_data import write_tiny_encodecmae_checkpoint
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        root = synthetic.write_esc50(work / "esc50", classes=args.classes, per_fold=args.per_fold)
+        root = write_esc50(work / "esc50", classes=args.classes, per_fold=args.per_fold)
         ckpt = None
         if args.upstream in ("encodecmae_local", "encodec_features", "encodecmae_random"):
-            ckpt = str(synthetic.write_tiny_encodecmae_checkpoint(work / "tiny.ckpt"))
+            ckpt = str(write_tiny_encodecmae_checkpoint(work / "tiny.ckpt"))
         cached = cached_mode(args.upstream, ckpt, root, work, args.epochs)
         steps = max(1, round(args.epochs * cached["train_clips"] / args.batch))
         runner = runner_mode(args.upstream, ckpt, root, work, steps, args.batch)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/table1_scaled.py --work /tmp/t1bench [--size base] [--clips 200] [--device cpu]
 
-Writes stand-ins of the six HEAR tasks at the real tasks' clip durations (``synthetic.write_hear_table1_tasks``,
+Writes stand-ins of the six HEAR tasks at the real tasks' clip durations (``write_hear_table1_tasks``,
 48000 Hz, ``--clips`` clips per task) and a random EnCodecMAE checkpoint of ``--size`` (random-init EnCodec fitted
 to synthetic audio: the weights do not change the cost), then per task: the embedding cache built alone
 (``hear_protocol.embed_splits``, all layers) and the HEAR protocol's MLP grid on it (``table1`` with the kit's
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # synthetic_data: the test-data writers
 
 # the real tasks (clips, audio hours): NSynth pitch 50h (50 h of 4 s notes), GTZAN 1000 x 30 s, Speech Commands v2
 # (105,829 utterances of 1 s), CREMA-D 7,442 clips (HEAR: 5 s each), FSD50K 51,197 clips (108.3 h), ESC-50 2000 x 5 s
@@ -46,17 +47,19 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from encodecmae_s3prl import synthetic, table1
+    from encodecmae_s3prl import table1
     from encodecmae_s3prl.evaluation import compare, hear_protocol
+
+    from synthetic_data import write_hear_table1_tasks, write_tiny_encodecmae_checkpoint
 
     work = args.work.resolve()
     tasks_root, out = work / "tasks", work / "out"
     ckpt = work / f"{args.size}.ckpt"
     if not tasks_root.is_dir():
-        synthetic.write_hear_table1_tasks(tasks_root, classes=8, seconds=None, per_task=args.clips)
+        write_hear_table1_tasks(tasks_root, classes=8, seconds=None, per_task=args.clips)
     shutil.rmtree(out, ignore_errors=True)  # timed from scratch: no cache or cell of an earlier run
     if not ckpt.is_file():
-        synthetic.write_tiny_encodecmae_checkpoint(ckpt, size=args.size)
+        write_tiny_encodecmae_checkpoint(ckpt, size=args.size)
     chosen = table1.choose_tasks(tasks_root, list(table1.TASK_BY_COLUMN))
     row = table1.parse_rows([f"{args.size}={ckpt}"])[0]
     upstream = compare.LazyUpstream(row.entry, row.ckpt, args.device)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from limits import count_gflop, matmul_gflops
 
+from encodecmae_s3prl.demo_data import harmonic_tone, write_wav  # noqa: E402
 from encodecmae_s3prl.pretrain_task.corpus import CropLoader, CropSampler, load_corpus  # noqa: E402
-from encodecmae_s3prl.synthetic import harmonic_tone, write_wav  # noqa: E402
 from encodecmae_s3prl.upstream.loading import model_config_from_yaml  # noqa: E402
 from encodecmae_s3prl.upstream.masking import span_mask  # noqa: E402
 from encodecmae_s3prl.upstream.model import build_model  # noqa: E402

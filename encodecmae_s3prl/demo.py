@@ -20,7 +20,7 @@ from typing import Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from encodecmae_s3prl import synthetic
+from encodecmae_s3prl.demo_data import espeak_word, harmonic_tone, sound_class, write_esc50, write_nsynth, write_wav
 from encodecmae_s3prl.errors import UserError, user_errors
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,15 +99,15 @@ def write_corpus(root: Path, seed: int = 0) -> Path:
     for n in range(160):
         pitch = int(rng.integers(36, 97))
         rate = [16000, 22050, 44100, 48000][n % 4]
-        wav = synthetic.harmonic_tone(440.0 * 2 ** ((pitch - 69) / 12), float(rng.uniform(2, 5)), rate, rng,
+        wav = harmonic_tone(440.0 * 2 ** ((pitch - 69) / 12), float(rng.uniform(2, 5)), rate, rng,
                                       harmonics=1 + n % 6)
-        synthetic.write_wav(root / "notes" / f"note{n:03d}.wav", wav, rate)
+        write_wav(root / "notes" / f"note{n:03d}.wav", wav, rate)
     for n in range(60):
-        synthetic.write_wav(root / "sounds" / f"sound{n:03d}.wav",
-                            synthetic.sound_class(n % 8, float(rng.uniform(2, 4)), 24000, rng), 24000)
+        write_wav(root / "sounds" / f"sound{n:03d}.wav",
+                            sound_class(n % 8, float(rng.uniform(2, 4)), 24000, rng), 24000)
     words = ["music", "sound", "pitch", "tone", "cat", "dog", "rain", "bird"]
     for n, word in enumerate(words * 3):
-        synthetic.espeak_word(word, root / "speech" / f"{word}{n}.wav", pitch=30 + 5 * (n % 8), speed=150)
+        espeak_word(word, root / "speech" / f"{word}{n}.wav", pitch=30 + 5 * (n % 8), speed=150)
     return root
 
 
@@ -115,9 +115,9 @@ def write_probes(root: Path) -> Dict[str, Path]:
     """The demo's two probe datasets under ``root``: NSynth-layout pitch (48 notes; the test instrument's timbre,
     8 harmonics, is unlike the training ones, 2-4: pitch must transfer across timbre) and ESC-50-layout sound
     classes (8 classes, 5 folds of 4 clips each)."""
-    return {"nsynth_pitch": synthetic.write_nsynth(root / "nsynth", pitches=range(36, 84), instruments=3,
+    return {"nsynth_pitch": write_nsynth(root / "nsynth", pitches=range(36, 84), instruments=3,
                                                    test_harmonics=8),
-            "esc50": synthetic.write_esc50(root / "esc50", classes=8, per_fold=4, seed=1)}
+            "esc50": write_esc50(root / "esc50", classes=8, per_fold=4, seed=1)}
 
 
 def pretrain(corpus: Path, expdir: Path, model_config: str, steps: int, env: Dict[str, str], cwd: Path,

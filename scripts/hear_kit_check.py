@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # synthetic_data: the test-data writers
 # the kit's score name -> ours
 KIT_METRIC = {"top1_acc": "acc", "mAP": "mAP", "pitch_acc": "pitch_acc", "chroma_acc": "chroma_acc"}
 # heareval 2021.1.3 and what it imports, without their pinned 2021 stacks (numpy 1.19, tensorflow, numba 0.48):
@@ -80,7 +81,7 @@ def write_stubs(stubs: Path) -> None:
 
 def _clip(labels, seconds: float, rng: np.random.Generator, rate: int = 48_000) -> np.ndarray:
     """A mixture of the labels' sound classes in loud noise, so that scores are neither chance nor perfect."""
-    from encodecmae_s3prl.synthetic import sound_class
+    from encodecmae_s3prl.demo_data import sound_class
 
     wav = sum(sound_class(c, seconds, rate, rng) * rng.uniform(0.3, 1.0) for c in labels)
     wav = wav / (np.abs(wav).max() + 1e-9) + rng.normal(0, rng.uniform(0.3, 0.9), wav.shape)
@@ -92,7 +93,7 @@ RATE = 48_000  # HEAR distributes its tasks at 48000 Hz
 
 def _pitch_clip(pitch: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
     """A harmonic note at a MIDI pitch in loud noise."""
-    from encodecmae_s3prl.synthetic import harmonic_tone
+    from encodecmae_s3prl.demo_data import harmonic_tone
 
     wav = harmonic_tone(440.0 * 2 ** ((pitch - 69) / 12), seconds, RATE, rng, noise=0.0)
     wav = wav + rng.normal(0, rng.uniform(0.5, 2.0), wav.shape)
@@ -103,7 +104,7 @@ def write_task(root: Path, name: str, split_mode: str, prediction_type: str, cou
                seed: int, absent_from_test: tuple = (), pitches: tuple = ()) -> Path:
     """One HEAR scene task: task_metadata.json, labelvocabulary.csv, <split>.json and 48000/<split>/<file>.wav.
     ``pitches``: a pitch task (labels MIDI numbers as NSynth's, ints in the json; pitch_acc, chroma_acc)."""
-    from encodecmae_s3prl.synthetic import write_wav
+    from encodecmae_s3prl.demo_data import write_wav
 
     rng = np.random.default_rng(seed)
     task = root / name
@@ -333,7 +334,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--grid-points", type=int, default=8)
     args = parser.parse_args(argv)
 
-    from encodecmae_s3prl import synthetic
+    from synthetic_data import write_tiny_encodecmae_checkpoint
 
     work = args.work.resolve()
     shutil.rmtree(work / "tasks", ignore_errors=True)
@@ -347,7 +348,7 @@ def main(argv=None) -> dict:
     for extra in [t for t in (work / "tasks").iterdir() if t.name not in wanted]:
         shutil.rmtree(extra)  # the kit's runner embeds every folder under --tasks-dir
     env = kit_env(args.kit.resolve(), stubs)
-    ckpt = str(synthetic.write_tiny_encodecmae_checkpoint(work / "tiny" / "states-1.ckpt"))
+    ckpt = str(write_tiny_encodecmae_checkpoint(work / "tiny" / "states-1.ckpt"))
     results = {}
     for label in [u for u in args.upstreams.split(",") if u]:
         if label == "tiny":  # our checkpoint: --model PATH, 48000 Hz declared by default

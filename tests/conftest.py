@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl.synthetic import harmonic_tone, write_tiny_encodecmae_checkpoint, write_wav
+from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
+
+from synthetic_data import write_tiny_encodecmae_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +51,7 @@ def run_script(script: str, *args: str, cwd: Path, timeout: int = 600) -> str:
 
 
 def tone(seconds: float, freq: float = 220.0, seed: int = 0, *, rate: int = 16000) -> torch.Tensor:
-    """A harmonic note (synthetic.harmonic_tone) as a float32 tensor: the test signal of the upstream tests."""
+    """A harmonic note (harmonic_tone) as a float32 tensor: the test signal of the upstream tests."""
     return torch.from_numpy(harmonic_tone(freq, seconds, rate, np.random.default_rng(seed)))
 
 

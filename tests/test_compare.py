@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl import synthetic
+from encodecmae_s3prl.demo_data import write_esc50, write_nsynth
 from encodecmae_s3prl.evaluation import compare, hear_protocol
 
 from fakes import write_tiny_hubert_checkpoint, write_tiny_wav2vec2_checkpoint
+from synthetic_data import write_iemocap, write_speech_commands
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("probes")
-    return {"nsynth_pitch": synthetic.write_nsynth(root / "ns"), "esc50": synthetic.write_esc50(root / "esc")}
+    return {"nsynth_pitch": write_nsynth(root / "ns"), "esc50": write_esc50(root / "esc")}
 
 
 def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monkeypatch, capsys):
@@ -123,8 +124,8 @@ def test_side_by_side_s3prl_hubert_wav2vec2_and_ours_on_s3prl_recipes(tmp_path, 
     hubert = write_tiny_hubert_checkpoint(tmp_path / "hubert_tiny.pt")
     wav2vec2 = write_tiny_wav2vec2_checkpoint(tmp_path / "wav2vec2_tiny.pt")
     # 12 speakers per word: s3prl's speaker-hash split then puts some of every word into dev
-    train_root, test_root = synthetic.write_speech_commands(tmp_path / "sc", per_word=12, test_per_word=2)
-    iemocap, _ = synthetic.write_iemocap(tmp_path / "IEMOCAP", per_emotion=3)
+    train_root, test_root = write_speech_commands(tmp_path / "sc", per_word=12, test_per_word=2)
+    iemocap, _ = write_iemocap(tmp_path / "IEMOCAP", per_emotion=3)
     out = tmp_path / "cmp"
     upstreams = [f"hubert_local={hubert}", f"wav2vec2_local={wav2vec2}", f"mae_tiny={tiny_ckpt}", "fbank_no_cmvn"]
     proc = subprocess.run(
@@ -160,7 +161,7 @@ def test_speech_commands_task_reads_s3prl_split(tmp_path):
     compat.apply()
     from s3prl.downstream.speech_commands.expert import split_dataset
 
-    train_root, test_root = synthetic.write_speech_commands(tmp_path / "sc", per_word=6, test_per_word=2)
+    train_root, test_root = write_speech_commands(tmp_path / "sc", per_word=6, test_per_word=2)
     task = hear_protocol.load_task("speech_commands", f"{train_root},{test_root}")
     s3prl_train, s3prl_dev = split_dataset(train_root)
     silence = task.classes.index("_silence_")
@@ -254,12 +255,12 @@ def test_our_upstream_in_s3prl_recipes_through_run_downstream(tmp_path, tiny_ckp
     from conftest import run_script
 
     if recipe == "speech_commands":
-        train_root, test_root = synthetic.write_speech_commands(tmp_path / "sc", per_word=6, test_per_word=1)
+        train_root, test_root = write_speech_commands(tmp_path / "sc", per_word=6, test_per_word=1)
         data = (f"config.downstream_expert.datarc.speech_commands_root={train_root},,"
                 f"config.downstream_expert.datarc.speech_commands_test_root={test_root},,"
                 "config.downstream_expert.datarc.batch_size=8")
     else:
-        root, meta = synthetic.write_iemocap(tmp_path / "IEMOCAP", per_emotion=2)
+        root, meta = write_iemocap(tmp_path / "IEMOCAP", per_emotion=2)
         data = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
                 "config.downstream_expert.datarc.train_batch_size=8,,config.runner.gradient_accumulate_steps=1")
     overrides = (f"{data},,config.downstream_expert.datarc.num_workers=0,,config.runner.total_steps=6,,"

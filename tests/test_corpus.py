@@ -4,9 +4,9 @@ import pytest
 import soundfile
 import torch
 
+from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
 from encodecmae_s3prl.pretrain_task import corpus as corpus_module
 from encodecmae_s3prl.pretrain_task.corpus import CorpusError, CropLoader, CropSampler, load_corpus, read_manifest
-from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
 from encodecmae_s3prl.upstream.kmeans import assign, kmeans
 
 

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from encodecmae_s3prl import errors
-from encodecmae_s3prl.synthetic import write_iemocap, write_wav
+from encodecmae_s3prl.demo_data import write_wav
 
 from conftest import REPO, pretrain_overrides, write_tone_corpus
+from synthetic_data import write_iemocap
 
 PY = sys.executable
 

@@ -55,14 +55,17 @@ def test_hear_api_declares_48k_for_ours_resamples_inside_and_takes_a_layer(tmp_p
     """HEAR distributes its tasks at 48000 Hz (the stock validator accepts 16000/22050/44100/48000, not 24000):
     our upstreams declare 48000 and resample 2:1 to the model's 24 kHz inside; sample_rate=24000 feeds the model
     as it is; layer picks a hidden state (default the last, as the authors' HEAR module)."""
-    from encodecmae_s3prl import hear_api, synthetic
+    from encodecmae_s3prl import hear_api
+    from encodecmae_s3prl.demo_data import sound_class
     from encodecmae_s3prl.upstream.audio import resample
 
-    ckpt = synthetic.write_tiny_encodecmae_checkpoint(tmp_path / "states-1.ckpt")
+    from synthetic_data import write_tiny_encodecmae_checkpoint
+
+    ckpt = write_tiny_encodecmae_checkpoint(tmp_path / "states-1.ckpt")
     at48 = hear_api.load_model(str(ckpt), device="cpu")
     at24 = hear_api.load_model(str(ckpt), device="cpu", sample_rate=24000)
     assert (at48.sample_rate, at48.native_rate, at24.sample_rate) == (48000, 24000, 24000)
-    audio48 = torch.from_numpy(np.stack([synthetic.sound_class(c, 1.0, 48000, np.random.default_rng(c))
+    audio48 = torch.from_numpy(np.stack([sound_class(c, 1.0, 48000, np.random.default_rng(c))
                                          for c in range(2)]))
     frames48, stamps48 = hear_api.get_timestamp_embeddings(audio48, at48)
     frames24, stamps24 = hear_api.get_timestamp_embeddings(resample(audio48, 48000, 24000), at24)

@@ -11,13 +11,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from encodecmae_s3prl import synthetic
+from encodecmae_s3prl.demo_data import sound_class, write_wav
 from encodecmae_s3prl.downstream_probes.clips import read_clip
 from encodecmae_s3prl.downstream_probes.metrics import fold_std, mean_average_precision
 from encodecmae_s3prl.downstream_probes.mlp import PooledMLP
 from encodecmae_s3prl.downstream_probes.task import Clip
 from encodecmae_s3prl.evaluation import hear_protocol
 from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
+
+from synthetic_data import write_hear_task, write_tiny_encodecmae_checkpoint
 
 
 def _toy(n_train=120, n_dev=40, n_test=40, classes=3, dim=8, seed=0, multilabel=False):
@@ -222,7 +224,7 @@ def test_fold_std_is_the_kits_ddof_1():
 def test_hear_task_clips_come_in_the_kits_order(tmp_path):
     """heareval writes each split's embeddings in the order random.Random(0) shuffles its files, splits in
     metadata order, and trains in that order: the hear probe lists clips the same way."""
-    root = synthetic.write_hear_task(tmp_path / "task", folds=4, per_split=(5,))
+    root = write_hear_task(tmp_path / "task", folds=4, per_split=(5,))
     meta = json.loads((root / "task_metadata.json").read_text())
     prng, expected = random.Random(0), {}
     for split in meta["splits"]:
@@ -241,7 +243,7 @@ def ours(tmp_path_factory):
 
     import encodecmae_s3prl  # noqa: F401
 
-    ckpt = synthetic.write_tiny_encodecmae_checkpoint(tmp_path_factory.mktemp("ckpt") / "states-1.ckpt")
+    ckpt = write_tiny_encodecmae_checkpoint(tmp_path_factory.mktemp("ckpt") / "states-1.ckpt")
     return ckpt, hub.encodecmae_local(ckpt=str(ckpt)).eval()
 
 
@@ -254,12 +256,12 @@ def test_our_upstream_is_fed_24k_directly_in_the_hear_paths(tmp_path, ours):
     ckpt, upstream = ours
     assert upstream_rate(upstream) == 24_000
     rng = np.random.default_rng(0)
-    wav24 = {"a": synthetic.sound_class(1, 0.8, 24_000, rng), "b": synthetic.sound_class(2, 1.5, 24_000, rng)}
+    wav24 = {"a": sound_class(1, 0.8, 24_000, rng), "b": sound_class(2, 1.5, 24_000, rng)}
     for name, wav in wav24.items():
-        synthetic.write_wav(tmp_path / "task" / "24000" / "train" / f"{name}.wav", wav, 24_000)
+        write_wav(tmp_path / "task" / "24000" / "train" / f"{name}.wav", wav, 24_000)
         resampled = read_clip(tmp_path / "task" / "24000" / "train" / f"{name}.wav", rate=16_000)
-        synthetic.write_wav(tmp_path / "task" / "16000" / "train" / f"{name}.wav", resampled.numpy(), 16_000)
-    synthetic.write_wav(tmp_path / "only16k.wav", synthetic.sound_class(3, 0.5, 16_000, rng), 16_000)
+        write_wav(tmp_path / "task" / "16000" / "train" / f"{name}.wav", resampled.numpy(), 16_000)
+    write_wav(tmp_path / "only16k.wav", sound_class(3, 0.5, 16_000, rng), 16_000)
     clips = [Clip(str(tmp_path / "task" / "16000" / "train" / "a.wav"), (0,)),
              Clip(str(tmp_path / "task" / "16000" / "train" / "b.wav"), (1,)),
              Clip(str(tmp_path / "only16k.wav"), (0,))]
@@ -303,7 +305,7 @@ def test_hear_api_model_file_path_names_any_upstream(tmp_path, ours):
     assert hear_api.load_model("fbank_no_cmvn", device="cpu").sample_rate == 16_000
     assert hear_api.load_model(f"encodecmae_random:{ckpt}", device="cpu").sample_rate == 48_000
     random_mae = hear_api.load_model(f"encodecmae_random:{ckpt}", device="cpu", sample_rate=24_000)
-    audio = torch.from_numpy(np.stack([synthetic.sound_class(c, 1.0, 24_000, np.random.default_rng(c))
+    audio = torch.from_numpy(np.stack([sound_class(c, 1.0, 24_000, np.random.default_rng(c))
                                        for c in range(4)]))
     scene = hear_api.get_scene_embeddings(audio, random_mae)
     assert float(scene.std(dim=0).mean()) > 1e-3  # a fitted codec: clips differ

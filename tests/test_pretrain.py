@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import torch
 
-from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
 from encodecmae_s3prl.upstream.checkpoint import safe_load
 
 from conftest import REPO, pretrain_overrides, run_script

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from encodecmae_s3prl import cli, registry, synthetic
+from encodecmae_s3prl import cli, registry
+from encodecmae_s3prl.demo_data import write_esc50
 from encodecmae_s3prl.downstream_probes.task import ProbeDataError
 from encodecmae_s3prl.evaluation import hear_protocol
 
@@ -26,7 +27,7 @@ NAME = "tones_plugin"  # the new probe: a copy of esc50's two files under anothe
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return synthetic.write_esc50(tmp_path_factory.mktemp("data") / "esc", per_fold=3)
+    return write_esc50(tmp_path_factory.mktemp("data") / "esc", per_fold=3)
 
 
 @pytest.fixture

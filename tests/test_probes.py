@@ -7,24 +7,25 @@ import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl import synthetic
+from encodecmae_s3prl.demo_data import write_esc50, write_nsynth
 from encodecmae_s3prl.downstream_probes.metrics import chroma_accuracy, mean_average_precision
 from encodecmae_s3prl.downstream_probes.task import ProbeDataError, fold_splits
 from encodecmae_s3prl.evaluation import hear_protocol
 
 from conftest import run_script
+from synthetic_data import write_fsd50k, write_gtzan, write_hear_task, write_tiny_encodecmae_checkpoint
 
 
 def _write_hear_multilabel_kfold(root):
-    return synthetic.write_hear_task(root, prediction_type="multilabel", folds=4, per_split=(10,))
+    return write_hear_task(root, prediction_type="multilabel", folds=4, per_split=(10,))
 
 
 PROBES = {
     # probe: (dataset writer, metric, chance level)
-    "nsynth_pitch": (synthetic.write_nsynth, "pitch_acc", 1 / 12),
-    "gtzan_genre": (synthetic.write_gtzan, "acc", 1 / 3),
-    "esc50": (synthetic.write_esc50, "acc", 1 / 4),
-    "fsd50k": (synthetic.write_fsd50k, "mAP", None),  # None: chance mAP computed from the test labels
+    "nsynth_pitch": (write_nsynth, "pitch_acc", 1 / 12),
+    "gtzan_genre": (write_gtzan, "acc", 1 / 3),
+    "esc50": (write_esc50, "acc", 1 / 4),
+    "fsd50k": (write_fsd50k, "mAP", None),  # None: chance mAP computed from the test labels
     "hear": (_write_hear_multilabel_kfold, "mAP", None),
 }
 
@@ -74,12 +75,12 @@ def test_probe_learns_through_run_downstream(tmp_path, probe):
 @pytest.fixture(scope="module")
 def probe_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe_data")
-    return {"nsynth_pitch": synthetic.write_nsynth(root / "nsynth"),
-            "gtzan_genre": synthetic.write_gtzan(root / "gtzan", seconds=1.0),
+    return {"nsynth_pitch": write_nsynth(root / "nsynth"),
+            "gtzan_genre": write_gtzan(root / "gtzan", seconds=1.0),
             # 24 test clips for esc50 and 12 for hear: with 12 and 6 a 2-configuration search swings with its seed
-            "esc50": synthetic.write_esc50(root / "esc50", per_fold=6),
-            "fsd50k": synthetic.write_fsd50k(root / "fsd50k"),
-            "hear": synthetic.write_hear_task(root / "hear", per_split=(32, 12, 12))}
+            "esc50": write_esc50(root / "esc50", per_fold=6),
+            "fsd50k": write_fsd50k(root / "fsd50k"),
+            "hear": write_hear_task(root / "hear", per_split=(32, 12, 12))}
 
 
 def test_probes_beat_chance_with_encodec_features_hear_cached(tmp_path, probe_data):
@@ -89,7 +90,7 @@ def test_probes_beat_chance_with_encodec_features_hear_cached(tmp_path, probe_da
 
     import encodecmae_s3prl  # noqa: F401
 
-    ckpt = synthetic.write_tiny_encodecmae_checkpoint(tmp_path / "tiny.ckpt")
+    ckpt = write_tiny_encodecmae_checkpoint(tmp_path / "tiny.ckpt")
     upstream = hub.encodec_features(ckpt=str(ckpt)).eval()
     results = {}
     for probe, root in probe_data.items():
@@ -160,7 +161,7 @@ def test_chroma_accuracy_ignores_octaves():
 def test_folds_follow_hear_rule_in_natural_order(tmp_path):
     from encodecmae_s3prl.downstream_probes.esc50.dataset import load_task
 
-    task = load_task(synthetic.write_esc50(tmp_path / "esc"), "fold5")
+    task = load_task(write_esc50(tmp_path / "esc"), "fold5")
     assert len(task.classes) == 4
     folds = {split: {int(c.path.split("/")[-1][0]) for c in clips} for split, clips in task.splits.items()}
     assert folds == {"test": {5}, "dev": {1}, "train": {2, 3, 4}}
@@ -203,7 +204,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 
 
 def test_missing_audio_names_the_file(tmp_path):
-    root = synthetic.write_esc50(tmp_path / "esc")
+    root = write_esc50(tmp_path / "esc")
     gone = sorted((root / "audio").iterdir())[3]
     gone.unlink()
     with pytest.raises(ProbeDataError, match=re.escape(str(gone))):
@@ -213,7 +214,7 @@ def test_missing_audio_names_the_file(tmp_path):
 
 
 def test_malformed_metadata_names_file_and_fix(tmp_path):
-    hear = synthetic.write_hear_task(tmp_path / "hear")
+    hear = write_hear_task(tmp_path / "hear")
     labels = json.loads((hear / "train.json").read_text())
     labels[next(iter(labels))] = ["not_a_class"]
     (hear / "train.json").write_text(json.dumps(labels))
@@ -224,17 +225,17 @@ def test_malformed_metadata_names_file_and_fix(tmp_path):
     with pytest.raises(ProbeDataError, match="scene"):
         _expert("hear", hear, tmp_path)
 
-    fsd = synthetic.write_fsd50k(tmp_path / "fsd")
+    fsd = write_fsd50k(tmp_path / "fsd")
     (fsd / "FSD50K.ground_truth" / "vocabulary.csv").write_text("0,Bark,/m/0\n1,Siren,/m/1\n")  # Rain dropped
     with pytest.raises(ProbeDataError, match=r"dev\.csv line \d+: label\(s\) \['Rain'\]"):
         _expert("fsd50k", fsd, tmp_path)
 
-    nsynth = synthetic.write_nsynth(tmp_path / "ns", pitches=[60])
+    nsynth = write_nsynth(tmp_path / "ns", pitches=[60])
     (nsynth / "nsynth-valid" / "examples.json").write_text('{"a": {"velocity": 100}}')
     with pytest.raises(ProbeDataError, match=r"nsynth-valid/examples.json.*'pitch'"):
         _expert("nsynth_pitch", nsynth, tmp_path)
 
-    gtzan = synthetic.write_gtzan(tmp_path / "gtzan", per_genre=10)
+    gtzan = write_gtzan(tmp_path / "gtzan", per_genre=10)
     with pytest.raises(ProbeDataError, match="test_fold 'fold11'.*datarc.test_fold"):
         hear_protocol.load_task("gtzan_genre", gtzan, "fold11")
     for path in sorted((gtzan / "genres" / "metal").iterdir())[:3]:

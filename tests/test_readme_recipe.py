@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from encodecmae_s3prl import synthetic
+from encodecmae_s3prl.demo_data import harmonic_tone, write_esc50, write_wav
 
 from conftest import REPO
 
@@ -29,8 +29,8 @@ def test_cpu_recipe_runs_as_written(tmp_path):
     audio = tmp_path / "my audio"
     rng = np.random.default_rng(0)
     for i in range(6):
-        synthetic.write_wav(audio / f"note{i}.wav", synthetic.harmonic_tone(110 * (i + 2), 2.5, 22050, rng), 22050)
-    esc50 = synthetic.write_esc50(tmp_path / "ESC-50")
+        write_wav(audio / f"note{i}.wav", harmonic_tone(110 * (i + 2), 2.5, 22050, rng), 22050)
+    esc50 = write_esc50(tmp_path / "ESC-50")
     work = tmp_path / "work"
     work.mkdir()
     first, *rest = cpu_recipe_blocks()

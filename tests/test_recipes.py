@@ -130,7 +130,8 @@ def test_decoder_input_at_masked_frames(recipe):
 def test_checkpoints_record_their_recipe(tmp_path, recipe):
     from encodecmae_s3prl.evaluation import hear_api
     from encodecmae_s3prl.registry import load_hub_upstream
-    from encodecmae_s3prl.synthetic import write_tiny_encodecmae_checkpoint
+
+    from synthetic_data import write_tiny_encodecmae_checkpoint
 
     path = write_tiny_encodecmae_checkpoint(tmp_path / "states-1.ckpt", recipe=recipe)
     assert safe_load(path)[CHECKPOINT_KEY]["config"]["recipe"] == recipe

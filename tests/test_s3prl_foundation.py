@@ -7,9 +7,9 @@ import soundfile
 import torch
 
 from encodecmae_s3prl import cli, compat, registry
-from encodecmae_s3prl.synthetic import write_iemocap, write_speech_commands
 
 from conftest import run_script
+from synthetic_data import write_iemocap, write_speech_commands
 
 OUR_ENTRIES = ["encodecmae", "encodecmae_local", "encodecmae_small", "encodecmae_base", "encodecmae_base_st",
                "encodecmae_large", "encodecmae_large_st", "encodec_features", "encodecmae_random"]

@@ -10,17 +10,18 @@ import time
 
 import pytest
 
-from encodecmae_s3prl import synthetic, table1
+from encodecmae_s3prl import table1
 from encodecmae_s3prl.evaluation import hear_protocol, paper_table1
 
 from conftest import REPO
+from synthetic_data import HEAR_TABLE1_TASKS, write_hear_table1_tasks
 
 QUICK = ["--grid-size", "1", "--max-epochs", "3", "--hidden-dim", "32", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def hear_tasks(tmp_path_factory):
-    return synthetic.write_hear_table1_tasks(tmp_path_factory.mktemp("hear"), clips=6, classes=3)
+    return write_hear_table1_tasks(tmp_path_factory.mktemp("hear"), clips=6, classes=3)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def uninterrupted(hear_tasks, tiny_ckpt, tmp_path_factory):
 
 def test_layout_as_distributed(hear_tasks):
     """What the stand-ins must share with the real tasks for the test to mean anything."""
-    for folder, name, mode, folds, kind, evaluation, _ in synthetic.HEAR_TABLE1_TASKS:
+    for folder, name, mode, folds, kind, evaluation, _ in HEAR_TABLE1_TASKS:
         meta = json.loads((hear_tasks / folder / "task_metadata.json").read_text())
         assert meta["task_name"] == name and meta["split_mode"] == mode and meta["evaluation"] == evaluation
         assert meta["prediction_type"] == kind

@@ -5,10 +5,12 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from encodecmae_s3prl.synthetic import fit_codec_to_synthetic_audio, harmonic_tone
+from encodecmae_s3prl.demo_data import harmonic_tone
 from encodecmae_s3prl.upstream.components import SelfAttention
 from encodecmae_s3prl.upstream.config import get_config
 from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
+
+from synthetic_data import fit_codec_to_synthetic_audio
 
 
 def _model(**overrides) -> EncodecMAE:

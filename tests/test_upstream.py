@@ -8,8 +8,8 @@ from s3prl import hub
 from s3prl.upstream.interfaces import Featurizer
 
 import encodecmae_s3prl  # noqa: F401  (registers the hub entries)
+from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
 from encodecmae_s3prl.extract import main as extract_main
-from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, atomic_save
 from encodecmae_s3prl.upstream.expert import DOWNSAMPLE_RATE, UpstreamExpert
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, model_config_from_yaml

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from encodecmae_s3prl import extract
-from encodecmae_s3prl.synthetic import harmonic_tone, write_wav
+from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
 
 
 @pytest.fixture()
