@@ -88,7 +88,7 @@ def test_a_teachers_labels_are_what_stage_2_reads(tmp_path, notes, tiny_ckpt):
              "--recipe", "v1", "--num-clips", "8", "--kmeans-frames", "300", "--clusters", "6",
              "--crop-seconds", "1.0"])
     store = TargetStore.open(store_dir)
-    index = json.loads((store_dir / "index.json").read_text())
+    index = json.loads((store_dir / "meta.json").read_text())  # the store's meta: provenance
     assert store.per_crop and len(store.items()) == 12 and index["provenance"]["teacher"] == str(teacher_path)
     assert index["provenance"]["kmeans_frames"] == 300
     centroids = safe_load(store_dir / "kmeans.pt")["centroids"]
