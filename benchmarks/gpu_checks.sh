@@ -14,9 +14,7 @@ log="$results/gpu_checks.log"
 py=${PYTHON:-python3}
 if ! "$py" -c "import encodecmae_s3prl.upstream.model" 2>/dev/null; then
     pkg=$(mktemp -d)
-    mkdir "$pkg/encodecmae_s3prl"
-    cp -r encodecmae_s3prl/. "$pkg/encodecmae_s3prl/"
-    for part in upstream pretrain_task downstream_probes; do cp -r "$part" "$pkg/encodecmae_s3prl/$part"; done
+    "$py" encodecmae_s3prl/package_layout.py "$pkg" --copy  # this checkout as the installed package
     export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
