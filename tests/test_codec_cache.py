@@ -153,6 +153,28 @@ def _first_differences_are_ties(codec, features: torch.Tensor, codes: torch.Tens
     return True
 
 
+def test_rows_of_a_padded_batch_are_encoded_as_if_alone(model):
+    """EnCodec's convolutions pad each clip's end by reflection up to their stride: rows padded with zeros to the
+    longest get that padding at their own ends, so their frames are those of the clip alone (zero padding alone
+    changes the last frame), on a CPU (clip by clip through the convolutions) and batched (as on a GPU)."""
+    codec, rng = model.codec, np.random.default_rng(7)
+    clips = [torch.from_numpy(harmonic_tone(f, s, 24000, rng)) for f, s in [(200, 0.2005), (310, 0.3371), (450, 0.41)]]
+    padded = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    padded = torch.nn.functional.pad(padded, (0, -padded.shape[1] % 320))  # (3, S), S a multiple of 320
+    lengths = [clip.numel() for clip in clips]  # none a multiple of 320
+    with torch.no_grad():
+        alone = [codec.features(clip[None])[0] for clip in clips]
+        on_cpu = codec.features(padded, lengths)
+        with codec._rows.set(lengths):  # one pass for the whole batch, the path a GPU takes
+            batched = codec.encoder(padded[:, None]).transpose(1, 2)
+        zero_padded = codec.features(padded)
+    for row, frames in enumerate(alone):
+        n = len(frames)
+        torch.testing.assert_close(on_cpu[row, :n], frames, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batched[row, :n], frames, rtol=1e-5, atol=1e-6)
+        assert (zero_padded[row, n - 1] - frames[-1]).abs().max() > 1e-5  # what the row-end padding mends
+
+
 def test_batched_build_is_the_one_window_at_a_time_build(tmp_path, model, monkeypatch):
     """Windows of several files in one EnCodec call, padded to the longest: the features (to fp16 rounding) and the
     codes (but for ties that rounding decides) of each file encoded alone, window by window, as the build did; with
