@@ -120,28 +120,36 @@ def _entries(index: dict, shard: int, path: Path, rebuild: str) -> Tuple[Dict[Cl
     return clips, skipped, max((c.offset + c.frames for c in clips.values()), default=0)
 
 
-def _open_array(path: Path, rows: int, rebuild: str) -> np.ndarray:
-    """The array memory-mapped, checked to hold the ``rows`` frames its shard's index gives it."""
+def _check_array(path: Path, rows: int, rebuild: str) -> None:
+    """The .npy file holds the ``rows`` frames its shard's index gives it, every byte of them: its header read
+    and its size checked (no memory map kept: a large store has more shards than a process may hold open)."""
     try:
-        array = np.load(path, mmap_mode="r")
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            expected = handle.tell() + int(np.prod(shape)) * dtype.itemsize
+            size = os.fstat(handle.fileno()).st_size
     except FileNotFoundError:
         raise damaged(path, "missing", rebuild) from None
-    except (OSError, ValueError, EOFError) as err:  # a cut-off header or data: numpy says which
+    except (OSError, ValueError, EOFError) as err:  # a header cut off or not numpy's
         raise damaged(path, f"truncated or corrupt ({err})", rebuild) from None
-    if array.ndim == 0 or array.shape[0] != rows:
-        raise damaged(path, f"corrupt (it holds {array.shape[:1]} frames, its index {rows})", rebuild)
-    return array
+    if size != expected:
+        raise damaged(path, f"truncated or corrupt ({size} bytes, {expected} for its {shape} {dtype})", rebuild)
+    if not shape or shape[0] != rows:
+        raise damaged(path, f"corrupt (it holds {shape[:1]} frames, its index {rows})", rebuild)
 
 
 class FrameStore:
-    """Read side: every shard's index read and its arrays checked when opened; frames sliced from memory maps.
+    """Read side: every shard's index read and its arrays' sizes checked when opened; frames sliced from memory
+    maps.
 
     Fork-safe: pickling (a DataLoader worker) drops the memory maps and each process maps its own."""
 
-    def __init__(self, folder: Path, meta: dict, clips: Dict[ClipKey, Clip], skipped: Sequence[str],
-                 arrays: Dict[Tuple[int, str], np.ndarray]):
+    def __init__(self, folder: Path, meta: dict, clips: Dict[ClipKey, Clip], skipped: Sequence[str]):
         self.folder, self.meta, self.clips, self.skipped = Path(folder), meta, clips, set(skipped)
-        self._arrays = arrays
+        self._arrays: Dict[Tuple[int, str], np.ndarray] = {}  # memory maps, opened when first read
 
     @classmethod
     def open(cls, folder: str | os.PathLike, names: Sequence[str], rebuild: str) -> "FrameStore":
@@ -151,15 +159,14 @@ class FrameStore:
         meta = read_json(folder / META, rebuild)
         clips: Dict[ClipKey, Clip] = {}
         skipped: List[str] = []
-        arrays: Dict[Tuple[int, str], np.ndarray] = {}
         for shard in shard_numbers(folder):
             path = index_path(folder, shard)
             own, own_skipped, rows = _entries(read_json(path, rebuild), shard, path, rebuild)
             for name in names:
-                arrays[(shard, name)] = _open_array(array_path(folder, shard, name), rows, rebuild)
+                _check_array(array_path(folder, shard, name), rows, rebuild)
             clips.update(own)
             skipped += own_skipped
-        return cls(folder, meta, clips, skipped, arrays)
+        return cls(folder, meta, clips, skipped)
 
     def frames(self, key: ClipKey) -> int:
         return self.clips[key].frames
@@ -191,7 +198,7 @@ def shard_is_sound(folder: Path, shard: int, names: Sequence[str]) -> bool:
     try:
         _, _, rows = _entries(read_json(path, ""), shard, path, "")
         for name in names:
-            _open_array(array_path(folder, shard, name), rows, "")
+            _check_array(array_path(folder, shard, name), rows, "")
     except FrameStoreError:
         return False
     return True

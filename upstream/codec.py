@@ -131,9 +131,12 @@ class FrozenEncodec(nn.Module):
                 head, tail = self.encoder.model[: self.lstm_index], self.encoder.model[self.lstm_index:]
                 parts = []
                 for i in range(len(x)):
+                    # a padded row only up to the 320-sample frame after its end: no convolution on its padding
+                    end = x.shape[-1] if rows is None else -(-rows[i] // HOP) * HOP
                     with self._rows.set(None if rows is None else rows[i: i + 1]):
-                        parts.append(head(x[i: i + 1]))
-                out = tail(torch.cat(parts))
+                        parts.append(head(x[i: i + 1, :, :end]))
+                longest = max(part.shape[-1] for part in parts)  # the rest is causal: padding after a row is inert
+                out = tail(torch.cat([nn.functional.pad(part, (0, longest - part.shape[-1])) for part in parts]))
             else:
                 with self._rows.set(rows):
                     out = self.encoder(x)  # (B, 128, T)
