@@ -2,28 +2,28 @@
 
 The repository is an overlay of s3prl's tree (``upstream/``, ``pretrain_task/``,
 ``downstream_probes/`` at the top level); installed, those folders become
-subpackages of ``encodecmae_s3prl`` so nothing claims a bare top-level name.
+subpackages of ``encodecmae_s3prl`` so nothing claims a bare top-level name
+(the mapping: ``encodecmae_s3prl/package_layout.py``).
 """
+import importlib.util
 from pathlib import Path
 
 from setuptools import Command, setup
 from setuptools.command.build import build
 
-SUBPACKAGE_ROOTS = {
-    "encodecmae_s3prl": "encodecmae_s3prl",
-    "encodecmae_s3prl.upstream": "upstream",
-    "encodecmae_s3prl.pretrain_task": "pretrain_task",
-    "encodecmae_s3prl.downstream_probes": "downstream_probes",
-    "encodecmae_s3prl.evaluation": "encodecmae_s3prl/evaluation",
-}
-
 HERE = Path(__file__).resolve().parent
-# every downstream_probes/<name>/ folder is one probe package (an s3prl recipe)
-PROBES = sorted(p.name for p in (HERE / "downstream_probes").iterdir() if (p / "dataset.py").is_file())
 
-packages = list(SUBPACKAGE_ROOTS) + [f"encodecmae_s3prl.downstream_probes.{p}" for p in PROBES]
-package_dir = dict(SUBPACKAGE_ROOTS)
-package_dir.update({f"encodecmae_s3prl.downstream_probes.{p}": f"downstream_probes/{p}" for p in PROBES})
+
+def _package_layout():
+    """encodecmae_s3prl/package_layout.py, loaded by its path: nothing is installed yet."""
+    spec = importlib.util.spec_from_file_location("package_layout", HERE / "encodecmae_s3prl" / "package_layout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+package_dir = _package_layout().package_dir(HERE)
+packages = list(package_dir)
 
 # Imports the package at interpreter start-up, which only registers an import hook (no torch, no s3prl):
 # then `import s3prl.hub` / `from s3prl.nn import S3PRLUpstream` get the compat shims and our entries in any

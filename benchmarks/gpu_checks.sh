@@ -14,9 +14,7 @@ log="$results/gpu_checks.log"
 py=${PYTHON:-python3}
 if ! "$py" -c "import encodecmae_s3prl.upstream.model" 2>/dev/null; then
     pkg=$(mktemp -d)
-    mkdir "$pkg/encodecmae_s3prl"
-    cp -r encodecmae_s3prl/. "$pkg/encodecmae_s3prl/"
-    for part in upstream pretrain_task downstream_probes; do cp -r "$part" "$pkg/encodecmae_s3prl/$part"; done
+    "$py" encodecmae_s3prl/package_layout.py "$pkg" --copy  # this checkout as the installed package
     export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
@@ -35,4 +33,4 @@ check 100 "$py" benchmarks/vs_reference.py --reference "$REFERENCE" --device cud
 check 120 "$py" benchmarks/train_throughput.py --device cuda --sizes small,base,large --batch 32 --steps 10
 check 80 "$py" benchmarks/extraction_rtf.py --device cuda --sizes small,base,large --seconds 30 --batch 16
 check 50 "$py" benchmarks/extraction_rtf.py --device cuda --sizes base --seconds 30 --batch 16 --precision fp32
-check 80 "$py" benchmarks/codec_cache_rate.py --device cuda --files 24 --seconds 60
+check 150 "$py" benchmarks/codec_cache_rate.py --device cuda --files 48 --seconds 60 --batch-sizes 1,32,64

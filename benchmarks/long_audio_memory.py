@@ -22,12 +22,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# installs a finder that maps encodecmae_s3prl.* to the folders of another checkout (as setup.py's package_dir)
+# installs a finder that maps encodecmae_s3prl.* to the folders of another checkout (package_layout's mapping)
 TREE_SHIM = """
 import importlib.machinery, sys
 ROOT = {root!r}
-MAP = {{"encodecmae_s3prl": "encodecmae_s3prl", "encodecmae_s3prl.upstream": "upstream",
-        "encodecmae_s3prl.pretrain_task": "pretrain_task", "encodecmae_s3prl.downstream_probes": "downstream_probes"}}
+MAP = {roots!r}
 class _Tree:
     def find_spec(self, name, path=None, target=None):
         parts = name.split(".")
@@ -78,7 +77,9 @@ def child(code_or_args: list[str], tree: str | None) -> tuple[float, str, float]
     """Run a fresh interpreter; (its peak RSS in GiB, its stdout, wall seconds)."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     if tree:
-        prelude = TREE_SHIM.format(root=str(Path(tree).resolve()))
+        from encodecmae_s3prl.package_layout import SUBPACKAGE_ROOTS
+
+        prelude = TREE_SHIM.format(root=str(Path(tree).resolve()), roots=SUBPACKAGE_ROOTS)
         if code_or_args[0] == "-c":
             code_or_args = ["-c", prelude + code_or_args[1], *code_or_args[2:]]
         else:  # -m module args

@@ -21,6 +21,7 @@ import soundfile
 import torch
 import torchaudio
 
+from encodecmae_s3prl.package_layout import is_checkout_root
 from encodecmae_s3prl.upstream.checkpoint import register_safe_globals
 
 _APPLIED = False
@@ -158,9 +159,8 @@ def enter_s3prl_script_environment() -> None:
     """
     apply()
     folder = str(s3prl_package_dir())
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    # our checkout's top-level `upstream/` must not shadow s3prl's `upstream` package here
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != repo_root]
+    # a checkout's top-level `upstream/` must not shadow s3prl's `upstream` package here
+    sys.path[:] = [p for p in sys.path if not is_checkout_root(p)]
     if folder not in sys.path:
         sys.path.insert(0, folder)
     _atomic_runner_checkpoints(importlib.import_module("pretrain.runner"))

@@ -12,45 +12,51 @@ and train with ``-o config.pretrain_expert.datarc.codec_cache=/data/codec_cache`
 or incomplete is built (or finished) by the trainer itself at start, with its own codec; a random-init
 codec is fitted to the corpus first, so only the trainer (or ``-k`` a checkpoint of it) knows it.
 
-Layout; every file is written to a temporary name and renamed, a shard's ``.json`` last, so an
-interrupted build resumes at the first shard without one:
-    meta.json                   codec identity (hash of its weights), Q, frame rate, files per shard
-    shard-00000.json            {"files": {path: [offset, frames, bytes, mtime_ns]}, "skipped": [...]}
-    shard-00000.features.npy    (frames, 128) float16, the raw encoder output
-    shard-00000.codes.npy       (frames, Q) int16
-Disk: (128 + Q) x 2 bytes per 75 Hz frame, 73.7 MB per hour of audio for Q = 8.
+The cache is a frame store (``frame_store.py``): ``meta.json`` (codec identity: a hash of its weights, Q, frame
+rate, files per shard), then per shard of files (sorted by path) ``shard-00000.features.npy`` (frames, 128)
+float16 (the raw encoder output), ``shard-00000.codes.npy`` (frames, Q) int16 and ``shard-00000.json`` (each
+file's offset, frames, size and mtime; written last). An interrupted build resumes at the shards not done; a
+shard found damaged is rebuilt. Disk: (128 + Q) x 2 bytes per 75 Hz frame, 73.7 MB per hour of audio for Q = 8.
 
 Features are those of the whole file, computed in windows of ``WINDOW_SECONDS`` that each start with
-``WARMUP_SECONDS`` of the preceding audio as context (EnCodec's LSTM and convolutions look back), so
-memory does not grow with a file's length. A crop cut from them differs from EnCodec run on the crop
-alone near the crop's start (where the crop alone has no past) and its end (zero padding): measured
-in benchmarks/README.md.
+``WARMUP_SECONDS`` of the preceding audio as context (``codec_windows.py``), so memory does not grow with a
+file's length; the windows of many files go through EnCodec together (``--batch-size``), audio is read ahead on
+threads and finished shards are written on a thread of their own. A crop cut from these features differs from
+EnCodec run on the crop alone near the crop's start (where the crop alone has no past) and its end (zero
+padding): measured in benchmarks/README.md.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
-import json
 import os
 import sys
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from queue import Queue
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from encodecmae_s3prl.pretrain_task import frame_store
+from encodecmae_s3prl.pretrain_task.codec_windows import encode_files, plan_windows
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, load_corpus
-from encodecmae_s3prl.upstream.atomic import atomic_write
+from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
-from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
+from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, SAMPLE_RATE, FrozenEncodec
 
 WINDOW_SECONDS = 16
 WARMUP_SECONDS = 2
 FILES_PER_SHARD = 256
 VERSION = 1
+BATCH_WINDOWS = 32      # windows per EnCodec call (1: each window alone, the one-at-a-time build)
+CHUNK_SECONDS = 3600.0  # audio read and encoded together (its windows sorted by length); bounds the memory held
+ARRAYS = ("features", "codes")
 
 
 class CodecCacheError(ValueError):
@@ -75,17 +81,9 @@ def file_identity(path: str) -> Tuple[int, int]:
 
 @torch.no_grad()
 def whole_file_features(codec: FrozenEncodec, wav: torch.Tensor) -> torch.Tensor:
-    """(ceil(samples / 320), 128) float32 features of a 24 kHz clip, in windows with warm-up context."""
-    frames = (wav.numel() + HOP - 1) // HOP
-    window, warmup = WINDOW_SECONDS * FRAME_RATE, WARMUP_SECONDS * FRAME_RATE
-    if frames <= window + warmup:
-        return codec.features(wav[None])[0]
-    out = wav.new_empty(frames, FEATURE_DIM)
-    for first in range(0, frames, window):
-        context = min(warmup, first)
-        segment = wav[(first - context) * HOP: (first + window) * HOP]
-        out[first: first + window] = codec.features(segment[None])[0, context: context + window]
-    return out
+    """(ceil(samples / 320), 128) float32 features of a 24 kHz clip, each of its windows encoded alone."""
+    windows = plan_windows(0, wav.numel(), WINDOW_SECONDS * FRAME_RATE, WARMUP_SECONDS * FRAME_RATE)
+    return torch.cat([codec.features(wav[None, w.begin: w.end])[0, w.keep: w.keep + w.frames] for w in windows])
 
 
 def _shards(files: Sequence[AudioFile], per_shard: int) -> List[List[AudioFile]]:
@@ -93,76 +91,162 @@ def _shards(files: Sequence[AudioFile], per_shard: int) -> List[List[AudioFile]]
     return [ordered[i: i + per_shard] for i in range(0, len(ordered), per_shard)]
 
 
-def _save_atomic(path: Path, write) -> None:
-    atomic_write(path, write)
+def rebuild_command(folder: str | os.PathLike) -> str:
+    return (f"python -m encodecmae_s3prl.pretrain_task.codec_cache --corpus <the corpus> --out {folder} -k <a "
+            f"checkpoint of the run> (it rebuilds the damaged shards only)")
+
+
+def _read(file: AudioFile) -> Tuple[Optional[torch.Tensor], Optional[AudioReadError]]:
+    try:
+        return read_audio(file.path, SAMPLE_RATE), None
+    except AudioReadError as err:
+        return None, err
+
+
+class _AudioAhead:
+    """The files' audio in order, read on ``threads`` threads up to ``ahead_seconds`` of audio before it is asked
+    for, so that decoding and resampling overlap the encoding. Yields (file, 24 kHz wav or None, read error)."""
+
+    def __init__(self, files: Sequence[AudioFile], threads: int, ahead_seconds: float):
+        self.files, self.ahead = iter(files), ahead_seconds
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="codec-cache-read")
+        self.pending: Deque[Tuple[AudioFile, Future]] = deque()
+        self.queued = 0.0
+
+    def __iter__(self) -> Iterator[Tuple[AudioFile, Optional[torch.Tensor], Optional[AudioReadError]]]:
+        self._fill()
+        while self.pending:
+            file, future = self.pending.popleft()
+            self.queued -= file.seconds
+            self._fill()
+            yield (file, *future.result())
+
+    def _fill(self) -> None:
+        while not self.pending or self.queued < self.ahead:
+            file = next(self.files, None)
+            if file is None:
+                return
+            self.pending.append((file, self.pool.submit(_read, file)))
+            self.queued += file.seconds
+
+    def __enter__(self) -> "_AudioAhead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _ShardWriter:
+    """Writes finished shards on a thread of its own while the next ones are encoded (at most ``depth`` wait in
+    memory). On leaving, the shards handed over are written, even when the build stops on an error: they are
+    complete."""
+
+    def __init__(self, folder: Path, depth: int = 2):
+        self.folder, self.error = folder, None
+        self.jobs: Queue = Queue(depth)
+        self.thread = threading.Thread(target=self._run, name="codec-cache-write", daemon=True)
+        self.thread.start()
+
+    def put(self, shard: int, arrays: Dict[str, np.ndarray], files: Dict[str, Tuple[int, ...]],
+            skipped: List[str]) -> None:
+        self._raise()
+        self.jobs.put((shard, arrays, files, skipped))
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            if self.error is None:
+                shard, arrays, files, skipped = job
+                try:
+                    frame_store.write_shard(self.folder, shard, arrays, files=files, skipped=skipped)
+                except BaseException as err:  # handed to the building thread, raised there
+                    self.error = err
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> "_ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        if exc_type is None:
+            self._raise()
 
 
 def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLike, num_codebooks: int,
           shard: Tuple[int, int] = (0, 1), device: str = "cpu", files_per_shard: int = FILES_PER_SHARD,
-          progress: bool = True) -> Dict[str, int]:
-    """Compute the missing shards of the cache (those with index ``k % shard[1] == shard[0]``).
+          progress: bool = True, batch_size: int = BATCH_WINDOWS, readers: Optional[int] = None) -> Dict[str, int]:
+    """Compute the missing (or damaged) shards of the cache (those with index ``k % shard[1] == shard[0]``).
 
+    ``batch_size`` windows go through EnCodec per call (1: one at a time); ``readers`` threads read audio ahead
+    (default: 1 on a CPU, whose cores the encoder needs, else up to 8).
     Returns counts: shards built, shards already there, files skipped as unreadable."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = codec_identity(codec, num_codebooks)
     meta = {"version": VERSION, "codec": identity, "num_codebooks": num_codebooks, "frame_rate": FRAME_RATE,
             "files_per_shard": files_per_shard}
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        found = json.loads(meta_path.read_text())
+    if (out / frame_store.META).is_file():
+        found = frame_store.read_json(out / frame_store.META, f"delete {out} and build it again")
         if found != meta:
             raise CodecCacheError(
                 f"{out} holds a codec cache of another codec or layout ({_differences(found, meta)}): "
                 f"give another --out (or datarc.codec_cache), or delete {out} to rebuild it")
     else:
-        _save_atomic(meta_path, functools.partial(_write_bytes, data=json.dumps(meta).encode()))
+        frame_store.write_meta(out, meta)
+    device = torch.device(device)
     codec = codec.to(device).eval()
     index, count = shard
     counts = {"built": 0, "present": 0, "skipped": 0}
     groups = _shards(files, files_per_shard)
-    mine = [k for k in range(len(groups)) if k % count == index]
-    bar = tqdm(total=sum(len(groups[k]) for k in mine), desc="codec cache", unit="file", dynamic_ncols=True,
-               disable=not progress)
-    for k in mine:
-        name = out / f"shard-{k:05d}"
-        if name.with_suffix(".json").is_file():
+    todo = []
+    for k in (k for k in range(len(groups)) if k % count == index):
+        if frame_store.shard_is_sound(out, k, ARRAYS):
             counts["present"] += 1
-            bar.update(len(groups[k]))
-            continue
-        features, codes, entries, skipped, offset = [], [], {}, [], 0
-        for file in groups[k]:
-            try:
-                wav = read_audio(file.path, SAMPLE_RATE).to(device)
-            except AudioReadError as err:
-                skipped.append(file.path)
-                print(f"[codec cache] skipping {err}", file=sys.stderr)
-                bar.update(1)
-                continue
-            feats = whole_file_features(codec, wav)
-            codes.append(codec.codes(feats[None], num_codebooks)[0].T.to(torch.int16).cpu().numpy())
-            features.append(feats.to(torch.float16).cpu().numpy())
-            entries[file.path] = [offset, int(feats.shape[0]), *file_identity(file.path)]
-            offset += int(feats.shape[0])
-            bar.update(1)
-        stacked_features = np.concatenate(features) if features else np.zeros((0, FEATURE_DIM), np.float16)
-        stacked_codes = np.concatenate(codes) if codes else np.zeros((0, num_codebooks), np.int16)
-        index_json = json.dumps({"files": entries, "skipped": skipped}).encode()
-        _save_atomic(Path(f"{name}.features.npy"), functools.partial(_write_npy, array=stacked_features))
-        _save_atomic(Path(f"{name}.codes.npy"), functools.partial(_write_npy, array=stacked_codes))
-        _save_atomic(name.with_suffix(".json"), functools.partial(_write_bytes, data=index_json))
-        counts["built"] += 1
-        counts["skipped"] += len(skipped)
+        else:
+            frame_store.index_path(out, k).unlink(missing_ok=True)  # damaged: not done until rebuilt
+            todo.append(k)
+    if readers is None:
+        readers = 1 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    bar = tqdm(total=sum(len(groups[k]) for k in todo), desc="codec cache", unit="file", dynamic_ncols=True,
+               disable=not progress)
+    window, warmup = WINDOW_SECONDS * FRAME_RATE, WARMUP_SECONDS * FRAME_RATE
+    with _ShardWriter(out) as writer, _AudioAhead([f for k in todo for f in groups[k]], readers,
+                                                  CHUNK_SECONDS) as audio:
+        reads = iter(audio)
+        for k in todo:
+            features: List[np.ndarray] = []
+            codes: List[np.ndarray] = []
+            entries: Dict[str, Tuple[int, ...]] = {}
+            skipped: List[str] = []
+            left = len(groups[k])
+            while left:
+                chunk, seconds, taken = [], 0.0, 0  # files read ahead, encoded together
+                while left and seconds < CHUNK_SECONDS:
+                    file, wav, error = next(reads)
+                    left, taken = left - 1, taken + 1
+                    if wav is None:
+                        skipped.append(file.path)
+                        print(f"[codec cache] skipping {error}", file=sys.stderr)
+                    else:
+                        chunk.append((file, wav))
+                        seconds += wav.numel() / SAMPLE_RATE
+                encoded = encode_files(codec, [wav for _, wav in chunk], num_codebooks, window, warmup, batch_size,
+                                       device)
+                for (file, _), (file_features, file_codes) in zip(chunk, encoded, strict=True):
+                    features.append(file_features)
+                    codes.append(file_codes)
+                    entries[file.path] = (len(file_features), *file_identity(file.path))
+                bar.update(taken)
+            stacked_features = np.concatenate(features) if features else np.zeros((0, FEATURE_DIM), np.float16)
+            stacked_codes = np.concatenate(codes) if codes else np.zeros((0, num_codebooks), np.int16)
+            writer.put(k, {"features": stacked_features, "codes": stacked_codes}, entries, skipped)
+            counts["built"] += 1
+            counts["skipped"] += len(skipped)
     bar.close()
     return counts
-
-
-def _write_npy(handle, array: np.ndarray) -> None:
-    np.save(handle, array)
-
-
-def _write_bytes(handle, data: bytes) -> None:
-    handle.write(data)
 
 
 def _differences(found: dict, wanted: dict) -> str:
@@ -177,32 +261,25 @@ class CachedCrop:
 
 
 class CodecCache:
-    """Read side: the features and codes of any span of a cached file (memory-mapped, fork-safe)."""
+    """Read side: the features and codes of any span of a cached file (a ``FrameStore``: checked when opened,
+    memory-mapped, fork-safe)."""
 
-    def __init__(self, folder: Path, meta: dict, entries: Dict[str, Tuple[int, int, int, int, int]],
-                 skipped: List[str]):
-        self.folder, self.meta, self.entries, self.skipped = folder, meta, entries, set(skipped)
-        self._arrays: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+    def __init__(self, store: FrameStore):
+        self.store, self.folder, self.meta = store, store.folder, store.meta
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> "CodecCache":
         folder = Path(folder)
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError) as err:
-            raise CodecCacheError(f"{folder} is not a codec cache ({err}); build it with python -m "
-                                  f"encodecmae_s3prl.pretrain_task.codec_cache") from None
-        entries, skipped = {}, []
-        for shard_json in sorted(folder.glob("shard-*.json")):
-            shard = int(shard_json.stem.split("-")[1])
-            content = json.loads(shard_json.read_text())
-            skipped += content["skipped"]
-            for path, (offset, frames, size, mtime) in content["files"].items():
-                entries[path] = (shard, offset, frames, size, mtime)
-        return cls(folder, meta, entries, skipped)
+        if not (folder / frame_store.META).is_file():
+            raise CodecCacheError(f"{folder} is not a codec cache (no {frame_store.META}); build it with python -m "
+                                  f"encodecmae_s3prl.pretrain_task.codec_cache")
+        return cls(FrameStore.open(folder, ARRAYS, rebuild_command(folder)))
+
+    def cached(self, path: str) -> bool:
+        return (path, 0) in self.store.clips
 
     def missing(self, files: Sequence[AudioFile]) -> List[str]:
-        return [f.path for f in files if f.path not in self.entries and f.path not in self.skipped]
+        return [f.path for f in files if not self.cached(f.path) and f.path not in self.store.skipped]
 
     def check(self, files: Sequence[AudioFile], codec: FrozenEncodec, num_codebooks: int) -> List[AudioFile]:
         """The corpus files to train on: all cached with this codec, unchanged since; unreadable ones dropped."""
@@ -216,38 +293,23 @@ class CodecCache:
         if missing:
             raise CodecCacheError(f"{len(missing)} corpus file(s) are not in the codec cache {self.folder} (first: "
                                   f"{missing[0]}); finish it with python -m encodecmae_s3prl.pretrain_task.codec_cache")
-        changed = [f.path for f in files if f.path in self.entries
-                   and tuple(self.entries[f.path][3:]) != file_identity(f.path)]
+        changed = [f.path for f in files if self.cached(f.path)
+                   and self.store.clips[(f.path, 0)].extra != file_identity(f.path)]
         if changed:
             raise CodecCacheError(f"{len(changed)} corpus file(s) changed since the codec cache was built (first: "
                                   f"{changed[0]}); delete {self.folder} to rebuild it")
-        usable = [f for f in files if f.path in self.entries]
+        usable = [f for f in files if self.cached(f.path)]
         if not usable:
             raise CodecCacheError(f"no corpus file is readable in the codec cache {self.folder}")
         return usable
 
     def frames(self, path: str) -> int:
-        return self.entries[path][2]
-
-    def _shard(self, shard: int) -> Tuple[np.ndarray, np.ndarray]:
-        if shard not in self._arrays:
-            stem = self.folder / f"shard-{shard:05d}"
-            self._arrays[shard] = (np.load(f"{stem}.features.npy", mmap_mode="r"),
-                                   np.load(f"{stem}.codes.npy", mmap_mode="r"))
-        return self._arrays[shard]
+        return self.store.frames((path, 0))
 
     def crop(self, path: str, start_frame: int, frames: int) -> CachedCrop:
         """Frames start_frame .. start_frame + frames - 1 of a file (fewer if the file ends first)."""
-        shard, offset, length, _, _ = self.entries[path]
-        features, codes = self._shard(shard)
-        end = min(length, start_frame + frames)
-        span = slice(offset + start_frame, offset + end)
-        return CachedCrop(torch.from_numpy(np.array(features[span])), torch.from_numpy(np.array(codes[span])))
-
-    def __getstate__(self):  # loader workers open their own memory maps
-        state = dict(self.__dict__)
-        state["_arrays"] = {}
-        return state
+        return CachedCrop(torch.from_numpy(self.store.read((path, 0), "features", start_frame, frames)),
+                          torch.from_numpy(self.store.read((path, 0), "codes", start_frame, frames)))
 
 
 def _parse_shard(text: str) -> Tuple[int, int]:
@@ -270,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard", type=_parse_shard, default=(0, 1), help="I/N: build every N-th shard from I")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--files-per-shard", type=int, default=FILES_PER_SHARD)
+    parser.add_argument("--batch-size", type=int, default=BATCH_WINDOWS,
+                        help=f"windows (up to {WINDOW_SECONDS + WARMUP_SECONDS} s) per EnCodec call; 1: one at a time")
+    parser.add_argument("--readers", type=int, help="threads reading audio ahead (default: 1 on a CPU, else up to 8)")
     args = parser.parse_args(argv)
     from encodecmae_s3prl.errors import user_errors
     from encodecmae_s3prl.upstream.loading import load_checkpoint, model_config_from_yaml
@@ -286,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   " or pass -k a checkpoint of that run")
         files = load_corpus(args.corpus)
         counts = build(files, model.codec, args.out, model.config.num_codebooks, args.shard, args.device,
-                       args.files_per_shard)
+                       args.files_per_shard, batch_size=args.batch_size, readers=args.readers)
     hours = sum(f.seconds for f in files) / 3600
     per_hour = (FEATURE_DIM + model.config.num_codebooks) * 2 * FRAME_RATE * 3600  # fp16 features + int16 codes
     size = sum(p.stat().st_size for p in args.out.glob("shard-*.npy"))

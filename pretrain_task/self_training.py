@@ -13,6 +13,11 @@
    4 s chunks from t = 0 and stage 2 draws fresh random crops;
 4. writes ``config_model_st.yaml`` (the ``-k`` model + one extra stream of k classes, weight Σγ_q).
 
+The store is a frame store (``frame_store.py``: ``meta.json`` with k, the labels' layout and provenance,
+``shard-*.codes.npy`` int16 and their indexes, plus ``kmeans.pt`` and ``config_model_st.yaml``), labelled shard by
+shard in a hidden ``.<out>.partial`` folder (a rerun after a crash keeps the shards labelled with the same
+centroids) and moved into place when complete.
+
 ``--recipe`` sets the defaults of 2 and 3 (the ``-k`` model's recipe unless given): ``v1`` as the
 authors' code made the published +ST models (10,000 frames, 300 iterations at most as scikit-learn's
 KMeans, per-crop labels), ``paper`` (every frame of the clips, 50 iterations, whole-file labels).
@@ -26,21 +31,24 @@ config.pretrain_expert.datarc.init_from=result/pretrain/stage1/states-500000.ckp
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
+from encodecmae_s3prl.pretrain_task import frame_store
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, draw_start_frame, load_corpus, read_crop_at
-from encodecmae_s3prl.upstream.atomic import replace_folder
+from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
+from encodecmae_s3prl.upstream.atomic import atomic_write_text, replace_folder
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
@@ -54,6 +62,8 @@ class TargetStoreError(ValueError):
 
 
 LABELS = ("crop", "file")
+VERSION = 2           # the store's layout: a frame store (1: index.json + codes.npy, no longer read)
+FILES_PER_SHARD = 256
 # what each recipe does in this stage, setting by setting (each also an option of its own)
 ST_RECIPES: Dict[str, Dict[str, Any]] = {
     "v1": {"kmeans_frames": 10_000, "iterations": 300, "labels": "crop"},
@@ -62,19 +72,17 @@ ST_RECIPES: Dict[str, Dict[str, Any]] = {
 
 
 class TargetStore:
-    """k-means codes at 75 Hz: ``codes.npy`` (int16, concatenated) + ``index.json``.
+    """k-means codes at 75 Hz, a ``FrameStore`` (array ``codes``, int16) with the store's ``meta.json``.
 
-    Two layouts (``index["labels"]``): ``file``, whole files (``files``: path -> [offset, frames]), any crop
-    sliced from them; ``crop``, stored crops each labelled in its own context (``items``: [path, start
-    frame, offset, frames]), which stage 2 trains on and which alone have targets.
+    Two layouts (``meta["labels"]``): ``file``, whole files (clips ``(path, 0)``), any crop sliced from them;
+    ``crop``, stored crops each labelled in its own context (clips ``(path, start frame)``), which stage 2 trains
+    on and which alone have targets.
     """
 
-    def __init__(self, folder: Path, codes: np.ndarray, index: dict):
-        self.folder, self.codes, self.index = folder, codes, index
-        self.k = int(index["k"])
-        self.labels = index.get("labels", "file")
-        self._items: Dict[Tuple[str, int], Tuple[int, int]] = {
-            (path, int(start)): (int(offset), int(length)) for path, start, offset, length in index.get("items", [])}
+    def __init__(self, store: FrameStore):
+        self.store, self.folder, self.meta = store, store.folder, store.meta
+        self.k = int(self.meta["k"])
+        self.labels = self.meta.get("labels", "file")
 
     @property
     def per_crop(self) -> bool:
@@ -82,21 +90,27 @@ class TargetStore:
 
     def items(self) -> List[Tuple[str, int]]:
         """The stored crops (path, start frame) of a per-crop store; [] for a whole-file store."""
-        return list(self._items)
+        return list(self.store.clips) if self.per_crop else []
+
+    @property
+    def total_frames(self) -> int:
+        return sum(clip.frames for clip in self.store.clips.values())
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> "TargetStore":
         folder = Path(folder)
-        try:
-            index = json.loads((folder / "index.json").read_text())
-            codes = np.load(folder / "codes.npy", mmap_mode="r")
-        except (OSError, ValueError) as err:
-            raise TargetStoreError(f"{folder} is not a complete target store ({err}); rerun "
-                                   f"python -m encodecmae_s3prl.pretrain_task.self_training") from None
-        if codes.shape[0] != index["total_frames"]:
-            raise TargetStoreError(f"{folder}: codes.npy has {codes.shape[0]} frames, index.json says "
-                                   f"{index['total_frames']}: the store is corrupt, rebuild it")
-        return cls(folder, codes, index)
+        if not (folder / frame_store.META).is_file():
+            if (folder / "index.json").is_file():  # index.json + codes.npy, before the frame store
+                raise TargetStoreError(
+                    f"{folder} is a target store of an older layout (index.json + codes.npy) that this version does "
+                    f"not read; rebuild it with: {rebuild_command(folder, _old_provenance(folder))}")
+            raise TargetStoreError(f"{folder} is not a complete target store (no {frame_store.META}); rebuild it "
+                                   f"with: {rebuild_command(folder)}")
+        meta = frame_store.read_json(folder / frame_store.META, rebuild_command(folder))
+        if meta.get("version") != VERSION:
+            raise TargetStoreError(f"{folder} is a target store of version {meta.get('version')}, this code reads "
+                                   f"version {VERSION}; rebuild it with: {rebuild_command(folder, meta)}")
+        return cls(FrameStore.open(folder, ("codes",), rebuild_command(folder, meta)))
 
     def check(self, files: Sequence[AudioFile], k: int, crop_seconds: Optional[float] = None) -> List[AudioFile]:
         """The corpus files to train on: every file is in the store with the right length (files the store
@@ -107,12 +121,11 @@ class TargetStore:
                                    f"extra_targets={k}: use the config_model_st.yaml written with the store")
         if self.per_crop:
             return self._check_items(files, crop_seconds)
-        skipped = set(self.index.get("skipped", []))
-        usable = [f for f in files if f.path not in skipped]
+        usable = [f for f in files if f.path not in self.store.skipped]
         if len(usable) < len(files):
             print(f"[self-training] {len(files) - len(usable)} unreadable corpus file(s) have no targets in "
                   f"{self.folder}; training without them", file=sys.stderr)
-        missing = [f.path for f in usable if f.path not in self.index["files"]]
+        missing = [f.path for f in usable if (f.path, 0) not in self.store.clips]
         if missing:
             raise TargetStoreError(f"{len(missing)} corpus file(s) have no targets in {self.folder} "
                                    f"(first: {missing[0]}): the store was built from another corpus")
@@ -120,18 +133,18 @@ class TargetStore:
             raise TargetStoreError(f"no corpus file has targets in {self.folder}: rebuild the store")
         for f in usable:
             expected = math.ceil(f.seconds * FRAME_RATE)
-            stored = self.index["files"][f.path][1]
+            stored = self.store.frames((f.path, 0))
             if abs(stored - expected) > 1:
                 raise TargetStoreError(f"{f.path}: {stored} target frames stored, {expected} expected from its "
                                        f"length; the file changed since the store was built")
         return usable
 
     def _check_items(self, files: Sequence[AudioFile], crop_seconds: Optional[float]) -> List[AudioFile]:
-        stored = float(self.index["crop_seconds"])
+        stored = float(self.meta["crop_seconds"])
         if crop_seconds is not None and abs(crop_seconds - stored) > 1e-9:
             raise TargetStoreError(f"target store {self.folder} labels {stored} s crops, but "
                                    f"pretrain_expert.datarc.crop_seconds = {crop_seconds}: set it to {stored}")
-        paths = {path for path, _ in self._items}
+        paths = {path for path, _ in self.store.clips}
         usable = [f for f in files if f.path in paths]
         missing = sorted(paths - {f.path for f in files})
         if missing:
@@ -144,17 +157,34 @@ class TargetStore:
         the stored crop's end)."""
         first = int(start_frame)
         if self.per_crop:
-            if (path, first) not in self._items:
+            if (path, first) not in self.store.clips:
                 raise TargetStoreError(f"no stored crop of {path} starts at frame {first} in {self.folder}: "
                                        f"stage 2 trains on the stored crops only (CropSampler.use_items)")
-            offset, length = self._items[(path, first)]
-            first = 0
+            key, first = (path, first), 0
         else:
-            offset, length = self.index["files"][path]
+            key = (path, 0)
         out = np.full(frames, IGNORE, dtype=np.int64)
-        take = max(0, min(frames, length - first))
-        out[:take] = self.codes[offset + first: offset + first + take]
+        codes = self.store.read(key, "codes", first, frames)
+        out[: len(codes)] = codes
         return torch.from_numpy(out)
+
+
+def rebuild_command(folder: str | os.PathLike, meta: Optional[dict] = None) -> str:
+    """The command that writes the store ``folder`` again (from its provenance where it is known)."""
+    provenance = (meta or {}).get("provenance", {})
+    student = provenance.get("student", "<the stage-1 checkpoint>")
+    teacher = provenance.get("teacher", student)
+    words = ["python -m encodecmae_s3prl.pretrain_task.self_training -k", str(student)]
+    words += [f"--teacher {teacher}"] if teacher != student else []
+    words += [f"--recipe {provenance['recipe']}"] if "recipe" in provenance else []
+    return " ".join(words + ["--corpus <the corpus>", f"--out {folder}"])
+
+
+def _old_provenance(folder: Path) -> Optional[dict]:
+    try:
+        return json.loads((folder / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def clustered_layer(encoded) -> torch.Tensor:
@@ -178,24 +208,69 @@ def _read_whole(file: AudioFile) -> torch.Tensor | None:
         return None
 
 
-def build_store(model, files: Sequence[AudioFile], centroids: torch.Tensor, out: Path) -> dict:
-    """Quantize every file and write the store atomically (a temp folder renamed into place)."""
+def _file_shards(files: Sequence[AudioFile]) -> List[List[AudioFile]]:
+    return [list(files[i: i + FILES_PER_SHARD]) for i in range(0, len(files), FILES_PER_SHARD)]
+
+
+def _build(out: Path, meta: dict, centroids: torch.Tensor, shards: int,
+           label: Callable[[int], Tuple[np.ndarray, dict]], extra_files: Optional[Dict[str, str]]) -> "TargetStore":
+    """Label shard after shard into a hidden ``.<out>.partial`` folder beside ``out`` (a rerun after a crash
+    keeps the shards done with the same centroids), then move it into place whole.
+
+    ``label(k)`` -> (codes (frames,) int16, ``frame_store.write_shard`` keywords: files or items, skipped)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    chunks, index, offset, skipped = [], {}, 0, []
-    for file in tqdm(files, desc="quantize corpus", dynamic_ncols=True):
-        wav = _read_whole(file)
-        if wav is None or wav.numel() < HOP:
-            skipped.append(file.path)
-            continue
-        codes = assign(embed_file_frames(model, wav), centroids).to(torch.int16).numpy()
-        index[file.path] = [offset, int(codes.shape[0])]
-        chunks.append(codes)
-        offset += codes.shape[0]
-    meta = {"k": int(centroids.shape[0]), "labels": "file", "frame_rate": FRAME_RATE, "total_frames": offset,
-            "files": index, "skipped": skipped}
-    return _write_store(tmp, out, np.concatenate(chunks) if chunks else np.zeros(0, np.int16), meta, centroids)
+    partial = out.parent / f".{out.name}.partial"
+    meta = {"store": "self-training targets", "version": VERSION, **meta, "centroids": _digest(centroids)}
+    if partial.exists() and _meta_or_none(partial) != meta:  # another run's labels: start over
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    if not (partial / frame_store.META).is_file():
+        frame_store.write_meta(partial, meta)
+    atomic_save({"centroids": centroids}, partial / "kmeans.pt")
+    for k in range(shards):
+        if not frame_store.shard_is_sound(partial, k, ("codes",)):
+            codes, where = label(k)
+            frame_store.write_shard(partial, k, {"codes": codes}, **where)
+    for name, text in (extra_files or {}).items():
+        atomic_write_text(partial / name, text)
+    replace_folder(partial, out)
+    return TargetStore.open(out)
+
+
+def _digest(centroids: torch.Tensor) -> str:
+    return hashlib.sha1(centroids.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:20]
+
+
+def _meta_or_none(folder: Path) -> Optional[dict]:
+    try:
+        return json.loads((folder / frame_store.META).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stacked(chunks: List[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+def build_store(model, files: Sequence[AudioFile], centroids: torch.Tensor, out: Path,
+                provenance: Optional[dict] = None, extra_files: Optional[Dict[str, str]] = None) -> TargetStore:
+    """Quantize every whole file and write the store (``_build``: in shards, moved into place when done)."""
+    shards = _file_shards(files)
+
+    def label(k: int) -> Tuple[np.ndarray, dict]:
+        chunks, lengths, skipped = [], {}, []
+        for file in tqdm(shards[k], desc=f"quantize corpus, shard {k + 1}/{len(shards)}", dynamic_ncols=True):
+            wav = _read_whole(file)
+            if wav is None or wav.numel() < HOP:
+                skipped.append(file.path)
+                continue
+            codes = assign(embed_file_frames(model, wav), centroids).to(torch.int16).numpy()
+            lengths[file.path] = (int(codes.shape[0]),)
+            chunks.append(codes)
+        return _stacked(chunks), {"files": lengths, "skipped": skipped}
+
+    meta = {"k": int(centroids.shape[0]), "labels": "file", "frame_rate": FRAME_RATE, "provenance": provenance or {}}
+    return _build(out, meta, centroids, len(shards), label, extra_files)
 
 
 def stored_crops(files: Sequence[AudioFile], crop_seconds: float, seed: int) -> List[Tuple[AudioFile, int]]:
@@ -210,49 +285,44 @@ def stored_crops(files: Sequence[AudioFile], crop_seconds: float, seed: int) -> 
 
 
 def build_crop_store(model, files: Sequence[AudioFile], centroids: torch.Tensor, out: Path,
-                     crop_seconds: float = 4.0, seed: int = 0, batch_size: int = 16) -> dict:
+                     crop_seconds: float = 4.0, seed: int = 0, batch_size: int = 16,
+                     provenance: Optional[dict] = None, extra_files: Optional[Dict[str, str]] = None) -> TargetStore:
     """Label each stored crop in its own context (a clip of its own through the model) and write the store
-    atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    (``_build``; a shard holds the crops of its files)."""
+    shards = _file_shards(files)
+    shard_of = {file.path: k for k, group in enumerate(shards) for file in group}
     crops = stored_crops(files, crop_seconds, seed)
-    chunks, items, offset, skipped = [], [], 0, set()
-    for begin in tqdm(range(0, len(crops), batch_size), desc="label crops", dynamic_ncols=True):
-        batch = []
-        for file, start in crops[begin:begin + batch_size]:
-            wav = None if file.path in skipped else read_crop_at(file, crop_seconds, start)
-            if wav is None or wav.numel() < HOP:
-                skipped.add(file.path)
+
+    def label(k: int) -> Tuple[np.ndarray, dict]:
+        mine = [(file, start) for file, start in crops if shard_of[file.path] == k]
+        labelled, skipped = [], set()  # (path, start, codes)
+        for begin in tqdm(range(0, len(mine), batch_size), desc=f"label crops, shard {k + 1}/{len(shards)}",
+                          dynamic_ncols=True):
+            batch = []
+            for file, start in mine[begin:begin + batch_size]:
+                wav = None if file.path in skipped else read_crop_at(file, crop_seconds, start)
+                if wav is None or wav.numel() < HOP:
+                    skipped.add(file.path)
+                    continue
+                batch.append((file, start, wav))
+            if not batch:
                 continue
-            batch.append((file, start, wav))
-        if not batch:
-            continue
-        lengths = torch.tensor([wav.numel() for _, _, wav in batch])
-        wavs = torch.nn.utils.rnn.pad_sequence([wav for _, _, wav in batch], batch_first=True)
-        with torch.no_grad():
-            encoded = model.encode(wavs, lengths)
-        features = clustered_layer(encoded)
-        for row, (file, start, _) in enumerate(batch):
-            frames = int(encoded.frame_lengths[row])
-            codes = assign(features[row, :frames].float(), centroids).to(torch.int16).numpy()
-            items.append([file.path, int(start), offset, frames])
-            chunks.append(codes)
-            offset += frames
-    skipped_files = sorted(skipped)
-    items = [item for item in items if item[0] not in skipped]  # a file that failed once has no crops
+            lengths = torch.tensor([wav.numel() for _, _, wav in batch])
+            wavs = torch.nn.utils.rnn.pad_sequence([wav for _, _, wav in batch], batch_first=True)
+            with torch.no_grad():
+                encoded = model.encode(wavs, lengths)
+            features = clustered_layer(encoded)
+            for row, (file, start, _) in enumerate(batch):
+                frames = int(encoded.frame_lengths[row])
+                labelled.append((file.path, int(start), assign(features[row, :frames].float(), centroids)))
+        labelled = [one for one in labelled if one[0] not in skipped]  # a file that failed once has no crops
+        items = [(path, start, len(codes)) for path, start, codes in labelled]
+        codes = _stacked([codes.to(torch.int16).numpy() for _, _, codes in labelled])
+        return codes, {"items": items, "skipped": sorted(skipped)}
+
     meta = {"k": int(centroids.shape[0]), "labels": "crop", "frame_rate": FRAME_RATE, "crop_seconds": crop_seconds,
-            "total_frames": offset, "items": items, "skipped": skipped_files}
-    return _write_store(tmp, out, np.concatenate(chunks) if chunks else np.zeros(0, np.int16), meta, centroids)
-
-
-def _write_store(tmp: Path, out: Path, codes: np.ndarray, meta: dict, centroids: torch.Tensor) -> dict:
-    """codes.npy, index.json and kmeans.pt written in ``tmp``, then renamed to ``out`` in one step."""
-    np.save(tmp / "codes.npy", codes)
-    (tmp / "index.json").write_text(json.dumps(meta))
-    atomic_save({"centroids": centroids}, tmp / "kmeans.pt")
-    replace_folder(tmp, out)
-    return meta
+            "provenance": provenance or {}}
+    return _build(out, meta, centroids, len(shards), label, extra_files)
 
 
 def sample_frames(points: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -296,23 +366,22 @@ def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = 10_0
     print(f"[self-training] recipe {recipe}: k-means on {points.shape[0]} frames x {points.shape[1]} dims, k={k}, "
           f"at most {iterations} iterations; labels per {labels}")
     centroids = kmeans(points, k, iterations=iterations, seed=seed)
-    if labels == "crop":
-        meta = build_crop_store(labeller, files, centroids, out, crop_seconds, seed, batch_size)
-        size = f"{len(meta['items'])} crops"
-    else:
-        meta = build_store(labeller, files, centroids, out)
-        size = f"{len(meta['files'])} files"
     provenance = {"recipe": recipe, "teacher": str(teacher or checkpoint), "student": str(checkpoint),
                   "kmeans_frames": int(points.shape[0]), "iterations": iterations, "seed": seed}
-    index_path = Path(out) / "index.json"
-    index_path.write_text(json.dumps({**json.loads(index_path.read_text()), "provenance": provenance}))
     config = {"model": "base", **_config_fields(student.config), "extra_targets": k}
     config.pop("extra_target_weight", None)  # defaults to sum of codebook weights, as the paper
-    (Path(out) / "config_model_st.yaml").write_text(
+    written_with = {"config_model_st.yaml": (
         "# Stage-2 (self-training) model config written by self_training.py: the stage-1 model plus one\n"
         f"# extra target stream of k={k} k-means classes weighted sum(gamma_q); labels from {teacher or checkpoint}.\n"
-        + yaml.safe_dump(config))
-    print(f"[self-training] wrote {out}: {size}, {meta['total_frames']} frames, {len(meta['skipped'])} skipped")
+        + yaml.safe_dump(config))}
+    if labels == "crop":
+        store = build_crop_store(labeller, files, centroids, out, crop_seconds, seed, batch_size, provenance,
+                                 written_with)
+        size = f"{len(store.items())} crops"
+    else:
+        store = build_store(labeller, files, centroids, out, provenance, written_with)
+        size = f"{len(store.store.clips)} files"
+    print(f"[self-training] wrote {out}: {size}, {store.total_frames} frames, {len(store.store.skipped)} skipped")
     return Path(out)
 
 

@@ -26,7 +26,8 @@ if ! ldconfig -p 2>/dev/null | grep -q libsndfile.so.1; then
 fi
 
 # setup.py maps every downstream_probes/<probe>/ folder: a new probe needs the editable install again
-stamp=.venv/.installed-$( (cat requirements.lock setup.py; ls -d downstream_probes/*/) | sha1sum | cut -c1-12)
+stamp=.venv/.installed-$( (cat requirements.lock setup.py encodecmae_s3prl/package_layout.py; ls -d downstream_probes/*/) \
+    | sha1sum | cut -c1-12)
 if [ -f "$stamp" ]; then exit 0; fi
 if [ ! -x .venv/bin/python ]; then
   # the pinned torch (CUDA build) alone is ~7 GB: say so up front, not as pip's OSError halfway through

@@ -9,6 +9,7 @@ import torch
 from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
 from encodecmae_s3prl.pretrain_task import codec_cache as cache_module
 from encodecmae_s3prl.pretrain_task.codec_cache import CodecCache, CodecCacheError, build, whole_file_features
+from encodecmae_s3prl.pretrain_task.codec_windows import encode_files
 from encodecmae_s3prl.pretrain_task.corpus import CropSampler, collate, load_corpus
 from encodecmae_s3prl.upstream.loading import model_config_from_yaml
 from encodecmae_s3prl.upstream.model import build_model
@@ -125,3 +126,106 @@ def test_cache_of_another_codec_or_changed_files_is_refused(tmp_path, corpus, mo
         CodecCache.open(tmp_path / "cache").check(files, model.codec, 8)
     with pytest.raises(CodecCacheError, match="not a codec cache"):
         CodecCache.open(tmp_path / "nothing")
+
+
+def _build_files(tmp_path, seconds):
+    """24 kHz tones of these lengths, and the corpus of them."""
+    rng = np.random.default_rng(4)
+    for i, length in enumerate(seconds):
+        write_wav(tmp_path / "clips" / f"c{i}.wav", harmonic_tone(150.0 + 40 * i, length, 24000, rng), 24000)
+    return load_corpus([str(tmp_path / "clips")], progress=False)
+
+
+def _first_differences_are_ties(codec, features: torch.Tensor, codes: torch.Tensor, other: torch.Tensor) -> bool:
+    """Where ``other`` (frames, Q) differs from ``codes``, the codes of ``features`` (frames, 128) fp32: at the
+    first stage that differs, both codewords are as near the residual as encodec's float32 distances can tell (a
+    tie that a last-bit difference of the features decides; later stages then quantise another residual). Such
+    ties are common here: this random-init encoder's frames vary ~1 % around its bias."""
+    for frame in torch.nonzero((codes != other).any(dim=1)).flatten().tolist():
+        residual = features[frame].double()
+        for stage, layer in enumerate(codec.quantizer.vq.layers[: codes.shape[1]]):
+            book = layer._codebook.embed.double()
+            if codes[frame, stage] != other[frame, stage]:
+                pair = book[[int(codes[frame, stage]), int(other[frame, stage])]]
+                gap = float(((residual - pair) ** 2).sum(1).diff().abs())
+                # encodec ranks codewords by |x|^2 - 2 x.e + |e|^2 in float32: its rounding scales with those terms
+                if gap > 4e-6 * float((residual ** 2).sum() + (pair ** 2).sum(1).max()):
+                    return False
+                break
+            residual = residual - book[int(codes[frame, stage])]
+    return True
+
+
+def test_rows_of_a_padded_batch_are_encoded_as_if_alone(model):
+    """EnCodec's convolutions pad each clip's end by reflection up to their stride: rows padded with zeros to the
+    longest get that padding at their own ends, so their frames are those of the clip alone (zero padding alone
+    changes the last frame), on a CPU (clip by clip through the convolutions) and batched (as on a GPU)."""
+    codec, rng = model.codec, np.random.default_rng(7)
+    clips = [torch.from_numpy(harmonic_tone(f, s, 24000, rng)) for f, s in [(200, 0.2005), (310, 0.3371), (450, 0.41)]]
+    padded = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    padded = torch.nn.functional.pad(padded, (0, -padded.shape[1] % 320))  # (3, S), S a multiple of 320
+    lengths = [clip.numel() for clip in clips]  # none a multiple of 320
+    with torch.no_grad():
+        alone = [codec.features(clip[None])[0] for clip in clips]
+        on_cpu = codec.features(padded, lengths)
+        with codec._rows.set(lengths):  # one pass for the whole batch, the path a GPU takes
+            batched = codec.encoder(padded[:, None]).transpose(1, 2)
+        zero_padded = codec.features(padded)
+    for row, frames in enumerate(alone):
+        n = len(frames)
+        torch.testing.assert_close(on_cpu[row, :n], frames, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batched[row, :n], frames, rtol=1e-5, atol=1e-6)
+        assert (zero_padded[row, n - 1] - frames[-1]).abs().max() > 1e-5  # what the row-end padding mends
+
+
+def test_batched_build_is_the_one_window_at_a_time_build(tmp_path, model, monkeypatch):
+    """Windows of several files in one EnCodec call, padded to the longest: the features (to fp16 rounding) and the
+    codes (but for ties that rounding decides) of each file encoded alone, window by window, as the build did; with
+    batch size 1, those calls themselves. Lengths off the 320-sample grid, a file too short to be padded, a whole
+    file and a file in three windows (1 s windows after 1 s of context here)."""
+    monkeypatch.setattr(cache_module, "WINDOW_SECONDS", 1)
+    monkeypatch.setattr(cache_module, "WARMUP_SECONDS", 1)
+    files = _build_files(tmp_path, [0.4, 1.3701, 2.31])
+    codec = model.codec
+    build(files, codec, tmp_path / "batched", 8, progress=False, batch_size=4)
+    batched = CodecCache.open(tmp_path / "batched")
+    equal = 0
+    for file in files:
+        wav = cache_module.read_audio(file.path, 24000)
+        with torch.no_grad():  # the build as it was: each file alone, its windows one by one, codes of the whole
+            features = whole_file_features(codec, wav)
+            codes = codec.codes(features[None], 8)[0].T.to(torch.int16)
+        crop = batched.crop(file.path, 0, 10 ** 9)
+        torch.testing.assert_close(crop.features.float(), features.half().float(), rtol=2 ** -10, atol=1e-6)
+        assert _first_differences_are_ties(codec, features, codes, crop.codes), file.path
+        equal += int((crop.codes == codes).all(dim=1).sum())
+    assert equal >= 0.98 * sum(f.frames for f in [batched.store.clips[(p.path, 0)] for p in files])
+    alone = encode_files(codec, [wav], 8, 75, 75, batch_size=1)[0]  # the last file: three windows, one at a time
+    assert np.array_equal(alone[0], features.half().numpy()) and np.array_equal(alone[1], codes.numpy())
+
+
+def test_a_damaged_shard_is_named_with_the_command_that_rebuilds_it(tmp_path, model, capsys):
+    from encodecmae_s3prl.errors import user_errors
+    from encodecmae_s3prl.pretrain_task.frame_store import FrameStoreError
+
+    files = _build_files(tmp_path, [0.3, 0.4, 0.5, 0.6, 0.7])
+    build(files, model.codec, tmp_path / "cache", 8, files_per_shard=2, progress=False)
+    features = tmp_path / "cache" / "shard-00001.features.npy"
+    whole = features.read_bytes()
+    features.write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    capsys.readouterr()
+    with pytest.raises(SystemExit), user_errors():
+        CodecCache.open(tmp_path / "cache")
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.startswith(f"error: {features} is truncated or corrupt")
+    assert "python -m encodecmae_s3prl.pretrain_task.codec_cache" in error and f"--out {tmp_path / 'cache'}" in error
+
+    index = tmp_path / "cache" / "shard-00000.json"  # found first
+    index.write_text(index.read_text()[:-7])
+    with pytest.raises(FrameStoreError, match=f"{index} is truncated or corrupt .*rebuild it with: python -m"):
+        CodecCache.open(tmp_path / "cache")
+
+    counts = build(files, model.codec, tmp_path / "cache", 8, files_per_shard=2, progress=False)
+    assert counts == {"built": 2, "present": 1, "skipped": 0}  # the damaged shards only
+    assert features.read_bytes() == whole
+    CodecCache.open(tmp_path / "cache").check(files, model.codec, 8)

@@ -105,6 +105,8 @@ def test_kmeans_recovers_separated_clusters():
 def test_crops_start_on_encodec_frames_and_their_targets_are_their_frames(tmp_path):
     """Every crop starts on a 1/75 s boundary of its file, so its self-training targets (sliced from whole-file
     codes) are exactly its own frames: no half-frame offset."""
+    from encodecmae_s3prl.pretrain_task import frame_store
+    from encodecmae_s3prl.pretrain_task import self_training as st_module
     from encodecmae_s3prl.pretrain_task.self_training import TargetStore
 
     rng = np.random.default_rng(1)
@@ -114,10 +116,10 @@ def test_crops_start_on_encodec_frames_and_their_targets_are_their_frames(tmp_pa
     files = load_corpus([str(root)], progress=False)
     # a store whose code of frame t is t: a crop's targets must read start_frame, start_frame + 1, ...
     lengths = {f.path: int(np.ceil(f.seconds * 75)) for f in files}
-    offsets = np.cumsum([0] + list(lengths.values()))
-    index = {"k": 2000, "total_frames": int(offsets[-1]),
-             "files": {p: [int(o), n] for (p, n), o in zip(lengths.items(), offsets[:-1], strict=True)}}
-    store = TargetStore(tmp_path, np.concatenate([np.arange(n) for n in lengths.values()]).astype(np.int16), index)
+    codes = np.concatenate([np.arange(n) for n in lengths.values()]).astype(np.int16)
+    frame_store.write_meta(tmp_path / "st", {"k": 2000, "labels": "file", "version": st_module.VERSION})
+    frame_store.write_shard(tmp_path / "st", 0, {"codes": codes}, files={p: (n,) for p, n in lengths.items()})
+    store = TargetStore.open(tmp_path / "st")
     sampler = CropSampler(files, batch_size=16, crop_seconds=4.0, seed=3)
     seen = set()
     for batch_index in range(3):

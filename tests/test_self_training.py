@@ -1,6 +1,7 @@
 """Self-training as the authors' code ran it (recipe v1): k-means agreement with scikit-learn's KMeans (what
 v1 fitted), stored crops labelled in their own context, and labels from a teacher checkpoint."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_a_teachers_labels_are_what_stage_2_reads(tmp_path, notes, tiny_ckpt):
              "--recipe", "v1", "--num-clips", "8", "--kmeans-frames", "300", "--clusters", "6",
              "--crop-seconds", "1.0"])
     store = TargetStore.open(store_dir)
-    index = json.loads((store_dir / "index.json").read_text())
+    index = json.loads((store_dir / "meta.json").read_text())  # the store's meta: provenance
     assert store.per_crop and len(store.items()) == 12 and index["provenance"]["teacher"] == str(teacher_path)
     assert index["provenance"]["kmeans_frames"] == 300
     centroids = safe_load(store_dir / "kmeans.pt")["centroids"]
@@ -118,3 +119,32 @@ def test_a_teachers_labels_are_what_stage_2_reads(tmp_path, notes, tiny_ckpt):
 
     with pytest.raises(TargetStoreError, match="crop_seconds = 2.0: set it to 1.0"):
         UpstreamPretrainExpert({**datarc, "crop_seconds": 2.0}, str(store_dir / "config_model_st.yaml"), device="cpu")
+
+
+def test_a_damaged_or_old_target_store_is_named_with_the_command_that_rebuilds_it(tmp_path):
+    from encodecmae_s3prl.pretrain_task import frame_store
+    from encodecmae_s3prl.pretrain_task import self_training as st_module
+    from encodecmae_s3prl.pretrain_task.frame_store import FrameStoreError
+
+    store = tmp_path / "st"
+    provenance = {"student": "stage1.ckpt", "teacher": "teacher.ckpt", "recipe": "v1"}
+    frame_store.write_meta(store, {"k": 8, "labels": "file", "version": st_module.VERSION, "provenance": provenance})
+    frame_store.write_shard(store, 0, {"codes": np.arange(300, dtype=np.int16) % 8}, files={"a.wav": (100,),
+                                                                                          "b.wav": (200,)})
+    assert TargetStore.open(store).slice("b.wav", 195, 8).tolist() == [7, 0, 1, 2, 3, -100, -100, -100]  # rows 295-299
+    codes = store / "shard-00000.codes.npy"
+    codes.write_bytes(codes.read_bytes()[:-20])
+    rebuild = ("rebuild it with: python -m encodecmae_s3prl.pretrain_task.self_training -k stage1.ckpt --teacher "
+               f"teacher.ckpt --recipe v1 --corpus <the corpus> --out {store}")
+    with pytest.raises(FrameStoreError, match=f"^{re.escape(str(codes))} is truncated or corrupt "
+                                              rf"\(708 bytes, 728 for its \(300,\) int16\); {re.escape(rebuild)}$"):
+        TargetStore.open(store)
+    (store / "meta.json").write_text('{"k": 8, "lab')
+    with pytest.raises(FrameStoreError, match=f"{store / 'meta.json'} is truncated or corrupt"):
+        TargetStore.open(store)
+
+    old = tmp_path / "old"  # index.json + codes.npy: the layout before the frame store
+    old.mkdir()
+    (old / "index.json").write_text(json.dumps({"k": 8, "files": {}, "provenance": provenance}))
+    with pytest.raises(TargetStoreError, match=f"older layout .* {re.escape(rebuild.replace(str(store), str(old)))}$"):
+        TargetStore.open(old)

@@ -13,11 +13,12 @@ init; then fit the codebooks and the standardisation to a corpus with ``init_fro
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -69,7 +70,8 @@ class FrozenEncodec(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.quantizer = quantizer
-        _pad_by_copying(encoder)
+        self._rows = _RowLengths()
+        _pad_by_copying(encoder, self._rows)
         self.lstm_index = _lstm_index(encoder)
         stages = len(quantizer.vq.layers)
         if not 1 <= num_codebooks <= stages:
@@ -103,14 +105,23 @@ class FrozenEncodec(nn.Module):
         """Frames EnCodec gives for a clip of that many samples: ceil(samples / 320)."""
         return torch.div(wav_lengths + HOP - 1, HOP, rounding_mode="floor")
 
-    def features(self, wav: Tensor) -> Tensor:
-        """wav (B, S) float at 24 kHz, all S samples valid -> (B, ceil(S / 320), 128) float32.
+    def features(self, wav: Tensor, lengths: Optional[Sequence[int]] = None) -> Tensor:
+        """wav (B, S) float at 24 kHz -> (B, ceil(S / 320), 128) float32.
 
-        Runs in float32 without gradients whatever the surrounding autocast. Clips must be
-        cut to their own length before (zero padding changes the frames near the end).
+        Without ``lengths`` all S samples of every row are valid: clips must be cut to their own length
+        before (zero padding changes the frames near the end). With ``lengths`` (B,), rows of different
+        lengths zero-padded to S, a multiple of 320: row i's first ceil(lengths[i] / 320) frames are those
+        of the row encoded alone (EnCodec is causal; the reflect padding that completes a row's last stride
+        is rebuilt at the row's own end in every layer), the frames after them are to be dropped.
+
+        Runs in float32 without gradients whatever the surrounding autocast.
         """
         if wav.dim() != 2 or wav.shape[1] == 0:
             raise ValueError(f"FrozenEncodec.features expects (batch, samples>0) 24 kHz audio, got {tuple(wav.shape)}")
+        if lengths is not None and (wav.shape[1] % HOP or len(lengths) != len(wav)):
+            raise ValueError(f"FrozenEncodec.features: padded rows need S a multiple of {HOP} and one length per "
+                             f"row, got {tuple(wav.shape)} and {len(lengths)} lengths")
+        rows = [int(n) for n in lengths] if lengths is not None else None
         x = wav.float()[:, None, :]
         with torch.no_grad(), torch.autocast(wav.device.type, enabled=False):
             if wav.device.type == "cpu" and len(wav) > 1:
@@ -118,9 +129,17 @@ class FrozenEncodec(nn.Module):
                 # caches) and the LSTM batched (at batch 1 its small matmuls leave the cores idle): 4 clips of
                 # 4 s took 62-70 ms each this way, 76 one by one, 153 as one batch (2-core AVX-512 VM)
                 head, tail = self.encoder.model[: self.lstm_index], self.encoder.model[self.lstm_index:]
-                out = tail(torch.cat([head(x[i: i + 1]) for i in range(len(x))]))
+                parts = []
+                for i in range(len(x)):
+                    # a padded row only up to the 320-sample frame after its end: no convolution on its padding
+                    end = x.shape[-1] if rows is None else -(-rows[i] // HOP) * HOP
+                    with self._rows.set(None if rows is None else rows[i: i + 1]):
+                        parts.append(head(x[i: i + 1, :, :end]))
+                longest = max(part.shape[-1] for part in parts)  # the rest is causal: padding after a row is inert
+                out = tail(torch.cat([nn.functional.pad(part, (0, longest - part.shape[-1])) for part in parts]))
             else:
-                out = self.encoder(x)  # (B, 128, T)
+                with self._rows.set(rows):
+                    out = self.encoder(x)  # (B, 128, T)
         return out.transpose(1, 2).contiguous()
 
     def standardise(self, features: Tensor) -> Tensor:
@@ -206,16 +225,33 @@ def _set_codebook(codebook: EuclideanCodebook, centroids: Tensor, counts: Tensor
 
 
 # --- padding -----------------------------------------------------------------------------------
-def _pad_by_copying(encoder: nn.Module) -> None:
+class _RowLengths:
+    """The valid length of each row of the batch going through the encoder, at the current layer's input
+    (None: every row is valid to its end). Strided convolutions shorten it as they go."""
+
+    def __init__(self) -> None:
+        self.lengths: Optional[Tensor] = None
+
+    @contextlib.contextmanager
+    def set(self, lengths: Optional[Sequence[int]]) -> Iterator[None]:
+        self.lengths = None if lengths is None else torch.tensor(list(lengths))
+        try:
+            yield
+        finally:
+            self.lengths = None
+
+
+def _pad_by_copying(encoder: nn.Module, rows: _RowLengths) -> None:
     """Give every ``SConv1d`` of ``encoder`` a forward that pads as encodec does (reflect, causal or
     centred, the extra right padding for a whole last window) but builds the padded tensor with one
     ``torch.cat``: on CPUs ``reflection_pad1d`` runs ~5x slower than a copy and was 13 % of EnCodec's
-    time. The same values, so the same features; only this instance changes, not the encodec package."""
+    time. The same values, so the same features; only this instance changes, not the encodec package.
+    With ``rows`` set, each row of a padded batch also gets its own end's padding (``_pad_row_ends``)."""
     from encodec.modules.conv import SConv1d
 
     for module in encoder.modules():
         if isinstance(module, SConv1d):
-            module.forward = functools.partial(_sconv1d_forward, module)
+            module.forward = functools.partial(_sconv1d_forward, module, rows)
 
 
 def _lstm_index(encoder: SEANetEncoder) -> int:
@@ -225,17 +261,34 @@ def _lstm_index(encoder: SEANetEncoder) -> int:
     return next(i for i, module in enumerate(encoder.model) if isinstance(module, SLSTM))
 
 
-def _sconv1d_forward(module: SConv1d, x: Tensor) -> Tensor:
+def _sconv1d_forward(module: SConv1d, rows: _RowLengths, x: Tensor) -> Tensor:
     from encodec.modules.conv import SConv1d, get_extra_padding_for_conv1d
 
     conv = module.conv.conv
     kernel, stride, dilation = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
     total = (kernel - 1) * dilation - (stride - 1)
+    if rows.lengths is not None and stride > 1:
+        if not module.causal or module.pad_mode != "reflect" or x.shape[-1] % stride:
+            raise NotImplementedError("rows of different lengths in one batch need EnCodec's causal reflect-padded "
+                                      "convolutions and a batch length that every stride divides")
+        x = _pad_row_ends(x, rows.lengths.to(x.device), stride)
+        rows.lengths = torch.div(rows.lengths + stride - 1, stride, rounding_mode="floor")
     extra = get_extra_padding_for_conv1d(x, kernel, stride, total)
     left, right = (total, extra) if module.causal else (total - total // 2, total // 2 + extra)
     if module.pad_mode != "reflect" or x.shape[-1] <= max(left, right):
         return SConv1d.forward(module, x)  # encodec's own path (zero padding, or input shorter than the pad)
     return module.conv(reflect_pad(x, left, right))
+
+
+def _pad_row_ends(x: Tensor, lengths: Tensor, stride: int) -> Tensor:
+    """(B, C, T) rows valid up to ``lengths`` (B,): after each row's end, the reflect padding a causal conv of
+    this stride adds to a row of that length alone (``get_extra_padding_for_conv1d``: up to the next multiple
+    of the stride, x[l - 2], x[l - 3], ...), so its last output frame is the one it has alone."""
+    time = torch.arange(x.shape[-1], device=x.device)[None, :]              # (1, T)
+    ends = lengths[:, None]                                                 # (B, 1)
+    extra = (ends + stride - 1) // stride * stride - ends                   # (B, 1)
+    source = torch.where((time >= ends) & (time < ends + extra), 2 * ends - 2 - time, time)  # (B, T)
+    return x.gather(-1, source[:, None, :].expand(-1, x.shape[1], -1))
 
 
 def reflect_pad(x: Tensor, left: int, right: int) -> Tensor:
