@@ -43,18 +43,20 @@ def duration(seconds: float) -> str:
     return f"{hours:.1f} h ({hours / 24:.1f} days)" if hours >= 48 else f"{hours:.2f} h"
 
 
-def rate_line(rates: list[dict], what: str, device: str, size: str | None, batch: int | None) -> tuple:
-    """(the exactly matching rate or None, a sentence on what was measured instead)."""
-    candidates = [r for r in rates if r["what"] == what and r["device"] == device
-                  and (size is None or r.get("size") == size)]
-    exact = [r for r in candidates if batch is None or r.get("batch") == batch]
+def rate_line(rates: list[dict], what: str, device: str, size: str | None, batch: int | None,
+              crop: float | None) -> tuple:
+    """(the rate measured for exactly this device, size, batch and crop length, or None; if None, what was
+    measured instead on this device, as a sentence)."""
+    here = [r for r in rates if r["what"] == what and r["device"] == device]
+    exact = [r for r in here if (size is None or r.get("size") == size) and (batch is None or r.get("batch") == batch)
+             and (crop is None or r.get("crop_seconds", 4.0) == crop)]
     if exact:
         return exact[0], ""
-    if candidates:
-        near = min(candidates, key=lambda r: abs(r["batch"] - batch))
-        return None, (f"measured only at batch {near['batch']}: {near['audio_s_per_s']:g} audio-s/s "
-                      f"({near['command']})")
-    return None, "not measured on this device"
+    if not here:
+        return None, "not measured on this device"
+    measured = ", ".join(f"{r.get('size', '?')} at batch {r.get('batch')} x {r.get('crop_seconds', 4.0):g} s: "
+                         f"{r['audio_s_per_s']:g} audio-s/s" for r in here)
+    return None, f"measured here only for {measured}"
 
 
 def main() -> None:
@@ -92,18 +94,18 @@ def main() -> None:
     for device in devices:
         names = {r.get("device_name", device) for r in table if r["device"] == device} or {"no rate measured"}
         print(f"\n{device} ({'; '.join(sorted(names))}):")
-        build, why = rate_line(table, "cache_build", device, None, None)
+        build, why = rate_line(table, "cache_build", device, None, None, None)
         print("  cache build: " + (f"{duration(seconds / build['audio_s_per_s'])} at {build['audio_s_per_s']:g} "
                                    f"audio-s/s, one process (torch {build['torch']}; {build['command']})"
                                    if build else f"unknown ({why})"))
         for what, label in (("train_from_cache", "training from the cache"), ("train_on_the_fly", "training, codec "
                                                                                                   "in the step")):
-            rate, why = rate_line(table, what, device, size, batch)
+            rate, why = rate_line(table, what, device, size, batch, crop)
             print(f"  {label}: " + (f"{duration(trained / rate['audio_s_per_s'])} at {rate['audio_s_per_s']:g} "
                                     f"audio-s/s, {rate.get('precision', '?')} (torch {rate['torch']}; "
                                     f"{rate['command']})" if rate else f"unknown ({why})"))
-        loader, why = rate_line(table, "loader_per_worker", device, None, None)
-        train, _ = rate_line(table, "train_from_cache", device, size, batch)
+        loader, why = rate_line(table, "loader_per_worker", device, None, None, None)
+        train, _ = rate_line(table, "train_from_cache", device, size, batch, crop)
         if loader and train:
             workers = -(-train["audio_s_per_s"] // loader["audio_s_per_s"])
             print(f"  loader: {int(workers)} worker process(es) keep that step fed "

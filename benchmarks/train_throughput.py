@@ -134,9 +134,10 @@ def main():
         mfu = f", MFU {achieved / 1e3 / args.peak_tflops:.1%} of {args.peak_tflops:g} TFLOP/s" \
             if args.peak_tflops else ""
         mode = ("from cache" if args.from_cache else "on the fly") + (", compiled" if args.compile else "")
+        encodec = "0 (cached)" if args.from_cache else f"{totals['encodec'] / n:.3f}"
         print(f"| train {size} ({args.precision}, {mode}) | {audio / step_time:.2f} audio-s/s | "
               f"step {step_time:.3f} s | "
-              f"data {totals['data'] / n:.3f} s, EnCodec {totals['encodec'] / n:.3f} s, "
+              f"data {totals['data'] / n:.3f} s, EnCodec {encodec} s, "
               f"transformer+loss+optimizer {model_time:.3f} s | {gflop / audio:.1f} GFLOP per audio-s, "
               f"{achieved:.0f} GFLOP/s = {achieved / ceiling:.0%} of matmul{mfu} | "
               f"batch {args.batch} x 4 s | {device} | torch {torch.__version__} |")
