@@ -308,7 +308,9 @@ class UpstreamPretrainExpert(nn.Module):
         for key, values in records.items():
             if not values:
                 continue
-            stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32).cpu() for v in values])
+            # one copy from the device per key, not one per step
+            stacked = torch.stack(values).float().cpu() if isinstance(values[0], torch.Tensor) \
+                else torch.tensor(values, dtype=torch.float32)
             finite = stacked[torch.isfinite(stacked).flatten(1).all(dim=1)] if stacked.dim() > 1 \
                 else stacked[torch.isfinite(stacked)]
             if not len(finite):
