@@ -52,6 +52,8 @@ def time_loader(sampler, workers: int, batches: int, pin: bool, device: str) -> 
         start = time.perf_counter()
         batch = next(stream)
         loading += time.perf_counter() - start
+        if pin:  # CropBatch.pin_memory ran in the DataLoader's pinning thread
+            assert all(t.is_pinned() for t in (batch.features, batch.codes, batch.wavs) if t is not None)
         if device != "cpu":
             start = time.perf_counter()
             for tensor in (batch.features, batch.codes, batch.wavs):

@@ -49,7 +49,7 @@ def _kill_when(command: list, ready, cwd: Path, timeout: float = 300) -> None:
 def test_extract_killed_after_some_files_then_rerun_gives_the_same_embeddings(tmp_path, tiny_ckpt):
     from encodecmae_s3prl import extract
 
-    audio = _write_notes(tmp_path / "audio", files=8, seconds=2.0)
+    audio = _write_notes(tmp_path / "audio", files=6, seconds=1.0)
     args = ["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(audio), "--batch-size", "1", "--device", "cpu"]
     reference = tmp_path / "reference"
     assert extract.main([*args, "--out", str(reference)]) == 0
@@ -58,7 +58,7 @@ def test_extract_killed_after_some_files_then_rerun_gives_the_same_embeddings(tm
     _kill_when([sys.executable, "-m", "encodecmae_s3prl.extract", *args, "--out", str(out)],
                lambda: any(out.glob("*.npy")), cwd=REPO)
     finished = sorted(p.name for p in out.glob("*.npy"))
-    assert 1 <= len(finished) < 8, f"the kill must land between the first file and the last: {finished}"
+    assert 1 <= len(finished) < 6, f"the kill must land between the first file and the last: {finished}"
     for name in finished:  # whatever is under a final name is complete
         np.testing.assert_allclose(np.load(out / name), np.load(reference / name), rtol=1e-5, atol=1e-6)
 
@@ -73,8 +73,8 @@ def test_extract_killed_after_some_files_then_rerun_gives_the_same_embeddings(tm
 def test_self_training_killed_while_labelling_then_rerun_gives_the_same_store(tmp_path, tiny_ckpt):
     from encodecmae_s3prl.pretrain_task.self_training import main as st_main
 
-    corpus = _write_notes(tmp_path / "corpus", files=16, seconds=2.0)
-    args = ["-k", str(tiny_ckpt), "--corpus", str(corpus), "--num-clips", "8", "--clusters", "4", "--iterations", "3",
+    corpus = _write_notes(tmp_path / "corpus", files=8, seconds=1.0)
+    args = ["-k", str(tiny_ckpt), "--corpus", str(corpus), "--num-clips", "2", "--clusters", "2", "--iterations", "2",
             "--labels", "file"]
     st_main([*args, "--out", str(tmp_path / "reference")])
 
@@ -151,7 +151,7 @@ def test_table1_onto_a_full_disk_is_one_error_line_and_no_partial_table(tmp_path
     command = (f"ln -s {tmp_path / 'cache'} \"$DISK/cache\" && ln -s {tmp_path / 'cells'} \"$DISK/cells\" && "
                f"head -c 2000 /dev/zero > \"$DISK/filler\" && "  # a few KB free: the caches and cells are elsewhere
                f"{sys.executable} -m encodecmae_s3prl.table1 --tasks {tasks} --out \"$DISK\" "
-               f"--upstreams ECMAE-S={tiny_ckpt} --only esc --grid-size 1 --max-epochs 3 --hidden-dim 16 --device cpu")
+               f"--upstreams ECMAE-S={tiny_ckpt} --only ns --grid-size 1 --max-epochs 3 --hidden-dim 16 --device cpu")
     status, stderr, files = _on_small_disk(out, "8k", command, cwd=REPO)
     assert status == 2, stderr
     errors = _error_lines(stderr)
@@ -171,7 +171,8 @@ def test_checkpoint_onto_a_full_disk_keeps_the_previous_one(tmp_path):
 
     corpus = _write_notes(tmp_path / "corpus", files=4, seconds=2.0)
     expdir = tmp_path / "result" / "pretrain" / "full"
-    override = pretrain_overrides(corpus, steps=6, save=2, extra="config.runner.max_keep=1")
+    override = pretrain_overrides(corpus, steps=6, save=2,
+                                  extra="config.runner.max_keep=1,,config.pretrain_expert.datarc.codec_init_clips=4")
     # a checkpoint holds the weights (the frozen codec's included) and AdamW's two moments of the trainable ones
     model = build_model(model_config_from_yaml({"model": "tiny"}))
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + \
@@ -220,6 +221,7 @@ def test_nonfinite_loss_steps_are_skipped_counted_and_stop_the_run(tmp_path):
 
     corpus = _write_notes(tmp_path / "corpus", files=4, seconds=2.0)
     override = pretrain_overrides(corpus, steps=20, save=2, extra="config.pretrain_expert.datarc.num_workers=0,,"
+                                                                  "config.pretrain_expert.datarc.codec_init_clips=4,,"
                                                                   "config.pretrain_expert.datarc.max_nonfinite_steps=3")
     # step 3 alone, then steps 7, 8, 9 in a row: the third of those stops the run
     proc = subprocess.run([sys.executable, "-c", _NAN_BATCHES_DRIVER, "2,6,7,8", "-u", "encodecmae", "-g", "tiny",
