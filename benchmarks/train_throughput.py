@@ -1,9 +1,17 @@
 """Pretraining throughput: audio-seconds/s and step time, split into data loading, EnCodec, transformer.
 
     .venv/bin/python benchmarks/train_throughput.py [--sizes small,base] [--batch 2] [--steps 3] [--device cpu]
+        [--from-cache] [--compile] [--peak-tflops 989]
 
 Also times the span masking against a per-sample Python loop baseline (the EnCodecMAE reference style).
-Random-init weights; the EnCodec is random-init offline (same cost as the real one).
+Random-init weights; the EnCodec is random-init offline (same cost as the real one). The optimizer is the
+runner config's: AdamW, fused where torch has the kernel (CPU and CUDA).
+
+``--from-cache``: the step as it runs from a codec cache (EnCodec features in fp16 and codes in int16 as the
+cache stores them, computed once before timing; the codec never runs in the step). ``--compile``: the model's
+forward through ``torch.compile`` (the first steps compile; timed steps come after ``--warmup``).
+``--peak-tflops``: the device's dense peak in the run's precision (e.g. 989 for an H200 in bf16), to print the
+model FLOPs utilisation against it beside the share of a plain matmul measured here.
 """
 import argparse
 import tempfile
@@ -16,6 +24,7 @@ from limits import count_gflop, matmul_gflops
 
 from encodecmae_s3prl.demo_data import harmonic_tone, write_wav  # noqa: E402
 from encodecmae_s3prl.pretrain_task.corpus import CropLoader, CropSampler, load_corpus  # noqa: E402
+from encodecmae_s3prl.upstream.codec import HOP  # noqa: E402
 from encodecmae_s3prl.upstream.loading import model_config_from_yaml  # noqa: E402
 from encodecmae_s3prl.upstream.masking import span_mask  # noqa: E402
 from encodecmae_s3prl.upstream.model import build_model  # noqa: E402
@@ -54,6 +63,10 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--from-cache", action="store_true", help="the step from codec-cache inputs (no EnCodec)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation happens there)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak in this precision, for MFU")
     args = parser.parse_args()
     device = torch.device(args.device)
     # the ceiling in the precision the model runs at (a bf16 step against an fp32 matmul would read > 100 %)
@@ -81,44 +94,61 @@ def main():
 
     for size in args.sizes.split(","):
         model = build_model(model_config_from_yaml({"model": size, **RANDOM_CODEC}), seed=0).to(device).train()
-        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95),
+                                      fused=device.type in ("cpu", "cuda"))
+        step_model = torch.compile(model) if args.compile else model
         totals = {"data": 0.0, "encodec": 0.0, "step": 0.0}
-        for step in range(args.steps + 1):
+        for step in range(args.steps + args.warmup):
             t0 = time.perf_counter()
             batch = next(batches)
             wav, lens = batch.wavs.to(device), batch.lengths.to(device)
             sync(device)
             t1 = time.perf_counter()
-            with torch.no_grad():
-                model.codec.features(wav)  # measured apart: the step below runs it once more, inside forward
+            with torch.no_grad():  # from the cache: computed here once, as the cache build did
+                features = model.codec.features(wav)  # measured apart: on the fly the step runs it again
+                inputs = cache_inputs(model, features, lens) if args.from_cache else dict(wav=wav, wav_lengths=lens)
             sync(device)
             t2 = time.perf_counter()
             with autocast(device, args.precision):
-                loss = model(wav, lens, generator=torch.Generator().manual_seed(step)).loss
+                loss = step_model(**inputs, generator=torch.Generator().manual_seed(step)).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
             sync(device)
             t3 = time.perf_counter()
-            if step:  # the first step warms up
+            if step >= args.warmup:
                 totals["data"] += t1 - t0
                 totals["encodec"] += t2 - t1
                 totals["step"] += t3 - t2
         n = args.steps
 
-        def one_step(model=model, wav=wav, lens=lens):
+        def one_step(model=model, inputs=inputs):
             with autocast(device, args.precision):
-                model(wav, lens, generator=torch.Generator().manual_seed(0)).loss.backward()
+                model(**inputs, generator=torch.Generator().manual_seed(0)).loss.backward()
         gflop = count_gflop(one_step)
         optimizer.zero_grad()
+        # on the fly the step holds EnCodec (its time is inside totals["step"]); from the cache it does not
         step_time = totals["data"] / n + totals["step"] / n
         audio = float(lens.sum()) / 24000
-        transformer = totals["step"] / n - totals["encodec"] / n
-        print(f"| train {size} ({args.precision}) | {audio / step_time:.2f} audio-s/s | step {step_time:.2f} s | "
-              f"data {totals['data'] / n:.3f} s, EnCodec {totals['encodec'] / n:.2f} s, "
-              f"transformer+loss+optimizer {transformer:.2f} s | {gflop / audio:.1f} GFLOP per audio-s, "
-              f"{gflop / (totals['step'] / n):.0f} GFLOP/s = {gflop / (totals['step'] / n) / ceiling:.0%} of matmul | "
-              f"batch {args.batch} x 4 s | {device} |")
+        model_time = totals["step"] / n - (0.0 if args.from_cache else totals["encodec"] / n)
+        achieved = gflop / (totals["step"] / n)
+        mfu = f", MFU {achieved / 1e3 / args.peak_tflops:.1%} of {args.peak_tflops:g} TFLOP/s" \
+            if args.peak_tflops else ""
+        mode = ("from cache" if args.from_cache else "on the fly") + (", compiled" if args.compile else "")
+        encodec = "0 (cached)" if args.from_cache else f"{totals['encodec'] / n:.3f}"
+        print(f"| train {size} ({args.precision}, {mode}) | {audio / step_time:.2f} audio-s/s | "
+              f"step {step_time:.3f} s | "
+              f"data {totals['data'] / n:.3f} s, EnCodec {encodec} s, "
+              f"transformer+loss+optimizer {model_time:.3f} s | {gflop / audio:.1f} GFLOP per audio-s, "
+              f"{achieved:.0f} GFLOP/s = {achieved / ceiling:.0%} of matmul{mfu} | "
+              f"batch {args.batch} x 4 s | {device} | torch {torch.__version__} |")
+
+
+def cache_inputs(model, features, lengths) -> dict:
+    """What a codec-cache batch feeds the model: features fp16, codes int16, valid frames (as the cache stores)."""
+    frames = torch.div(lengths + HOP - 1, HOP, rounding_mode="floor")
+    codes = model.codec.codes(features, model.config.num_codebooks).transpose(1, 2)
+    return dict(features=features.half(), codes=codes.to(torch.int16), frame_lengths=frames)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ edits installed files; everything is applied in-process by :func:`apply`.
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import logging
 import os
@@ -215,6 +216,38 @@ class _TorchWithAtomicSave(_TorchWithSafeLoad):
         if named != str(path):  # s3prl's log line named the epoch file; _RunnerLog held it back
             _RunnerLog.write(f"[Runner] - Save the checkpoint to: {named}")
         atomic_save(obj, named)
+        _keep_newest_checkpoints(named, obj)
+
+
+def _keep_newest_checkpoints(saved: str, states) -> None:
+    """Reason: s3prl's runner deletes the oldest checkpoints *before* writing the new one (``check_ckpt_num``), so a
+    write that fails (a full disk) could leave none; it finds nothing to delete (``_RunnerGlob``) and this keeps
+    the newest ``runner.max_keep`` once the new one is whole."""
+    max_keep = ((states.get("Config") or {}).get("runner") or {}).get("max_keep") if isinstance(states, dict) else None
+    if not isinstance(max_keep, int) or max_keep < 1:
+        return
+    step = re.compile(r"states-(\d+)\.ckpt")
+    found = sorted((int(m.group(1)), path) for path in glob.glob(os.path.join(os.path.dirname(saved), "states-*.ckpt"))
+                   if (m := step.fullmatch(os.path.basename(path))))
+    for _, path in found[:-max_keep]:
+        if os.path.abspath(path) != os.path.abspath(saved):
+            os.remove(path)
+
+
+class _RunnerGlob(types.ModuleType):
+    """``glob`` for s3prl's pretrain runner: its pre-save pruning finds no checkpoint (see _keep_newest_checkpoints)."""
+
+    def __init__(self):
+        super().__init__("glob")
+
+    def __getattr__(self, name):
+        return getattr(glob, name)
+
+    @staticmethod
+    def glob(pattern, *args, **kwargs):
+        if os.path.basename(str(pattern)) == "states-*.ckpt":
+            return []
+        return glob.glob(pattern, *args, **kwargs)
 
 
 def _step_named(path, states) -> str:
@@ -263,6 +296,8 @@ def _atomic_runner_checkpoints(runner_module) -> None:
         runner_module.torch = _TorchWithAtomicSave()
     if not isinstance(getattr(runner_module, "tqdm", None), _RunnerLog):
         runner_module.tqdm = _RunnerLog()
+    if not isinstance(getattr(runner_module, "glob", None), _RunnerGlob):
+        runner_module.glob = _RunnerGlob()
 
 
 def route_checkpoint_loads(*modules) -> None:

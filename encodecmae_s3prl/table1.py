@@ -368,7 +368,7 @@ def plan_disk(rows: Sequence[Row], tasks: Dict[str, FoundTask], sizes: dict, out
         finally:
             upstreams[row.label].model = None  # probed only; loaded again when its cells run
         need += sum(sizes[c][0] * layers * dim * 4 for c in columns)
-    free = shutil.disk_usage(out).free
+    free = shutil.disk_usage(out / "cache" if (out / "cache").is_dir() else out).free  # the caches' own disk
     print(f"[table1] embedding caches need up to {_gib(need)} in {out / 'cache'} ({_gib(free)} free)", flush=True)
     if need > free:
         raise Table1Error(f"{out} has {_gib(free)} free but the embedding caches need {_gib(need)}: free space "

@@ -13,6 +13,7 @@ an uninterrupted run would have seen, and every DDP rank draws its own slice.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -175,6 +176,12 @@ class CropBatch:
     codes: torch.Tensor | None = None          # from a codec cache: (batch, frames, Q) int16
     frame_lengths: torch.Tensor | None = None  # from a codec cache: (batch,) valid frames
 
+    def pin_memory(self) -> "CropBatch":
+        """The batch in page-locked memory (what torch's DataLoader calls with ``pin_memory=True``): a copy to
+        the GPU from there can be ``non_blocking``."""
+        return dataclasses.replace(self, **{field.name: value.pin_memory() for field in dataclasses.fields(self)
+                                            if isinstance(value := getattr(self, field.name), torch.Tensor)})
+
 
 class CropSampler:
     """Batches of random crops, a pure function of (seed, batch_index, rank).
@@ -304,7 +311,8 @@ class CropLoader:
     BACKENDS = ("torch", "fairseq2")
 
     def __init__(self, sampler: CropSampler, start_batch: int = 0, num_workers: int = 2, prefetch: int = 2,
-                 batches_per_epoch: int | None = None, targets=None, backend: str = "torch"):
+                 batches_per_epoch: int | None = None, targets=None, backend: str = "torch",
+                 pin_memory: bool = False):
         if backend not in self.BACKENDS:
             raise CorpusError(f"pretrain_expert.datarc.loader must be one of {self.BACKENDS}, got {backend!r}")
         self.dataset = sampler
@@ -316,6 +324,7 @@ class CropLoader:
             print(f"[corpus] datarc.num_workers={num_workers} > {cores} cores here: using {cores}", file=sys.stderr)
         self.num_workers = max(0, min(num_workers, cores))
         self.prefetch = max(1, prefetch)
+        self.pin_memory = pin_memory  # torch backend: batches in page-locked memory, for non-blocking GPU copies
         per_epoch = sampler.total_seconds() / (sampler.crop_seconds * sampler.batch_size)
         self._len = batches_per_epoch or max(1, int(math.ceil(per_epoch)))
 
@@ -328,7 +337,7 @@ class CropLoader:
     def _torch_batches(self) -> Iterator[CropBatch]:
         loader = torch.utils.data.DataLoader(
             _CropIndex(self.dataset), batch_sampler=_Batches(self.start_batch, self.dataset.batch_size),
-            num_workers=self.num_workers, collate_fn=self._collate,
+            num_workers=self.num_workers, collate_fn=self._collate, pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch if self.num_workers else None, persistent_workers=False)
         return iter(loader)
 

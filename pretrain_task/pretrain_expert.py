@@ -3,6 +3,9 @@
 s3prl's pretrain runner owns the loop (optimizer, accumulation, clipping, logging, saving,
 resume); this class owns the model, the data and what a checkpoint must hold so that a
 resumed run continues exactly: model weights, and the position in the data stream.
+
+The step path never waits on the GPU for its own bookkeeping: the losses it logs stay on the device until a
+logging step, and a step whose loss is not finite is found from a flag read after the runner's own sync.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import torch.nn as nn
 import yaml
 
 from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
+from encodecmae_s3prl.pretrain_task.step_health import NonFiniteSteps, WaitTimedLoader
+from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, load_checkpoint, model_config_from_yaml
 from encodecmae_s3prl.upstream.model import build_model
 from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
@@ -44,6 +49,7 @@ class PretrainDataConfig:
     codec_cache: Optional[str] = None     # codec_cache.py folder; built at start if missing; None: codec on the fly
     codec_init_clips: int = 64            # crops that fit a random-init codec to the corpus
     init_from: Optional[str] = None       # checkpoint whose weights start this run (self-training stage 2)
+    max_nonfinite_steps: int = 10         # a run stops after this many steps in a row with a NaN/inf loss
 
     def __post_init__(self):
         corpus = [self.corpus] if isinstance(self.corpus, str) else list(self.corpus or [])
@@ -56,6 +62,7 @@ class PretrainDataConfig:
             (self.prefetch_batches >= 1, "prefetch_batches", self.prefetch_batches, ">= 1"),
             (self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}"),
             (self.codec_init_clips >= 1, "codec_init_clips", self.codec_init_clips, ">= 1"),
+            (self.max_nonfinite_steps >= 1, "max_nonfinite_steps", self.max_nonfinite_steps, ">= 1"),
         ]
         check_rules(rules, "pretrain_expert.datarc", ConfigError)
 
@@ -63,6 +70,9 @@ class PretrainDataConfig:
     def from_dict(cls, values: dict) -> "PretrainDataConfig":
         """From the YAML's dict; unknown keys are an error that lists the valid ones."""
         return from_dict_strict(cls, values, "pretrain_expert.datarc", ConfigError)
+
+
+_STREAM_LOSSES = "_stream_losses"  # records key: per-stream losses, logged as masked_loss_q0, ...
 
 
 def _distributed(device: str) -> tuple[int, int, str]:
@@ -127,6 +137,10 @@ class UpstreamPretrainExpert(nn.Module):
         self.next_batch = 0
         self.precision = data.precision
         self._last_time = None
+        self.nonfinite = NonFiniteSteps(data.max_nonfinite_steps)
+        self._global_step = 0
+        self._last_checkpoint_step: Optional[int] = None
+        self._loader: Optional[WaitTimedLoader] = None
 
     def _open_codec_cache(self, folder: str) -> None:
         """The codec cache of this run's codec, built or finished first if needed (rank 0; the others wait)."""
@@ -168,24 +182,34 @@ class UpstreamPretrainExpert(nn.Module):
         # step; the number of completed optimizer steps is one more.
         all_states["Step"] = all_states.get("Step", 0) + 1
         all_states["StepCounted"] = True  # 'Step' is the global step itself (the file is named after it)
+        self._last_checkpoint_step = all_states["Step"]
         return all_states
 
-    def get_train_dataloader(self) -> CropLoader:
-        return CropLoader(self.sampler, start_batch=self.next_batch, num_workers=self.datarc.num_workers,
-                          prefetch=self.datarc.prefetch_batches, targets=self.targets, backend=self.datarc.loader)
+    def get_train_dataloader(self) -> WaitTimedLoader:
+        # pinned host batches copy to the GPU without blocking (forward's non_blocking .to())
+        pin = torch.device(self.device).type == "cuda"
+        self._loader = WaitTimedLoader(CropLoader(
+            self.sampler, start_batch=self.next_batch, num_workers=self.datarc.num_workers,
+            prefetch=self.datarc.prefetch_batches, targets=self.targets, backend=self.datarc.loader, pin_memory=pin))
+        return self._loader
 
     def on_before_zero_grad(self) -> None:
-        pass
+        """Called by the runner after each optimizer step (taken or skipped)."""
+        self.nonfinite.step_done(self._global_step, self._last_checkpoint_step)
 
     def forward(self, data: CropBatch, records=None, global_step: int = 0, log_step: int = 1000, **kwargs):
         records = defaultdict(list) if records is None else records
-        lengths = data.lengths.to(self.device)
-        extra = data.extra_targets.to(self.device) if data.extra_targets is not None else None
+        self._global_step = global_step
+
+        def to_device(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True)
+
+        extra = to_device(data.extra_targets) if data.extra_targets is not None else None
         if data.features is not None:  # from the codec cache: the frozen codec does not run
-            inputs = dict(features=data.features.to(self.device), frame_lengths=data.frame_lengths.to(self.device),
-                          codes=data.codes.to(self.device))
+            inputs = dict(features=to_device(data.features), frame_lengths=to_device(data.frame_lengths),
+                          codes=to_device(data.codes))
         else:
-            inputs = dict(wav=data.wavs.to(self.device), wav_lengths=lengths)
+            inputs = dict(wav=to_device(data.wavs), wav_lengths=to_device(data.lengths))
         # the masks are a function of (seed, batch): a resumed run draws the same ones
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + data.batch_index * (self.world_size or 1)
                                                   + self.rank)
@@ -194,23 +218,42 @@ class UpstreamPretrainExpert(nn.Module):
         self.next_batch = data.batch_index + 1
 
         now = time.perf_counter()
-        if self._last_time is not None:
-            records["audio_seconds_per_second"].append(float(lengths.sum()) / 24_000 / (now - self._last_time))
+        if self._last_time is not None:  # lengths on the host: no wait on the device
+            audio_seconds = float(data.lengths.sum()) / SAMPLE_RATE
+            records["audio_seconds_per_second"].append(audio_seconds / (now - self._last_time))
         self._last_time = now
-        records["masked_loss"].append(float(output.masked_loss.sum()))
-        records["unmasked_loss"].append(float(output.unmasked_loss.sum()))
+        if self._loader is not None:
+            records["data_wait_seconds"].append(self._loader.last_wait)
+        # device tensors until a logging step (log_records): reading them now would wait for the forward
+        records["masked_loss"].append(output.masked_loss.sum())
+        records["unmasked_loss"].append(output.unmasked_loss.sum())
+        records[_STREAM_LOSSES].append(torch.stack([output.masked_loss, output.unmasked_loss]))
         if global_step % max(1, log_step) == 0:  # an argmax over every logit: only on the steps s3prl logs
-            records["masked_accuracy"].append(float(output.masked_accuracy()))
-        for q, (m, u) in enumerate(zip(output.masked_loss.tolist(), output.unmasked_loss.tolist(), strict=True)):
-            name = f"q{q}" if q < self.model_config.num_codebooks else "st"
-            records[f"masked_loss_{name}"].append(m)
-            records[f"unmasked_loss_{name}"].append(u)
-        return output.loss, records
+            records["masked_accuracy"].append(output.masked_accuracy())
+        return self.nonfinite.guard(output.loss), records
 
     def log_records(self, records, logger, prefix, global_step, **kwargs) -> None:
+        """Means over the steps since the last log (non-finite values, of skipped steps, left out), one scalar per
+        codebook stream, and the count of skipped steps so far."""
         for key, values in records.items():
-            if values:
-                logger.add_scalar(f"{prefix}{key}", sum(values) / len(values), global_step=global_step)
+            if not values:
+                continue
+            # one copy from the device per key, not one per step
+            stacked = torch.stack(values).float().cpu() if isinstance(values[0], torch.Tensor) \
+                else torch.tensor(values, dtype=torch.float32)
+            finite = stacked[torch.isfinite(stacked).flatten(1).all(dim=1)] if stacked.dim() > 1 \
+                else stacked[torch.isfinite(stacked)]
+            if not len(finite):
+                continue
+            mean = finite.mean(dim=0)
+            if key == _STREAM_LOSSES:  # (2, S): masked / unmasked loss of each stream
+                for q in range(mean.shape[1]):
+                    name = f"q{q}" if q < self.model_config.num_codebooks else "st"
+                    logger.add_scalar(f"{prefix}masked_loss_{name}", float(mean[0, q]), global_step=global_step)
+                    logger.add_scalar(f"{prefix}unmasked_loss_{name}", float(mean[1, q]), global_step=global_step)
+            else:
+                logger.add_scalar(f"{prefix}{key}", float(mean), global_step=global_step)
+        logger.add_scalar(f"{prefix}nonfinite_steps", self.nonfinite.total, global_step=global_step)
 
     def _unwrapped(self) -> nn.Module:
         return self.model.module if hasattr(self.model, "module") else self.model

@@ -29,13 +29,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as err:
+        full = _out_of_space(err, path.parent)  # before the temporary's space is freed again
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        if full:
             raise DiskFullError(errno.ENOSPC, f"no space left on the device while writing {path}; free some space "
                                               f"there (or choose another output folder) and rerun") from None
         raise
     return path
+
+
+_NEARLY_FULL = 1 << 20  # bytes: a write that failed with less than this left was a full disk
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space. numpy's C writer ("N requested and M written") and torch's zip
+    writer ("unexpected pos") report a full disk without ENOSPC, so the space left decides for them."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(err, (OSError, RuntimeError)):
+        return False
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < _NEARLY_FULL
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
