@@ -41,7 +41,8 @@ def espeak_word(word: str, path: Path, pitch: int, speed: int) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["espeak-ng", "-p", str(pitch), "-s", str(speed), "-w", str(raw), word], check=True,
                    capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path), "pad", "0", "0.2",
+    # -R: sox's dither (on by default when it reduces the bit depth) seeded with a fixed number, not the clock
+    subprocess.run(["sox", "-R", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path), "pad", "0", "0.2",
                     "trim", "0", "1"], check=True, capture_output=True)
     raw.unlink()
     return True

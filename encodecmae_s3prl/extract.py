@@ -75,8 +75,15 @@ def plan(inputs: Iterable[str]) -> List[Tuple[Path, Path]]:
     return pairs
 
 
+def _move(bar: tqdm, position: float) -> None:
+    """The bar at ``position`` audio-seconds, never past its total: durations added up in another order than the
+    total's sum can exceed it by a rounding error, which tqdm reports as an overshoot."""
+    bar.n = min(position, bar.total)
+    bar.update(0)  # redrawn as ``update`` redraws
+
+
 def _advance(bar: tqdm, seconds: float, fraction: float) -> None:
-    bar.update(fraction * seconds)
+    _move(bar, bar.n + fraction * seconds)
 
 
 def _seconds(path: Path) -> float:
@@ -240,7 +247,7 @@ def _extract(args, upstream, streams: bool, pairs, pairs_left, done: dict, faile
             if len(batch) == args.batch_size or (index == len(short) - 1 and batch):
                 run_batch(batch)
                 batch = []
-            bar.update(seconds[path])
+            _move(bar, bar.n + seconds[path])
         for path, out in long:  # one at a time
             before = bar.n
             advance = functools.partial(_advance, bar, seconds[path])
@@ -255,7 +262,7 @@ def _extract(args, upstream, streams: bool, pairs, pairs_left, done: dict, faile
                 raise
             except (AudioReadError, ValueError, RuntimeError) as err:
                 failed.append(_failure(path, err))
-            bar.update(before + seconds[path] - bar.n)  # the rest of the file, or all of it if it failed
+            _move(bar, before + seconds[path])  # the rest of the file, or all of it if it failed
 
     written = sum((args.out / out).is_file() for out, _ in done.values())
     print(f"wrote {written} of {len(pairs)} embedding file(s) and manifest.tsv to {args.out}")

@@ -462,15 +462,18 @@ def test_random_codec_is_fixed_and_encodec_files_load(tmp_path, monkeypatch):
         build_encodec(str(tmp_path / "missing.th"))
 
 
-def test_pretrained_offline_error_names_the_ways_out(tmp_path, monkeypatch):
+def test_pretrained_offline_error_names_the_ways_out(tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
     monkeypatch.delenv(codec_module.ENCODEC_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "urlopen", offline)  # what torch.hub's downloads open the URL with
     with pytest.raises(EncodecWeightsError) as err:
         build_encodec("pretrained")
+    printed = capsys.readouterr()
+    assert "Downloading" not in printed.out + printed.err  # nothing was downloaded: nothing says so
+    assert not list(tmp_path.rglob("*.partial"))
     message = str(err.value)
     assert str(tmp_path / "checkpoints" / "encodec_24khz-d7cc33bc.th") in message
     assert "ENCODEC_CKPT" in message and "encodec_source" in message and "online" in message

@@ -1,4 +1,6 @@
 """The s3prl upstream: hub entries, Featurizer lengths, batch/alone equality, v1 files via -k, bad input."""
+import warnings
+
 import numpy as np
 import pytest
 import soundfile
@@ -6,6 +8,7 @@ import torch
 import torchaudio
 from s3prl import hub
 from s3prl.upstream.interfaces import Featurizer
+from tqdm import TqdmWarning
 
 import encodecmae_s3prl  # noqa: F401  (registers the hub entries)
 from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
@@ -212,6 +215,19 @@ def test_extract_same_stem_inputs_are_an_error_and_good_runs_exit_0(tmp_path, ti
     assert (tmp_path / "o2/a/x.npy").is_file() and (tmp_path / "o2/b/x.npy").is_file()
     assert extract_main(["missing.wav", *args, "o3"]) == 2
     assert "error: input missing.wav does not exist" in capsys.readouterr().err
+
+
+def test_extract_progress_never_passes_its_total(tmp_path, tiny_ckpt, capsys):
+    """The bar adds the files' seconds longest first, the total added them in name order: 0.9 + ... + 0.5 is
+    3.5000000000000004 and 0.5 + ... + 0.9 is 3.5, so the bar overshot by a rounding error (TqdmWarning)."""
+    rng = np.random.default_rng(3)
+    for i, seconds in enumerate((0.5, 0.6, 0.7, 0.8, 0.9)):
+        write_wav(tmp_path / "in" / f"c{i}.wav", harmonic_tone(220, seconds, 16000, rng), 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TqdmWarning)
+        assert extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
+                             str(tmp_path / "out"), "--batch-size", "2", "--device", "cpu"]) == 0
+    assert "| 4/4 audio-s" in capsys.readouterr().err
 
 
 def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt, capsys):

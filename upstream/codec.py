@@ -40,6 +40,7 @@ FEATURE_DIM = 128
 CODEBOOK_SIZE = 1024         # bins of every RVQ stage
 ENCODEC_FILE = "encodec_24khz-d7cc33bc.th"  # the name the encodec package downloads to the torch hub cache
 ENCODEC_URL = f"https://dl.fbaipublicfiles.com/encodec/v0/{ENCODEC_FILE}"
+ENCODEC_HASH = "d7cc33bc"  # the start of the file's SHA-256, as its name carries it
 ENCODEC_ENV = "ENCODEC_CKPT"
 RANDOM_CODEC_SEED = 20230914  # one fixed random EnCodec for every 'random' build
 
@@ -384,8 +385,11 @@ def _pretrained_state() -> dict:
     if cached.is_file():
         return safe_load(cached)
     try:
-        return torch.hub.load_state_dict_from_url(ENCODEC_URL, map_location="cpu", check_hash=True,
-                                                   weights_only=True)
+        # not torch.hub.load_state_dict_from_url, which prints "Downloading: URL" before it knows whether anything
+        # can be downloaded (offline too); its downloader shows a progress bar once bytes arrive, checks the hash
+        # the file name carries and renames the finished file into the cache
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(ENCODEC_URL, str(cached), hash_prefix=ENCODEC_HASH)
     except Exception as err:  # offline, proxy, hash mismatch...
         raise EncodecWeightsError(
             f"could not get the pretrained EnCodec 24 kHz weights ({type(err).__name__}: {err}). Three ways out: "
@@ -393,3 +397,4 @@ def _pretrained_state() -> dict:
             f"into the torch hub cache as {cached}; (3) set {ENCODEC_ENV}=/path/to/{ENCODEC_FILE}, or the model "
             f"config key encodec_source: /path/to/{ENCODEC_FILE} (or encodec_source: random for a random-init "
             f"codec, tests and offline demos only).") from None
+    return safe_load(cached)
