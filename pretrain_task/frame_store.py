@@ -14,7 +14,7 @@ crop stored in its own context (``items``: key ``(path, start frame)``). Every f
 ``atomic_write``, so a killed build leaves whole shards or none, and a rerun builds the shards still missing
 (``ShardWriter`` writes them on a thread of its own while the next are computed).
 A shard found truncated or corrupt when the store is opened is an error naming the file and the command that
-rebuilds it (that command rebuilds exactly the damaged shards).
+rebuilds it (given by the store's owner; the codec cache's rebuilds only the damaged shards).
 """
 from __future__ import annotations
 
