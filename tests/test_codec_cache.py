@@ -226,3 +226,19 @@ def test_a_damaged_shard_is_named_with_the_command_that_rebuilds_it(tmp_path, mo
     assert counts == {"built": 2, "present": 1, "skipped": 0}  # the damaged shards only
     assert features.read_bytes() == whole
     CodecCache.open(tmp_path / "cache").check(files, model.codec, 8)
+
+
+def test_a_full_disk_while_a_shard_is_written_stops_the_build(tmp_path, model, monkeypatch):
+    """Shards are written on a thread of their own: its error (a full disk) is the build's, and no shard is
+    left looking done."""
+    from encodecmae_s3prl.pretrain_task import frame_store
+    from encodecmae_s3prl.upstream.atomic import DiskFullError
+
+    def full(path, write):
+        raise DiskFullError(28, f"no space left on the device while writing {path}")
+
+    files = _build_files(tmp_path, [0.3, 0.4, 0.5])
+    monkeypatch.setattr(frame_store, "atomic_write", full)
+    with pytest.raises(DiskFullError, match="shard-00000.features.npy"):
+        build(files, model.codec, tmp_path / "cache", 8, files_per_shard=2, progress=False)
+    assert not list((tmp_path / "cache").glob("shard-*"))
