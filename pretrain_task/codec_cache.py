@@ -31,12 +31,10 @@ import argparse
 import hashlib
 import os
 import sys
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Queue
 from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -136,45 +134,6 @@ class _AudioAhead:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _ShardWriter:
-    """Writes finished shards on a thread of its own while the next ones are encoded (at most ``depth`` wait in
-    memory). On leaving, the shards handed over are written, even when the build stops on an error: they are
-    complete."""
-
-    def __init__(self, folder: Path, depth: int = 2):
-        self.folder, self.error = folder, None
-        self.jobs: Queue = Queue(depth)
-        self.thread = threading.Thread(target=self._run, name="codec-cache-write", daemon=True)
-        self.thread.start()
-
-    def put(self, shard: int, arrays: Dict[str, np.ndarray], files: Dict[str, Tuple[int, ...]],
-            skipped: List[str]) -> None:
-        self._raise()
-        self.jobs.put((shard, arrays, files, skipped))
-
-    def _run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            if self.error is None:
-                shard, arrays, files, skipped = job
-                try:
-                    frame_store.write_shard(self.folder, shard, arrays, files=files, skipped=skipped)
-                except BaseException as err:  # handed to the building thread, raised there
-                    self.error = err
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def __enter__(self) -> "_ShardWriter":
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self.jobs.put(None)
-        self.thread.join()
-        if exc_type is None:
-            self._raise()
-
-
 def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLike, num_codebooks: int,
           shard: Tuple[int, int] = (0, 1), device: str = "cpu", files_per_shard: int = FILES_PER_SHARD,
           progress: bool = True, batch_size: int = BATCH_WINDOWS, readers: Optional[int] = None) -> Dict[str, int]:
@@ -213,7 +172,7 @@ def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLi
     bar = tqdm(total=sum(len(groups[k]) for k in todo), desc="codec cache", unit="file", dynamic_ncols=True,
                disable=not progress)
     window, warmup = WINDOW_SECONDS * FRAME_RATE, WARMUP_SECONDS * FRAME_RATE
-    with _ShardWriter(out) as writer, _AudioAhead([f for k in todo for f in groups[k]], readers,
+    with frame_store.ShardWriter(out) as writer, _AudioAhead([f for k in todo for f in groups[k]], readers,
                                                   CHUNK_SECONDS) as audio:
         reads = iter(audio)
         for k in todo:
@@ -242,7 +201,7 @@ def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLi
                 bar.update(taken)
             stacked_features = np.concatenate(features) if features else np.zeros((0, FEATURE_DIM), np.float16)
             stacked_codes = np.concatenate(codes) if codes else np.zeros((0, num_codebooks), np.int16)
-            writer.put(k, {"features": stacked_features, "codes": stacked_codes}, entries, skipped)
+            writer.put(k, {"features": stacked_features, "codes": stacked_codes}, files=entries, skipped=skipped)
             counts["built"] += 1
             counts["skipped"] += len(skipped)
     bar.close()

@@ -16,11 +16,11 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from encodecmae_s3prl.upstream.codec import FEATURE_DIM, HOP, SAMPLE_RATE, FrozenEncodec
+from encodecmae_s3prl.upstream.codec import FEATURE_DIM, HOP, FrozenEncodec
 
-# a window shorter than this is encoded alone: padded rows need every layer's input longer than its kernel's
-# padding (which a few hundred samples already are), and such short windows are rare
-MIN_PADDED_SAMPLES = SAMPLE_RATE
+# a window shorter than this is encoded alone: a padded row is its window alone only if every layer's input is
+# longer than that layer's padding (else encodec pads it another way), the last convolution's 6 frames the most
+MIN_PADDED_SAMPLES = 8 * HOP
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,19 @@ are both such a store; this module is the only one that knows the files:
 
 A clip is a whole file (``files``: its key is ``(path, 0)``, ``extra`` what its store keeps about the file) or a
 crop stored in its own context (``items``: key ``(path, start frame)``). Every file is written through
-``atomic_write``, so a killed build leaves whole shards or none, and a rerun builds the shards still missing.
+``atomic_write``, so a killed build leaves whole shards or none, and a rerun builds the shards still missing
+(``ShardWriter`` writes them on a thread of its own while the next are computed).
 A shard found truncated or corrupt when the store is opened is an error naming the file and the command that
-rebuilds it (that command rebuilds exactly the damaged shards).
+rebuilds it (given by the store's owner; the codec cache's rebuilds only the damaged shards).
 """
 from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Queue
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -99,6 +102,45 @@ def write_shard(folder: Path, shard: int, arrays: Mapping[str, np.ndarray],
     index: Dict[str, object] = {"files": index_files} if files is not None else {"items": index_items}
     index["skipped"] = list(skipped)
     atomic_write_text(index_path(folder, shard), json.dumps(index))
+
+
+class ShardWriter:
+    """``write_shard`` on a thread of its own, so that the next shards are computed meanwhile (at most ``depth``
+    wait in memory). On leaving, the shards handed over are written, even when the build stops on an error:
+    they are complete. A write's error is raised in the caller's thread, at its next ``put`` or on leaving."""
+
+    def __init__(self, folder: Path, depth: int = 2):
+        self.folder, self.error = Path(folder), None
+        self.jobs: Queue = Queue(depth)
+        self.thread = threading.Thread(target=self._run, name="frame-store-write", daemon=True)
+        self.thread.start()
+
+    def put(self, shard: int, arrays: Mapping[str, np.ndarray], **where) -> None:
+        """``write_shard(folder, shard, arrays, **where)``, soon."""
+        self._raise()
+        self.jobs.put((shard, arrays, where))
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            if self.error is None:
+                shard, arrays, where = job
+                try:
+                    write_shard(self.folder, shard, arrays, **where)
+                except BaseException as err:  # handed to the caller's thread
+                    self.error = err
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        if exc_type is None:
+            self._raise()
 
 
 def shard_numbers(folder: Path) -> List[int]:

@@ -161,7 +161,7 @@ def test_rows_of_a_padded_batch_are_encoded_as_if_alone(model):
     longest get that padding at their own ends, so their frames are those of the clip alone (zero padding alone
     changes the last frame), on a CPU (clip by clip through the convolutions) and batched (as on a GPU)."""
     codec, rng = model.codec, np.random.default_rng(7)
-    clips = [torch.from_numpy(harmonic_tone(f, s, 24000, rng)) for f, s in [(200, 0.2005), (310, 0.3371), (450, 0.41)]]
+    clips = [torch.from_numpy(harmonic_tone(f, s, 24000, rng)) for f, s in [(200, 0.11), (310, 0.3371), (450, 0.41)]]
     padded = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
     padded = torch.nn.functional.pad(padded, (0, -padded.shape[1] % 320))  # (3, S), S a multiple of 320
     lengths = [clip.numel() for clip in clips]  # none a multiple of 320
@@ -185,7 +185,7 @@ def test_batched_build_is_the_one_window_at_a_time_build(tmp_path, model, monkey
     file and a file in three windows (1 s windows after 1 s of context here)."""
     monkeypatch.setattr(cache_module, "WINDOW_SECONDS", 1)
     monkeypatch.setattr(cache_module, "WARMUP_SECONDS", 1)
-    files = _build_files(tmp_path, [0.4, 1.3701, 2.31])
+    files = _build_files(tmp_path, [0.09, 0.4, 1.3701, 2.31])
     codec = model.codec
     build(files, codec, tmp_path / "batched", 8, progress=False, batch_size=4)
     batched = CodecCache.open(tmp_path / "batched")
@@ -229,3 +229,19 @@ def test_a_damaged_shard_is_named_with_the_command_that_rebuilds_it(tmp_path, mo
     assert counts == {"built": 2, "present": 1, "skipped": 0}  # the damaged shards only
     assert features.read_bytes() == whole
     CodecCache.open(tmp_path / "cache").check(files, model.codec, 8)
+
+
+def test_a_full_disk_while_a_shard_is_written_stops_the_build(tmp_path, model, monkeypatch):
+    """Shards are written on a thread of their own: its error (a full disk) is the build's, and no shard is
+    left looking done."""
+    from encodecmae_s3prl.pretrain_task import frame_store
+    from encodecmae_s3prl.upstream.atomic import DiskFullError
+
+    def full(path, write):
+        raise DiskFullError(28, f"no space left on the device while writing {path}")
+
+    files = _build_files(tmp_path, [0.3, 0.4, 0.5])
+    monkeypatch.setattr(frame_store, "atomic_write", full)
+    with pytest.raises(DiskFullError, match="shard-00000.features.npy"):
+        build(files, model.codec, tmp_path / "cache", 8, files_per_shard=2, progress=False)
+    assert not list((tmp_path / "cache").glob("shard-*"))

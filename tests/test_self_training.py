@@ -1,5 +1,6 @@
 """Self-training as the authors' code ran it (recipe v1): k-means agreement with scikit-learn's KMeans (what
 v1 fitted), stored crops labelled in their own context, and labels from a teacher checkpoint."""
+import filecmp
 import json
 import re
 
@@ -148,3 +149,41 @@ def test_a_damaged_or_old_target_store_is_named_with_the_command_that_rebuilds_i
     (old / "index.json").write_text(json.dumps({"k": 8, "files": {}, "provenance": provenance}))
     with pytest.raises(TargetStoreError, match=f"older layout .* {re.escape(rebuild.replace(str(store), str(old)))}$"):
         TargetStore.open(old)
+
+
+def test_labelling_stopped_midway_resumes_to_the_same_store(tmp_path, notes, monkeypatch):
+    """Whole-file labels, 2 files per shard: a run stopped in its second shard leaves nothing under --out (the
+    shard done waits in .st.partial); the rerun labels only the shards missing and writes the same files."""
+    from encodecmae_s3prl.pretrain_task import self_training as st_module
+
+    def frames_of(model, wav):  # (frames, 2) a cheap stand-in for the model's last layer
+        frames = torch.nn.functional.pad(wav, (0, -wav.numel() % 320)).reshape(-1, 320)
+        return torch.stack([frames.mean(1), frames.std(1)], dim=1)
+
+    monkeypatch.setattr(st_module, "FILES_PER_SHARD", 2)
+    monkeypatch.setattr(st_module, "embed_file_frames", frames_of)
+    files = load_corpus([str(notes)], progress=False)
+    centroids = torch.tensor([[0.0, 0.1], [0.0, 0.3], [0.1, 0.2]])
+    st_module.build_store(None, files, centroids, tmp_path / "once", {"student": "s.ckpt"}, {"note.txt": "x"})
+
+    labelled, stop_at = [], [3]
+
+    def counted(model, wav):
+        labelled.append(1)
+        if len(labelled) == stop_at[0]:  # the first file of shard 1
+            raise KeyboardInterrupt
+        return frames_of(model, wav)
+
+    monkeypatch.setattr(st_module, "embed_file_frames", counted)
+    with pytest.raises(KeyboardInterrupt):
+        st_module.build_store(None, files, centroids, tmp_path / "twice", {"student": "s.ckpt"}, {"note.txt": "x"})
+    assert not (tmp_path / "twice").exists() and (tmp_path / ".twice.partial" / "shard-00000.json").is_file()
+    labelled.clear()
+    stop_at[0] = 0  # no stop
+    store = st_module.build_store(None, files, centroids, tmp_path / "twice", {"student": "s.ckpt"}, {"note.txt": "x"})
+    assert len(labelled) == 4 and len(store.store.clips) == 6  # shards 1 and 2 only
+    names = sorted(p.name for p in (tmp_path / "once").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "twice").iterdir())
+    assert not (tmp_path / ".twice.partial").exists()
+    _, mismatch, errors = filecmp.cmpfiles(tmp_path / "once", tmp_path / "twice", names, shallow=False)
+    assert not mismatch and not errors
