@@ -8,7 +8,8 @@ Random-init weights; the EnCodec is random-init offline (same cost as the real o
 runner config's: AdamW, fused where torch has the kernel (CPU and CUDA).
 
 ``--from-cache``: the step as it runs from a codec cache (EnCodec features in fp16 and codes in int16 as the
-cache stores them, computed once before timing; the codec never runs in the step). ``--compile``: the model's
+cache stores them, computed outside the timing; the codec never runs in the step); the rate is then the step's
+alone, the cache reader being timed by loader_rate.py. ``--compile``: the model's
 forward through ``torch.compile`` (the first steps compile; timed steps come after ``--warmup``).
 ``--peak-tflops``: the device's dense peak in the run's precision (e.g. 989 for an H200 in bf16), to print the
 model FLOPs utilisation against it beside the share of a plain matmul measured here.
@@ -127,8 +128,9 @@ def main():
                 model(**inputs, generator=torch.Generator().manual_seed(0)).loss.backward()
         gflop = count_gflop(one_step)
         optimizer.zero_grad()
-        # on the fly the step holds EnCodec (its time is inside totals["step"]); from the cache it does not
-        step_time = totals["data"] / n + totals["step"] / n
+        # on the fly the step holds EnCodec (its time is inside totals["step"]) and waits for the audio loader; from
+        # the cache it holds neither (the cache reader alone: loader_rate.py), so its rate is the step's own
+        step_time = totals["step"] / n + (0.0 if args.from_cache else totals["data"] / n)
         audio = float(lens.sum()) / 24000
         model_time = totals["step"] / n - (0.0 if args.from_cache else totals["encodec"] / n)
         achieved = gflop / (totals["step"] / n)
@@ -136,9 +138,10 @@ def main():
             if args.peak_tflops else ""
         mode = ("from cache" if args.from_cache else "on the fly") + (", compiled" if args.compile else "")
         encodec = "0 (cached)" if args.from_cache else f"{totals['encodec'] / n:.3f}"
+        data_time = "(loader_rate.py)" if args.from_cache else f"{totals['data'] / n:.3f} s"
         print(f"| train {size} ({args.precision}, {mode}) | {audio / step_time:.2f} audio-s/s | "
               f"step {step_time:.3f} s | "
-              f"data {totals['data'] / n:.3f} s, EnCodec {encodec} s, "
+              f"data {data_time}, EnCodec {encodec} s, "
               f"transformer+loss+optimizer {model_time:.3f} s | {gflop / audio:.1f} GFLOP per audio-s, "
               f"{achieved:.0f} GFLOP/s = {achieved / ceiling:.0%} of matmul{mfu} | "
               f"batch {args.batch} x 4 s | {device} | torch {torch.__version__} |")
