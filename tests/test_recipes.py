@@ -128,7 +128,7 @@ def test_decoder_input_at_masked_frames(recipe):
 
 @pytest.mark.parametrize("recipe", ["v1", "paper"])
 def test_checkpoints_record_their_recipe(tmp_path, recipe):
-    from encodecmae_s3prl.evaluation import hear_api
+    from encodecmae_s3prl import hear_api
     from encodecmae_s3prl.registry import load_hub_upstream
 
     from synthetic_data import write_tiny_encodecmae_checkpoint
