@@ -18,6 +18,7 @@ import torch.nn as nn
 import yaml
 
 from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
+from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, load_checkpoint, model_config_from_yaml
 from encodecmae_s3prl.upstream.model import build_model
 from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
@@ -195,7 +196,7 @@ class UpstreamPretrainExpert(nn.Module):
 
         now = time.perf_counter()
         if self._last_time is not None:
-            records["audio_seconds_per_second"].append(float(lengths.sum()) / 24_000 / (now - self._last_time))
+            records["audio_seconds_per_second"].append(float(lengths.sum()) / SAMPLE_RATE / (now - self._last_time))
         self._last_time = now
         records["masked_loss"].append(float(output.masked_loss.sum()))
         records["unmasked_loss"].append(float(output.unmasked_loss.sum()))
