@@ -47,8 +47,8 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from encodecmae_s3prl import table1
-    from encodecmae_s3prl.evaluation import compare, hear_protocol
+    from encodecmae_s3prl import compare, table1
+    from encodecmae_s3prl.evaluation import hear_protocol
 
     from synthetic_data import write_hear_table1_tasks, write_tiny_encodecmae_checkpoint
 

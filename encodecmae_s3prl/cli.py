@@ -37,6 +37,8 @@ PUBLISHED_ENTRIES = ("encodecmae", "encodecmae_small", "encodecmae_base", "encod
 HELP_EPILOG = (f"\nencodecmae-s3prl adds:\n  {TRUST_FLAG}    load checkpoints (-k, -e) that need classes outside the "
                f"safe allow-list: this runs code stored in the file, only for files you trust (= {TRUST_ENV}=1)\n"
                "  user errors print one 'error: ...' line and exit 2; ENCODECMAE_DEBUG=1 shows the traceback")
+# what run_downstream.py and extract add to the upstream's UnfittedCodecError, which names the files it needs
+UNFITTED_CODEC_FLAGS = "a checkpoint with -k, the EnCodec weights with ENCODEC_CKPT=/path/to/encodec_24khz-d7cc33bc.th"
 
 
 def _peek(argv: Sequence[str], *options: str, flag: bool = False):
@@ -358,8 +360,12 @@ def run_downstream(argv: Sequence[str] | None = None) -> None:
         compat.evaluate_at_checkpoint_step(runner)
         sys.argv = [sys.argv[0]] + argv
         before = _empty_result_folders()
+        from encodecmae_s3prl.upstream.expert import UnfittedCodecError
+
         try:
             _main_with_help(script.main, argv)
+        except UnfittedCodecError as err:
+            raise UnfittedCodecError(f"{err} ({UNFITTED_CODEC_FLAGS})") from None
         finally:
             if _peek(argv, "-m", "--mode") == "evaluate":  # s3prl creates the training run's (relative) folder first
                 for folder in sorted(_empty_result_folders() - before, key=lambda p: -len(p.parts)):

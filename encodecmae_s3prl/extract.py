@@ -29,12 +29,13 @@ import torch
 from tqdm import tqdm
 
 from encodecmae_s3prl import compat
+from encodecmae_s3prl.cli import UNFITTED_CODEC_FLAGS
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.upstream.atomic import atomic_write
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
-from encodecmae_s3prl.upstream.expert import INPUT_RATE, WaveformError  # s3prl hands every upstream 16 kHz mono
+from encodecmae_s3prl.upstream.expert import INPUT_RATE, UnfittedCodecError, WaveformError  # s3prl: 16 kHz mono
 
 LONG_SECONDS = 60.0
 
@@ -300,7 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["ENCODECMAE_TRUST_CHECKPOINT"] = "1"
     try:
         with user_errors():
-            return run(args)
+            try:
+                return run(args)
+            except UnfittedCodecError as err:
+                raise UnfittedCodecError(f"{err} ({UNFITTED_CODEC_FLAGS})") from None
     except SystemExit as exit_:  # user_errors exits 2 after printing the one line; callers get the status
         return int(exit_.code or 0)
     except KeyboardInterrupt:

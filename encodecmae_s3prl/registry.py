@@ -23,7 +23,6 @@ from pathlib import Path
 
 from encodecmae_s3prl.errors import UserError
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
 OUR_PRETRAIN_TASK = "encodecmae"
 PROBES_PACKAGE = "encodecmae_s3prl.downstream_probes"
 GENERIC_EXPERT = f"{PROBES_PACKAGE}.expert"  # the DownstreamExpert of a probe folder without its own expert.py

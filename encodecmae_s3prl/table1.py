@@ -36,8 +36,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from encodecmae_s3prl import compare
 from encodecmae_s3prl.errors import UserError, user_errors
-from encodecmae_s3prl.evaluation import compare, hear_protocol
+from encodecmae_s3prl.evaluation import hear_protocol
 from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
 from encodecmae_s3prl.evaluation.paper_table1 import (
     COLUMNS,

@@ -45,6 +45,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.pretrain_task import frame_store
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, draw_start_frame, load_corpus, read_crop_at
 from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
@@ -52,7 +53,7 @@ from encodecmae_s3prl.upstream.atomic import atomic_write_text, replace_folder
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
-from encodecmae_s3prl.upstream.kmeans import assign, kmeans
+from encodecmae_s3prl.upstream.kmeans import TooFewPointsError, assign, kmeans
 from encodecmae_s3prl.upstream.loading import load_checkpoint
 from encodecmae_s3prl.upstream.loss import IGNORE
 
@@ -412,8 +413,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--crop-seconds", type=float, default=4.0, help="crop length (stage 2's crop_seconds)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed, teacher=args.teacher,
-        recipe=args.recipe, kmeans_frames=args.kmeans_frames, labels=args.labels, crop_seconds=args.crop_seconds)
+    try:
+        run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed,
+            teacher=args.teacher, recipe=args.recipe, kmeans_frames=args.kmeans_frames, labels=args.labels,
+            crop_seconds=args.crop_seconds)
+    except TooFewPointsError as err:  # k-means knows the counts; the options that set them are known here
+        raise UserError(f"{err} (more frames: raise --num-clips or --kmeans-frames; a smaller k: lower --clusters, "
+                        f"now {args.k})") from None
 
 
 if __name__ == "__main__":

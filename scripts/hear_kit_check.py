@@ -202,7 +202,8 @@ def kit_targets(kit_dir: Path, split: str) -> np.ndarray:
 
 def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: list[Path], work: Path, env: dict,
           grid_points: int, max_epochs: int) -> dict:
-    from encodecmae_s3prl.evaluation import compare, hear_protocol
+    from encodecmae_s3prl import compare
+    from encodecmae_s3prl.evaluation import hear_protocol
     from encodecmae_s3prl.evaluation.native import upstream_rate
 
     emb_root = work / "embeddings" / label

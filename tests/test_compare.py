@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from encodecmae_s3prl import compare
 from encodecmae_s3prl.demo_data import write_esc50, write_nsynth
-from encodecmae_s3prl.evaluation import compare, hear_protocol
+from encodecmae_s3prl.evaluation import hear_protocol
 
 from fakes import write_tiny_hubert_checkpoint, write_tiny_wav2vec2_checkpoint
 from synthetic_data import write_iemocap, write_speech_commands

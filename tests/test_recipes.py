@@ -2,13 +2,13 @@
 and ``paper`` (the paper's text). Masking statistics against figures recorded from the authors' own
 ``TimeGapMask``, the decoder input at masked frames, and the recipe recorded in checkpoints.
 """
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl.upstream.checkpoint import atomic_save, safe_load
+from encodecmae_s3prl.upstream.checkpoint import safe_load
 from encodecmae_s3prl.upstream.config import get_config
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, load_checkpoint, model_config_from_yaml
 from encodecmae_s3prl.upstream.masking import masked_counts, span_mask
@@ -128,7 +128,7 @@ def test_decoder_input_at_masked_frames(recipe):
 
 @pytest.mark.parametrize("recipe", ["v1", "paper"])
 def test_checkpoints_record_their_recipe(tmp_path, recipe):
-    from encodecmae_s3prl.evaluation import hear_api
+    from encodecmae_s3prl import hear_api
     from encodecmae_s3prl.registry import load_hub_upstream
 
     from synthetic_data import write_tiny_encodecmae_checkpoint
@@ -145,16 +145,3 @@ def test_checkpoints_record_their_recipe(tmp_path, recipe):
         assert len(hidden) == model.config.encoder_layers + 2
         hear = hear_api.load_model(str(path), device="cpu")
         assert hear_api.get_scene_embeddings(torch.zeros(1, 8000).uniform_(-0.5, 0.5), hear).isfinite().all()
-
-
-def test_checkpoints_from_before_the_recipe_load_as_paper(tmp_path, tiny_ckpt):
-    """Written before the setting existed: disjoint spans and a learned token, which is the paper recipe."""
-    state = safe_load(tiny_ckpt)
-    config = asdict(load_checkpoint(tiny_ckpt).config)
-    for key in ("recipe", "mask_layout"):
-        config.pop(key)
-    config["mask_token"] = "learned"
-    state[CHECKPOINT_KEY]["config"] = config
-    atomic_save(state, tmp_path / "old.ckpt")
-    model = load_checkpoint(tmp_path / "old.ckpt")
-    assert model.config.recipe == "paper" and model.config.resolved_mask_layout == "paper"

@@ -289,8 +289,9 @@ def test_random_codec_never_fitted_is_refused(tmp_path, tiny_ckpt):
 
     random_codec = tmp_path / "random_codec.yaml"  # offline: no real EnCodec weights
     random_codec.write_text("encodec_source: random\nstandardise_features: true\n")
-    with pytest.raises(UnfittedCodecError, match="never fitted to a corpus.*ENCODEC_CKPT.*-k states-N.ckpt"):
+    with pytest.raises(UnfittedCodecError, match="never fitted to a corpus.*encodec_24khz.*states-N.ckpt") as caught:
         hub.encodecmae_random(model_config=str(random_codec))
+    assert "-k" not in str(caught.value)  # the library names files; a command line adds its flags
     with pytest.raises(UnfittedCodecError):
         UpstreamExpert(build_model(model_config_from_yaml({"model": "tiny"})))
     # the codec of a pretraining checkpoint was fitted to its corpus: clips differ
@@ -298,6 +299,19 @@ def test_random_codec_never_fitted_is_refused(tmp_path, tiny_ckpt):
     with torch.no_grad():
         a, b = (upstream([tone(1.0, f)])["last_hidden_state"].mean(1) for f in (110.0, 880.0))
     assert (a - b).norm() / a.norm() > 1e-3
+
+
+def test_extract_adds_its_flags_to_the_unfitted_codec_error(tmp_path, monkeypatch, capsys):
+    from encodecmae_s3prl import extract
+    from encodecmae_s3prl.upstream.expert import UnfittedCodecError
+
+    def run(args):  # what loading an upstream on an unfitted random codec raises
+        raise UnfittedCodecError("never fitted to a corpus")
+
+    monkeypatch.setattr(extract, "run", run)
+    assert extract.main(["a.wav", "-u", "encodecmae_random", "--out", str(tmp_path)]) == 2
+    assert "error: never fitted to a corpus (a checkpoint with -k, the EnCodec weights with ENCODEC_CKPT=" in (
+        capsys.readouterr().err)
 
 
 def test_read_audio_span_is_the_same_with_or_without_seeking(tmp_path, monkeypatch):

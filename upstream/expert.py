@@ -122,8 +122,7 @@ def _fitted(model: ChunkedInference) -> ChunkedInference:
         raise UnfittedCodecError(
             "this upstream runs on a random-init EnCodec whose codebooks "
             "and feature statistics were never fitted to a corpus, so every clip would embed (almost) the same. "
-            "Give real EnCodec weights (ENCODEC_CKPT=/path/to/encodec_24khz-d7cc33bc.th, or the torch hub cache), "
-            "or take the codec of a checkpoint written by run_pretrain.py -u encodecmae (-k states-N.ckpt), "
-            "whose random codec was fitted to its corpus")
+            "Give it real EnCodec weights (encodec_24khz-d7cc33bc.th), or the checkpoint of a pretraining run "
+            "(states-N.ckpt), whose random codec was fitted to its corpus")
     return model
 

@@ -11,6 +11,15 @@ import math
 import torch
 
 
+class TooFewPointsError(ValueError):
+    """Fewer points than clusters: ``k`` and ``points`` say how many of each there were."""
+
+    def __init__(self, k: int, points: int):
+        super().__init__(f"k-means needs at least k={k} points, got {points}: give it {k} points or more, "
+                         f"or a k of at most {points}")
+        self.k, self.points = k, points
+
+
 def _nearest(points: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of, and squared distance to, the nearest centroid: points (N, D), centroids (K, D) -> (N,), (N,)."""
     centroid_norms = (centroids * centroids).sum(dim=1)
@@ -39,8 +48,7 @@ def kmeans(points: torch.Tensor, k: int, iterations: int = 50, seed: int = 0, to
     generator = torch.Generator(device=points.device).manual_seed(seed)
     if n < k:
         if not allow_repeats:
-            raise ValueError(f"k-means needs at least k={k} points, got {n}: extract more clips (--num-clips) "
-                             f"or lower --k.")
+            raise TooFewPointsError(k, n)
         return points[torch.randint(n, (k,), generator=generator, device=points.device)].clone()
     order = torch.randperm(n, generator=generator, device=points.device)
     if init == "kmeans++":

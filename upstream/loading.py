@@ -48,9 +48,7 @@ def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> E
     checkpoint = safe_load(path)
     if isinstance(checkpoint, dict) and CHECKPOINT_KEY in checkpoint:
         entry = checkpoint[CHECKPOINT_KEY]
-        # checkpoints written before these switches existed had one feed-forward module per layer and
-        # were trained with the paper's disjoint spans (their mask_token is stored)
-        config = EncodecMAEConfig.from_dict({"shared_feed_forward": False, "recipe": "paper", **entry["config"]})
+        config = EncodecMAEConfig.from_dict(entry["config"])
         if overrides:
             config = replace(config, **overrides)
         return EncodecMAE.from_state_dict(config, entry["state_dict"])  # the codec comes from the file
