@@ -141,19 +141,17 @@ def pretrain(corpus: Path, expdir: Path, model_config: str, steps: int, env: Dic
     return max(expdir.glob("states-*.ckpt"), key=lambda p: p.stat().st_mtime)
 
 
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "demo_output")
     parser.add_argument("--steps", type=int, default=300, help="pretraining steps of the tiny model")
     parser.add_argument("--grid-size", type=int, default=4, help="HEAR MLP configurations tried per probe")
     parser.add_argument("--max-epochs", type=int, default=200, help="HEAR MLP epochs (early stopping)")
-    parser.add_argument("--threads", type=int, default=available_cpus(),
-                        help="torch threads, here and in the pretraining process (default: the CPUs this process may "
-                             "use, whatever OMP_NUM_THREADS says): float sums, hence the table, depend on it")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads, here and in the pretraining process, whatever OMP_NUM_THREADS says: float "
+                             "sums, hence the table, depend on it. 1 by default: the same table on every machine of "
+                             "the same CPU arithmetic, and no collapse when other jobs share the cores (the "
+                             "pretraining's loader worker takes a second core)")
     parser.add_argument("--readme", type=Path, help="also put the table into this README, between its demo-table "
                                                     "markers (python -m encodecmae_s3prl.demo --readme README.md)")
     return parser
@@ -182,7 +180,7 @@ def settings_line(args, encodec: str, minutes: float, date: str) -> str:
                f"`python -m encodecmae_s3prl.demo --steps {args.steps} --grid-size {args.grid_size} "
                f"--max-epochs {args.max_epochs}`")
     return (f"Printed by {command} on {date} ({args.steps} pretraining steps, {args.grid_size} MLP configurations, "
-            f"at most {args.max_epochs} epochs; {args.threads} torch threads, "
+            f"at most {args.max_epochs} epochs; torch threads: {args.threads}, "
             f"{'bf16 autocast' if cpu_has_fast_bf16() else 'fp32'} on the CPU, torch {torch.__version__}, {encodec} "
             f"EnCodec), {minutes:.1f} min in all:")
 
