@@ -22,6 +22,7 @@ import numpy as np
 
 from encodecmae_s3prl.demo_data import espeak_word, harmonic_tone, sound_class, write_esc50, write_nsynth, write_wav
 from encodecmae_s3prl.errors import UserError, user_errors
+from encodecmae_s3prl.upstream.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,22 +141,77 @@ def pretrain(corpus: Path, expdir: Path, model_config: str, steps: int, env: Dic
     return max(expdir.glob("states-*.ckpt"), key=lambda p: p.stat().st_mtime)
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "demo_output")
     parser.add_argument("--steps", type=int, default=300, help="pretraining steps of the tiny model")
     parser.add_argument("--grid-size", type=int, default=4, help="HEAR MLP configurations tried per probe")
     parser.add_argument("--max-epochs", type=int, default=200, help="HEAR MLP epochs (early stopping)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads, here and in the pretraining process, whatever OMP_NUM_THREADS says: float "
+                             "sums, hence the table, depend on it. 1 by default: the same table on every machine of "
+                             "the same CPU arithmetic, and no collapse when other jobs share the cores (the "
+                             "pretraining's loader worker takes a second core)")
+    parser.add_argument("--readme", type=Path, help="also put the table into this README, between its demo-table "
+                                                    "markers (python -m encodecmae_s3prl.demo --readme README.md)")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
     with user_errors():
         run(args)
 
 
+# --- the table in the README is the one the demo printed ------------------------------------------------------
+TABLE_BEGIN = "<!-- demo table: written by `python -m encodecmae_s3prl.demo --readme README.md`; not edited by hand -->"
+TABLE_END = "<!-- end of demo table -->"
+
+
+def settings_line(args, encodec: str, minutes: float, date: str) -> str:
+    """What the table in ``demo_table.md`` came from: the command and its settings, the EnCodec, the arithmetic."""
+    import torch
+
+    from encodecmae_s3prl.upstream.precision import cpu_has_fast_bf16
+
+    defaults = parser().parse_args([])
+    chosen = (args.steps, args.grid_size, args.max_epochs)
+    command = ("`make demo`" if chosen == (defaults.steps, defaults.grid_size, defaults.max_epochs) else
+               f"`python -m encodecmae_s3prl.demo --steps {args.steps} --grid-size {args.grid_size} "
+               f"--max-epochs {args.max_epochs}`")
+    return (f"Printed by {command} on {date} ({args.steps} pretraining steps, {args.grid_size} MLP configurations, "
+            f"at most {args.max_epochs} epochs; torch threads: {args.threads}, "
+            f"{'bf16 autocast' if cpu_has_fast_bf16() else 'fp32'} on the CPU, torch {torch.__version__}, {encodec} "
+            f"EnCodec), {minutes:.1f} min in all:")
+
+
+def table_block(settings: str, table: str) -> str:
+    """The README's demo-table block: the settings line, then the table as compare wrote it (results.md)."""
+    return f"{TABLE_BEGIN}\n{settings}\n\n{table.strip()}\n{TABLE_END}\n"
+
+
+def readme_with_table(readme: str, block: str) -> str:
+    """``readme`` with its demo-table block (from TABLE_BEGIN to TABLE_END) replaced by ``block``."""
+    if readme.count(TABLE_BEGIN) != 1 or readme.count(TABLE_END) != 1:
+        raise UserError(f"the README needs exactly one demo-table block: a line {TABLE_BEGIN} and, below it, a line "
+                        f"{TABLE_END}")
+    head, rest = readme.split(TABLE_BEGIN, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    return head + block.rstrip("\n") + tail
+
+
 def run(args) -> None:
+    import torch
+
     start = time.time()
     out = args.out.resolve()
+    if args.readme is not None:  # a README that cannot take the table is said before the run, not after
+        if not args.readme.is_file():
+            raise UserError(f"--readme {args.readme}: no such file")
+        readme_with_table(args.readme.read_text(), "")
+    torch.set_num_threads(args.threads)
     choice = choose_encodec()
-    env = dict(os.environ)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if choice.real:
         env["ENCODEC_CKPT"] = os.environ["ENCODEC_CKPT"] = str(choice.weights)  # every process: that very file
     else:
@@ -203,7 +259,19 @@ def run(args) -> None:
     print(f"checkpoint: {checkpoint}")
     print(f"TensorBoard logs: tensorboard --logdir {expdir}")
     used = f"real pretrained weights ({choice.weights})" if codec == "real" else f"random-init ({choice.where})"
-    print(f"EnCodec: {used}; total time {(time.time() - start) / 60:.1f} min")
+    minutes = (time.time() - start) / 60
+    if any("error" in cell for row in results.values() for cell in row.values()):
+        print("some cells failed (above): no demo_table.md" + (", README not changed" if args.readme else ""))
+    else:  # compare wrote this run's complete table as results.md
+        block = table_block(settings_line(args, "the real" if codec == "real" else "a random-init", minutes,
+                                          time.strftime("%Y-%m-%d")), (out / "compare" / "results.md").read_text())
+        atomic_write_text(out / "demo_table.md", block)
+        print(f"the table with its settings: {out / 'demo_table.md'}")
+        if args.readme is not None:
+            mode = args.readme.stat().st_mode
+            atomic_write_text(args.readme, readme_with_table(args.readme.read_text(), block)).chmod(mode)
+            print(f"README table replaced: {args.readme}")
+    print(f"EnCodec: {used}; total time {minutes:.1f} min")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """``make demo`` end to end at a few steps: corpus, run_pretrain.py, the four-row comparison and its outputs."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from encodecmae_s3prl import demo, errors
+from encodecmae_s3prl import demo, errors, synthetic
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError
 from encodecmae_s3prl.upstream.codec import ENCODEC_FILE, build_encodec
 
@@ -98,3 +101,83 @@ def test_demo_runs_every_row_on_the_real_encodec_when_found(tmp_path):
 
     for entry in (hub.encodec_features, hub.encodecmae_random, hub.encodecmae_local):
         assert not bool(entry(ckpt=str(checkpoint)).model.codec.random_weights), entry.__name__
+
+
+# --- the same table on every run, and the README's table is the demo's ------------------------------------------
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")), reason="espeak-ng / sox not installed")
+def test_spoken_words_are_the_same_bytes_on_every_run(tmp_path):
+    """sox dithers when it reduces the bit depth, seeded from the clock unless told otherwise: the demo's corpus (and
+    so its whole table) differed from run to run."""
+    first, second = tmp_path / "a" / "cat.wav", tmp_path / "b" / "cat.wav"
+    assert synthetic.espeak_word("cat", first, pitch=35, speed=150)
+    assert synthetic.espeak_word("cat", second, pitch=35, speed=150)
+    assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.slow
+def test_demo_pretraining_and_probes_give_the_same_numbers_twice(tmp_path):
+    """The demo's deterministic parts end to end, at a few steps: two pretraining runs through run_pretrain.py (the
+    codec's fit, crops, masks, the optimizer) give the same checkpoint, and the HEAR-protocol table of each (embedding
+    caches built from scratch, the MLP grid) is the same text."""
+    from encodecmae_s3prl import compare
+    from encodecmae_s3prl.upstream.checkpoint import safe_load
+
+    corpus = write_tone_corpus(tmp_path / "corpus")
+    esc50 = synthetic.write_esc50(tmp_path / "esc50", classes=2, per_fold=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1", ENCODEC_CKPT="random")
+
+    def pretrain(run: str):
+        return demo.pretrain(corpus, tmp_path / run / "pretrain", "tiny", 2, env, cwd=tmp_path,
+                             overrides=["config.pretrain_expert.datarc.codec_init_clips=4"])
+
+    with ThreadPoolExecutor(2) as pool:  # the two runs side by side: one core each
+        checkpoints = list(pool.map(pretrain, ["a", "b"]))
+    tables, states = [], []
+    for run, checkpoint in zip(["a", "b"], checkpoints, strict=True):
+        states.append(safe_load(checkpoint))
+        compare.main(["--upstreams", f"ours={checkpoint},fbank_no_cmvn", "--probes", "esc50", "--data",
+                      f"esc50={esc50}", "--out", str(tmp_path / run / "compare"), "--grid-size", "1",
+                      "--max-epochs", "6", "--device", "cpu"])
+        tables.append((tmp_path / run / "compare" / "results.md").read_text())
+    model_a, model_b = (state["EncodecMAE"]["state_dict"] for state in states)
+    assert model_a.keys() == model_b.keys()
+    assert [k for k in model_a if not torch.equal(model_a[k], model_b[k])] == []
+    assert tables[0] == tables[1] and "| ours |" in tables[0]
+
+
+def _numbers_out(text: str) -> str:
+    return re.sub(r"\d+\.\d+", "N", text)
+
+
+def test_the_readme_table_is_the_block_the_demo_writes(tmp_path, monkeypatch):
+    """README.md's demo table is a block the demo wrote (``--readme``): its settings line is the one of `make demo`'s
+    settings, and its table is compare's results.md for the demo's rows and probes, the fold note included."""
+    from encodecmae_s3prl import compare
+
+    readme = (REPO / "README.md").read_text()
+    assert readme.count(demo.TABLE_BEGIN) == 1 and readme.count(demo.TABLE_END) == 1
+    block = demo.TABLE_BEGIN + readme.split(demo.TABLE_BEGIN)[1].split(demo.TABLE_END)[0] + demo.TABLE_END + "\n"
+    settings, table = block.splitlines()[1], "\n".join(block.splitlines()[3:-1])
+    defaults = demo.parser().parse_args([])
+    expected = demo.settings_line(defaults, "a random-init", 1.5, "2026-01-01")
+    assert settings.startswith("Printed by `make demo` on ") and expected.startswith("Printed by `make demo` on ")
+    assert (f"({defaults.steps} pretraining steps, {defaults.grid_size} MLP configurations, at most "
+            f"{defaults.max_epochs} epochs; ") in settings
+    assert f"; torch threads: {defaults.threads}, " in settings
+    assert settings.split("torch threads: ")[1].split(", ")[1] in ("bf16 autocast on the CPU", "fp32 on the CPU")
+    # the table compare writes for the demo's four rows and two probes (made-up numbers), numbers aside
+    fold = {"test": {"acc": 0.5}}
+    row = {"nsynth_pitch": {"pitch_acc": 0.5, "chroma_acc": 0.5, "folds": [{"test": {"pitch_acc": 0.5}}]},
+           "esc50": {"acc": 0.5, "std": {"acc": 0.1}, "folds": [fold] * 5}}
+    labels = ["encodec_features", "encodecmae_random", "ECMAE-tiny (pretrained here)", "fbank_no_cmvn"]
+    monkeypatch.setattr(compare, "_bar_chart", lambda *args: None)  # the picture is not what is checked
+    written = compare.write_outputs({label: row for label in labels}, ["nsynth_pitch", "esc50"], tmp_path)
+    assert _numbers_out(table) == _numbers_out(written.read_text().strip())
+    # --readme puts a block in place of the old one and nothing else changes
+    assert demo.readme_with_table(readme, block) == readme
+    other = demo.table_block("Printed by someone.", "| a |\n|---|")
+    replaced = demo.readme_with_table(readme, other)
+    assert replaced.split(demo.TABLE_BEGIN)[0] == readme.split(demo.TABLE_BEGIN)[0]
+    assert replaced.split(demo.TABLE_END)[1] == readme.split(demo.TABLE_END)[1] and "Printed by someone." in replaced
+    with pytest.raises(errors.UserError, match="exactly one demo-table block"):
+        demo.readme_with_table("no block here", other)
