@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from encodecmae_s3prl import demo, errors, synthetic
+from encodecmae_s3prl import demo, demo_data, errors
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError
 from encodecmae_s3prl.upstream.codec import ENCODEC_FILE, build_encodec
 
@@ -109,8 +109,8 @@ def test_spoken_words_are_the_same_bytes_on_every_run(tmp_path):
     """sox dithers when it reduces the bit depth, seeded from the clock unless told otherwise: the demo's corpus (and
     so its whole table) differed from run to run."""
     first, second = tmp_path / "a" / "cat.wav", tmp_path / "b" / "cat.wav"
-    assert synthetic.espeak_word("cat", first, pitch=35, speed=150)
-    assert synthetic.espeak_word("cat", second, pitch=35, speed=150)
+    assert demo_data.espeak_word("cat", first, pitch=35, speed=150)
+    assert demo_data.espeak_word("cat", second, pitch=35, speed=150)
     assert first.read_bytes() == second.read_bytes()
 
 
@@ -123,7 +123,7 @@ def test_demo_pretraining_and_probes_give_the_same_numbers_twice(tmp_path):
     from encodecmae_s3prl.upstream.checkpoint import safe_load
 
     corpus = write_tone_corpus(tmp_path / "corpus")
-    esc50 = synthetic.write_esc50(tmp_path / "esc50", classes=2, per_fold=2)
+    esc50 = demo_data.write_esc50(tmp_path / "esc50", classes=2, per_fold=2)
     env = dict(os.environ, OMP_NUM_THREADS="1", ENCODEC_CKPT="random")
 
     def pretrain(run: str):
