@@ -20,8 +20,10 @@ RANDOM_CODEC = {"encodec_source": "random", "standardise_features": True}
 
 
 def main() -> None:
+    from encodecmae_s3prl.settings import default_device
+
     parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--files", type=int, default=12)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()

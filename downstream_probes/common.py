@@ -33,12 +33,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
 from encodecmae_s3prl.upstream.expert import INPUT_RATE, UpstreamExpert  # INPUT_RATE: s3prl's 16 kHz convention
 
 
-class ProbeDataError(ValueError):
+class ProbeDataError(UserError, ValueError):
     """A probe dataset is missing, malformed, or not in the layout its publisher distributes."""
 
 

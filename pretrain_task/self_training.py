@@ -39,6 +39,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, draw_start_frame, load_corpus, read_crop_at
 from encodecmae_s3prl.upstream.atomic import replace_folder
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
@@ -49,7 +50,7 @@ from encodecmae_s3prl.upstream.loading import load_checkpoint
 from encodecmae_s3prl.upstream.model import FRAME_RATE, IGNORE
 
 
-class TargetStoreError(ValueError):
+class TargetStoreError(UserError, ValueError):
     pass
 
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from encodecmae_s3prl.errors import ConfigError
 from encodecmae_s3prl.upstream.audio import resample_span, resampled_length
 from encodecmae_s3prl.upstream.codec import (
     CODEBOOK_SIZE,
@@ -165,7 +166,7 @@ def get_config(name: str) -> EncodecMAEConfig:
     """A named configuration: tiny, small, base or large (dataclasses.replace to change fields); its
     ``recipe`` says how it trains ('v1' for small, base and large)."""
     if name not in CONFIGS:
-        raise ValueError(f"unknown EnCodecMAE config {name!r}; known: {', '.join(CONFIGS)}")
+        raise ConfigError(f"unknown EnCodecMAE config {name!r}; known: {', '.join(CONFIGS)}")
     return CONFIGS[name]
 
 
