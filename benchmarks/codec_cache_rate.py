@@ -41,8 +41,10 @@ def compare(name: str, cache, reference, files) -> None:
 
 
 def main() -> None:
+    from encodecmae_s3prl.settings import default_device
+
     parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--files", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=60.0, help="mean file length")
     parser.add_argument("--batch-sizes", default="1,32", help="windows per EnCodec call, comma-separated")

@@ -24,12 +24,14 @@ RANDOM_CODEC = {"encodec_source": "random", "standardise_features": True}
 
 
 def main():
+    from encodecmae_s3prl.settings import default_device
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="small,base")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
 

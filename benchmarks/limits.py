@@ -35,8 +35,10 @@ def main():
     """Print the matmul ceilings: fp32, and bf16 (which decides whether bf16 autocast pays off here)."""
     import argparse
 
+    from encodecmae_s3prl.settings import default_device
+
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     args = parser.parse_args()
     device = torch.device(args.device)
     fp32 = matmul_gflops(device)

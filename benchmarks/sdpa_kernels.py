@@ -27,8 +27,10 @@ def attention_kernels(prof) -> Counter:
 
 
 def main() -> None:
+    from encodecmae_s3prl.settings import default_device
+
     parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--size", default="small")
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()

@@ -58,11 +58,13 @@ def sync(device):
 
 
 def main():
+    from encodecmae_s3prl.settings import default_device
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="small,base")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--from-cache", action="store_true", help="the step from codec-cache inputs (no EnCodec)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward")

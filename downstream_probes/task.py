@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple
 
 from encodecmae_s3prl.downstream_probes.metrics import METRICS
+from encodecmae_s3prl.errors import UserError
 
 
-class ProbeDataError(ValueError):
+class ProbeDataError(UserError, ValueError):
     """A probe dataset is missing, malformed, or not in the layout its publisher distributes."""
 
 

@@ -9,6 +9,9 @@ refused checkpoint, a bad corpus or dataset path, settings s3prl would only asse
 ``error: ...`` line with exit status 2 (:func:`encodecmae_s3prl.errors.user_errors`, the helper every
 command of this project shares; ``ENCODECMAE_DEBUG=1`` shows the traceback); no experiment folder
 left behind by a run that failed to start; published checkpoints that fail fast when offline.
+
+The settings (trust, the EnCodec weights, the hub's reachability, the device) are read here, once, from the
+flags and the environment (:mod:`encodecmae_s3prl.settings`), and passed down as arguments.
 """
 from __future__ import annotations
 
@@ -24,16 +27,15 @@ from typing import Sequence
 
 import yaml
 
-from encodecmae_s3prl import compat, registry
+from encodecmae_s3prl import compat, registry, settings
 from encodecmae_s3prl.errors import UserError, user_errors  # noqa: F401  (re-exported: the shared helper)
+from encodecmae_s3prl.settings import TRUST_ENV, UpstreamSettings
+from encodecmae_s3prl.upstream.hubconf import PUBLISHED_ENTRIES
 
 PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large")
 RUNNER_PRESETS = ("cpu",)  # -c cpu: config_runner_cpu.yaml
 TRUST_FLAG = "--trust-checkpoint"
-TRUST_ENV = "ENCODECMAE_TRUST_CHECKPOINT"  # = encodecmae_s3prl.upstream.checkpoint.TRUST_ENV
-# our hub entries that download a published checkpoint when -k is not given
-PUBLISHED_ENTRIES = ("encodecmae", "encodecmae_small", "encodecmae_base", "encodecmae_base_st", "encodecmae_large",
-                     "encodecmae_large_st")
+OUR_PRETRAIN_EXPERT = "encodecmae_s3prl.pretrain_task.pretrain_expert"  # what s3prl's runner builds for -u encodecmae
 HELP_EPILOG = (f"\nencodecmae-s3prl adds:\n  {TRUST_FLAG}    load checkpoints (-k, -e) that need classes outside the "
                f"safe allow-list: this runs code stored in the file, only for files you trust (= {TRUST_ENV}=1)\n"
                "  user errors print one 'error: ...' line and exit 2; ENCODECMAE_DEBUG=1 shows the traceback")
@@ -60,14 +62,11 @@ def _resumes(argv: Sequence[str]) -> bool:
     return bool(_peek(argv, "-e", "--past_exp")) or _peek(argv, "-a", "--auto_resume", flag=True)
 
 
-def take_trust_flag(argv: Sequence[str]) -> list[str]:
-    """Remove ``--trust-checkpoint`` (s3prl's parser does not know it) and, if it was there, set
-    ``ENCODECMAE_TRUST_CHECKPOINT=1`` for this run: checkpoints then load with ``weights_only=False``."""
+def take_trust_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``argv`` without ``--trust-checkpoint`` (s3prl's parser does not know it), and whether this run trusts
+    checkpoints (the flag, or ``ENCODECMAE_TRUST_CHECKPOINT=1``): they then load with ``weights_only=False``."""
     argv = list(argv)
-    if TRUST_FLAG in argv:
-        argv = [a for a in argv if a != TRUST_FLAG]
-        os.environ[TRUST_ENV] = "1"
-    return argv
+    return [a for a in argv if a != TRUST_FLAG], settings.trust_checkpoint(TRUST_FLAG in argv)
 
 
 def check_past_exp(argv: Sequence[str]) -> None:
@@ -177,54 +176,46 @@ def config_paths(config: dict, prefix: str = "config") -> dict[str, str]:
     return paths
 
 
-def check_runner_steps(config: dict) -> None:
-    """s3prl's pretrain runner asserts total_steps > log_step and > save_step only after building the data;
-    say it before anything is built (when the steps are given directly, not as n_epochs)."""
-    runner = config.get("runner") or {}
-    if (runner.get("n_epochs") or -1) > 0:
-        return
-    total = runner.get("total_steps")
-    for name in ("log_step", "save_step"):
-        value = runner.get(name)
-        if isinstance(total, int) and isinstance(value, int) and not total > value:
-            raise UserError(f"config.runner.total_steps = {total} must be greater than config.runner.{name} = {value} "
-                            f"(s3prl's runner needs it): raise total_steps or lower {name}, e.g. -o "
-                            f"\"config.runner.{name}={max(1, total // 2)}\"")
-
-
-# --- published checkpoints: fail fast offline ---------------------------------------------------
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """One HEAD request to the Hugging Face hub (``HF_ENDPOINT``), no retries; honours the proxy variables."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    import requests
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    try:
-        requests.head(endpoint, timeout=timeout, allow_redirects=False)
-    except requests.RequestException:
-        return False
-    return True
-
-
-def hub_offline_if_unreachable(timeout: float = 5.0) -> bool:
-    """If the hub does not answer one request, switch huggingface_hub to offline mode for this process: a
-    cached checkpoint then loads at once and a missing one fails at once, instead of ~25 s of retries.
-    Returns whether the hub is reachable."""
-    if hub_reachable(timeout):
-        return True
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    if "huggingface_hub" in sys.modules:  # the flag is read at import: set it where it is already imported
-        import huggingface_hub.constants
-        from huggingface_hub.utils import reset_sessions
-
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
-        reset_sessions()
-    return False
-
-
 def _uses_published_download(argv: Sequence[str]) -> bool:
     return _peek(argv, "-u", "--upstream") in PUBLISHED_ENTRIES and not _peek(argv, "-k", "--upstream_ckpt")
+
+
+def _resume_checkpoint(argv: Sequence[str], kind: str) -> Path | None:
+    """The checkpoint a resumed run starts from, chosen as s3prl's scripts choose it: ``-e FILE``, or the
+    highest states-N.ckpt of ``-e DIR`` / of ``-a``'s experiment folder; None when the run does not resume."""
+    past = _peek(argv, "-e", "--past_exp")
+    if not past and _peek(argv, "-a", "--auto_resume", flag=True):
+        expdir = Path(_peek(argv, "-p", "--expdir") or f"result/{kind}/{_peek(argv, '-n', '--expname')}")
+        past = str(expdir) if any(expdir.glob("states-*.ckpt")) else None
+    if not past:
+        return None
+    path = Path(past)
+    if path.is_dir():
+        found = sorted(path.glob("states-*.ckpt"), key=lambda p: int(p.stem.split("-")[-1]))
+        return found[-1] if found else None
+    return path
+
+
+def check_resume_distribution(argv: Sequence[str], trust: bool = False) -> None:
+    """s3prl's run_downstream.py asserts that a resumed training runs as its checkpoint's did (distributed or
+    not, and with as many processes); check it first and say how to resume. ``--local_rank`` (given by the
+    launcher) makes a run distributed, as in s3prl's script."""
+    if _peek(argv, "-m", "--mode") != "train":
+        return
+    path = _resume_checkpoint(argv, "downstream")
+    if path is None or not path.is_file():
+        return
+    checkpoint = compat.load_runner_checkpoint(path, trust)
+    before = getattr(checkpoint["Args"], "local_rank", None) is not None
+    now = _peek(argv, "--local_rank") is not None
+    if now != before:
+        how = "with torchrun / torch.distributed" if before else "as a single process"
+        raise UserError(f"-e {path}: that run was trained {how}; resume it the same way "
+                        f"(now: {'distributed' if now else 'single process'})")
+    world, _ = settings.distributed_environment()
+    if now and world != checkpoint.get("WorldSize"):
+        raise UserError(f"-e {path}: that run used {checkpoint.get('WorldSize')} processes, this one {world}; resume "
+                        f"with the same --nproc_per_node")
 
 
 # --- a failed start leaves no experiment folder ------------------------------------------------------
@@ -280,7 +271,7 @@ def _with_device(argv: Sequence[str]) -> list[str]:
     """A copy of argv with ``--device`` set to what this machine has (s3prl defaults to cuda), unless given."""
     argv = list(argv)
     if not _wants_help(argv) and _peek(argv, "--device") is None:
-        argv += ["--device", compat.default_device()]
+        argv += ["--device", settings.default_device()]
     return argv
 
 
@@ -339,25 +330,30 @@ _PATH_HINTS = {
 
 def run_downstream(argv: Sequence[str] | None = None) -> None:
     """``run_downstream.py``: s3prl's downstream script with our upstreams and probes registered."""
-    argv = take_trust_flag(sys.argv[1:] if argv is None else argv)
+    argv, trust = take_trust_flag(sys.argv[1:] if argv is None else argv)
     folder = NewExperimentFolder(argv, "downstream")
     paths: dict[str, str] = {}
     with _interrupt_says_how_to_resume("downstream", argv, folder), \
             user_errors(path_keys=paths, path_hints=_PATH_HINTS, on_user_error=folder.remove):
         registry.register()
         _check_downstream_start(argv)
-        if _uses_published_download(argv):
-            hub_offline_if_unreachable()
+        # the hub asked once, only when a published checkpoint is to be downloaded; offline, the cached copy loads
+        # at once or the error comes at once
+        online = settings.hub_reachable() if _uses_published_download(argv) else None
+        upstream_settings = UpstreamSettings.from_environment(trust, online)
         compat.apply()
         argv = prepare_downstream_argv(argv)
         if not _resumes(argv) and not _wants_help(argv):
             check_override_keys(argv)
             paths.update(config_paths(effective_config(argv)))
+        check_resume_distribution(argv, trust)
         import s3prl.downstream.runner as runner
         import s3prl.run_downstream as script
 
-        compat.route_checkpoint_loads(script, runner)
+        registry.use_settings_in_hub(upstream_settings)
+        compat.route_checkpoint_loads(script, runner, trust=trust)
         compat.evaluate_at_checkpoint_step(runner)
+        compat.inference_input_checked(runner)
         sys.argv = [sys.argv[0]] + argv
         before = _empty_result_folders()
         from encodecmae_s3prl.upstream.expert import UnfittedCodecError
@@ -479,23 +475,25 @@ def _pretrain_extra_keys(upstream: str | None) -> dict[str, Sequence[str]]:
 
 def run_pretrain(argv: Sequence[str] | None = None) -> None:
     """``run_pretrain.py``: s3prl's pretrain script and runner with our task registered."""
-    argv = take_trust_flag(sys.argv[1:] if argv is None else argv)
+    argv, trust = take_trust_flag(sys.argv[1:] if argv is None else argv)
     folder = NewExperimentFolder(argv, "pretrain")
     paths: dict[str, str] = {}
     with _interrupt_says_how_to_resume("pretrain", argv, folder), user_errors(path_keys=paths,
                                                                                on_user_error=folder.remove):
-        compat.enter_s3prl_script_environment()
+        compat.enter_s3prl_script_environment(trust)
         registry.register()
         argv = prepare_pretrain_argv(argv)
         _check_pretrain_start(argv)
         if not _resumes(argv) and not _wants_help(argv):
             check_override_keys(argv, _pretrain_extra_keys(_peek(argv, "-u", "--upstream")))
             config = effective_config(argv)
-            check_runner_steps(config)
+            compat.check_runner_steps(config)
             paths.update(config_paths(config))
         sys.argv = [sys.argv[0]] + argv
-        with compat.pretrain_tasks_listed([registry.OUR_PRETRAIN_TASK]):
+        with compat.pretrain_tasks_listed([registry.OUR_PRETRAIN_TASK]), \
+                compat.pretrain_expert_settings(OUR_PRETRAIN_EXPERT, trust=trust,
+                                                encodec_weights=settings.encodec_weights()):
             import run_pretrain as script  # s3prl/run_pretrain.py, importable after enter_s3prl_script_environment
 
-            compat.route_checkpoint_loads(script)
+            compat.route_checkpoint_loads(script, trust=trust)
             _main_with_help(script.main, argv)

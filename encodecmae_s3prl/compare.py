@@ -31,7 +31,6 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from encodecmae_s3prl import compat
 from encodecmae_s3prl.downstream_probes.metrics import fold_std
 from encodecmae_s3prl.evaluation.hear_protocol import (
     CHECK_VAL_EVERY,
@@ -44,6 +43,7 @@ from encodecmae_s3prl.evaluation.hear_protocol import (
     task_names,
 )
 from encodecmae_s3prl.registry import load_hub_upstream
+from encodecmae_s3prl.settings import UpstreamSettings, default_device
 from encodecmae_s3prl.upstream.atomic import atomic_write, atomic_write_text
 
 PAPER_NAMES = {"encodec_features": "EC", "encodecmae_random": "ECMAE-R", "fbank_no_cmvn": "fbank (no CMVN)"}
@@ -83,8 +83,8 @@ def upstream_key(label: str, entry: str, ckpt: str | None) -> str:
 class LazyUpstream:
     """Builds the upstream on first use: a rerun whose embeddings are all cached never loads the model."""
 
-    def __init__(self, entry: str, ckpt: str | None, device: str):
-        self.entry, self.ckpt, self.device = entry, ckpt, device
+    def __init__(self, entry: str, ckpt: str | None, device: str, settings: UpstreamSettings | None = None):
+        self.entry, self.ckpt, self.device, self.settings = entry, ckpt, device, settings
         self.model, self.error = None, None
 
     def __call__(self):
@@ -92,7 +92,7 @@ class LazyUpstream:
             raise self.error
         if self.model is None:
             try:
-                self.model = load_hub_upstream(self.entry, self.ckpt, self.device)
+                self.model = load_hub_upstream(self.entry, self.ckpt, self.device, self.settings)
             except Exception as err:
                 self.error = err
                 raise
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
                         help="HEAR: 500 (early stopping usually ends sooner; validation every 3rd epoch)")
     parser.add_argument("--hidden-dim", type=int, default=HIDDEN_DIM,
                         help="MLP width; HEAR: 1024 (smaller: quick looks)")
-    parser.add_argument("--device", default=compat.default_device())
+    parser.add_argument("--device", default=default_device())
     args = parser.parse_args(argv)
 
     if not 1 <= args.grid_size <= 16:
@@ -251,9 +251,10 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
     if len(set(labels)) != len(labels):
         parser.error(f"two upstreams share a label in {labels}: name them LABEL=ENTRY=CKPT")
     results: Dict[str, Dict[str, dict]] = {}
+    settings = UpstreamSettings.from_environment()  # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT
     for label, entry, ckpt in specs:
         key = upstream_key(label, entry, ckpt)
-        upstream = LazyUpstream(entry, ckpt, args.device)
+        upstream = LazyUpstream(entry, ckpt, args.device, settings)
         results[label] = {}
         for probe in probes:
             try:

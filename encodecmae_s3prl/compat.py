@@ -6,6 +6,7 @@ edits installed files; everything is applied in-process by :func:`apply`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import importlib
 import logging
@@ -22,6 +23,7 @@ import soundfile
 import torch
 import torchaudio
 
+from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.package_layout import is_checkout_root
 from encodecmae_s3prl.upstream.checkpoint import register_safe_globals
 
@@ -129,11 +131,6 @@ def _patch_huggingface_hub() -> None:
             setattr(huggingface_hub, name, _removed)
 
 
-def default_device() -> str:
-    """Reason: s3prl defaults --device to cuda even on machines without CUDA."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def apply() -> None:
     """Apply every shim once. Safe to call many times."""
     global _APPLIED
@@ -150,13 +147,14 @@ def apply() -> None:
     _APPLIED = True
 
 
-def enter_s3prl_script_environment() -> None:
+def enter_s3prl_script_environment(trust: bool = False) -> None:
     """Make the top-level names s3prl's pretrain scripts import (``pretrain``, ``optimizers``,
     ``schedulers``, ``utility``, ``upstream``) resolve to the installed s3prl package.
 
     Reason: s3prl's run_pretrain.py and pretrain/runner.py import relative to the s3prl folder
     (they expect ``cd s3prl``); we put that folder first on sys.path instead of asking the user
     to change directory. Our own folders are only reachable as ``encodecmae_s3prl.*``.
+    ``trust``: the runner's ``-e`` checkpoint may need classes outside the safe allow-list (``safe_load``).
     """
     apply()
     folder = str(s3prl_package_dir())
@@ -164,38 +162,46 @@ def enter_s3prl_script_environment() -> None:
     sys.path[:] = [p for p in sys.path if not is_checkout_root(p)]
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    _atomic_runner_checkpoints(importlib.import_module("pretrain.runner"))
+    runner_module = importlib.import_module("pretrain.runner")
+    _atomic_runner_checkpoints(runner_module, trust)
+    _steps_checked_before_training(runner_module)
+
+
+def load_runner_checkpoint(path, trust: bool = False, map_location="cpu") -> dict:
+    """A checkpoint of s3prl's runners (``-e``): ``safe_load``, then a CheckpointError naming the file unless it
+    holds the runner's ``Args`` and ``Config``."""
+    from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
+
+    checkpoint = safe_load(path, trust=trust, map_location=map_location)
+    if not (isinstance(checkpoint, dict) and "Args" in checkpoint and "Config" in checkpoint):
+        keys = list(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"-e {path} is not a checkpoint of s3prl's runner (it has {keys}, without 'Args' and 'Config'): give a "
+            f"states-N.ckpt or dev-best.ckpt written by run_pretrain.py / run_downstream.py (an upstream's "
+            f"weights go with -k instead)")
+    return checkpoint
 
 
 class _TorchWithSafeLoad(types.ModuleType):
     """``torch`` as one s3prl script/runner module sees it: identical, except ``load`` of a path goes through
-    our ``safe_load`` and checks it holds what s3prl's runners resume from.
+    :func:`load_runner_checkpoint`, with the command's ``trust`` (``--trust-checkpoint``).
 
     Reason: those modules ``torch.load`` only the ``-e`` checkpoint; a truncated, foreign or refused file gave a
     bare PytorchStreamReader / UnpicklingError / KeyError('Args') traceback. ``safe_load`` names the file and
-    the fix (and honours ``--trust-checkpoint`` / ENCODECMAE_TRUST_CHECKPOINT).
+    the fix.
     """
 
-    def __init__(self):
+    def __init__(self, trust: bool = False):
         super().__init__("torch")
+        self.trust = trust
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    @staticmethod
-    def load(f, map_location=None, *args, **kwargs):
+    def load(self, f, map_location=None, *args, **kwargs):
         if not isinstance(f, (str, os.PathLike)) or args or set(kwargs) - {"weights_only"}:
             return torch.load(f, map_location, *args, **kwargs)
-        from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
-
-        checkpoint = safe_load(f, map_location="cpu" if map_location is None else map_location)
-        if not (isinstance(checkpoint, dict) and "Args" in checkpoint and "Config" in checkpoint):
-            keys = list(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-            raise CheckpointError(
-                f"-e {f} is not a checkpoint of s3prl's runner (it has {keys}, without 'Args' and 'Config'): give a "
-                f"states-N.ckpt or dev-best.ckpt written by run_pretrain.py / run_downstream.py (an upstream's "
-                f"weights go with -k instead)")
-        return checkpoint
+        return load_runner_checkpoint(f, self.trust, "cpu" if map_location is None else map_location)
 
 
 _EPOCH_CHECKPOINT = re.compile(r"states-epoch-\d+\.ckpt")
@@ -289,23 +295,116 @@ class _RunnerLog:
         tqdm.write(text, *args, **kwargs)
 
 
-def _atomic_runner_checkpoints(runner_module) -> None:
+def _atomic_runner_checkpoints(runner_module, trust: bool = False) -> None:
     """Reason: s3prl's pretrain runner writes states-N.ckpt with a plain torch.save (a kill mid-write leaves a
     truncated file that -e then cannot load) from every DDP rank at once; route it through atomic_save."""
-    if not isinstance(getattr(runner_module, "torch", None), _TorchWithAtomicSave):
-        runner_module.torch = _TorchWithAtomicSave()
+    runner_module.torch = _TorchWithAtomicSave(trust)
     if not isinstance(getattr(runner_module, "tqdm", None), _RunnerLog):
         runner_module.tqdm = _RunnerLog()
     if not isinstance(getattr(runner_module, "glob", None), _RunnerGlob):
         runner_module.glob = _RunnerGlob()
 
 
-def route_checkpoint_loads(*modules) -> None:
-    """Give s3prl's script/runner modules the ``torch`` whose ``load`` is our ``safe_load`` (see
+def route_checkpoint_loads(*modules, trust: bool = False) -> None:
+    """Give s3prl's script/runner modules the ``torch`` whose ``load`` is our ``safe_load`` with ``trust`` (see
     :class:`_TorchWithSafeLoad`); the pretrain runner's (atomic save) already has it."""
     for module in modules:
-        if not isinstance(getattr(module, "torch", None), _TorchWithSafeLoad):
-            module.torch = _TorchWithSafeLoad()
+        if not isinstance(getattr(module, "torch", None), _TorchWithAtomicSave):
+            module.torch = _TorchWithSafeLoad(trust)
+
+
+# --- what s3prl's runners only assert, checked first and said as a sentence -------------------------------
+def check_runner_steps(config: dict, files: int | None = None) -> None:
+    """s3prl's pretrain runner asserts ``total_steps > log_step`` and ``> save_step`` (a bare AssertionError);
+    a UserError saying which setting to change instead. With ``n_epochs`` > 0 the total is ``n_epochs x files /
+    gradient_accumulate_steps`` as the runner counts it, known once the corpus is (``files``; None: not yet)."""
+    runner = config.get("runner") or {}
+    epochs = runner.get("n_epochs") or -1
+    by_epochs = epochs > 0
+    if by_epochs:
+        if files is None:
+            return
+        total = int(epochs * files / (runner.get("gradient_accumulate_steps") or 1))
+        source = f"{total} steps (from config.runner.n_epochs = {epochs})"
+    else:
+        total = runner.get("total_steps")
+        source = f"config.runner.total_steps = {total}"
+    for name in ("log_step", "save_step"):
+        value = runner.get(name)
+        if isinstance(total, int) and isinstance(value, int) and not total > value:
+            raise UserError(f"{source} must be greater than config.runner.{name} = {value} (s3prl's runner needs "
+                            f"it): raise {'n_epochs' if by_epochs else 'total_steps'} or lower {name}, e.g. -o "
+                            f"\"config.runner.{name}={max(1, total // 2)}\"")
+
+
+def _steps_checked_before_training(runner_module) -> None:
+    """Reason: with ``n_epochs`` s3prl's pretrain runner knows its step count only from the dataloader it gets
+    in ``train()``; check it there (:func:`check_runner_steps`) before the runner's assertion does."""
+    runner_class = runner_module.Runner
+    if getattr(runner_class.train, "_steps_checked", False):
+        return
+    original = runner_class.train
+
+    def train(self):
+        upstream = self.upstream
+        get_loader = upstream.get_train_dataloader
+
+        def checked_loader():
+            loader = get_loader()
+            check_runner_steps(self.config, len(loader.dataset))
+            return loader
+
+        upstream.get_train_dataloader = checked_loader
+        try:
+            return original(self)
+        finally:
+            del upstream.get_train_dataloader
+
+    train._steps_checked = True
+    runner_class.train = train
+
+
+def check_inference_audio(path, reads_any_rate: bool = False) -> None:
+    """What ``run_downstream.py -m inference`` asserts of ``-t``: an audio file, at 16 kHz unless the downstream
+    reads audio itself (``reads_any_rate``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"-m inference: {path} is not a file; give the audio file to run with -t/--evaluate_split")
+    if not reads_any_rate:
+        rate = soundfile.info(str(path)).samplerate
+        if rate != 16000:
+            raise UserError(f"-m inference: {path} is {rate} Hz; s3prl's inference mode reads 16 kHz audio, "
+                            f"resample the file first")
+
+
+def inference_input_checked(runner_module) -> None:
+    """Reason: s3prl's downstream runner asserts that ``-t`` is a file and 16 kHz (bare AssertionErrors); check
+    both first (:func:`check_inference_audio`)."""
+    runner_class = runner_module.Runner
+    if getattr(runner_class.inference, "_input_checked", False):
+        return
+    original = runner_class.inference
+
+    def inference(self):
+        check_inference_audio(self.args.evaluate_split, hasattr(self.downstream.model, "load_audio"))
+        return original(self)
+
+    inference._input_checked = True
+    runner_class.inference = inference
+
+
+@contextlib.contextmanager
+def pretrain_expert_settings(module_name: str, **settings):
+    """Reason: s3prl's pretrain runner builds a task's ``UpstreamPretrainExpert`` with (datarc, upstream_config,
+    device, multi_gpu) only; for the duration, the command's settings (``trust``, ``encodec_weights``) go with
+    them as keyword arguments."""
+    module = importlib.import_module(module_name)
+    expert = module.UpstreamPretrainExpert
+    module.UpstreamPretrainExpert = functools.partial(expert, **settings)
+    try:
+        yield
+    finally:
+        module.UpstreamPretrainExpert = expert
 
 
 def evaluate_at_checkpoint_step(runner_module) -> None:

@@ -40,37 +40,35 @@ class EncodecChoice(NamedTuple):
 
 
 def choose_encodec(download: bool = True) -> EncodecChoice:
-    """The real EnCodec when its weights are found, as ``upstream/codec.py`` looks for them:
-    ``$ENCODEC_CKPT`` (a file; ``random`` asks for the random-init codec), then the torch hub cache
-    (``<torch hub dir>/checkpoints/encodec_24khz-d7cc33bc.th``), then, with ``download``, the encodec
-    package's download into that cache. A file that is there but is not EnCodec 24 kHz weights is an error,
-    never a silent fallback to the random codec."""
-    import torch
+    """The real EnCodec when its weights are found, by the library's one lookup
+    (``upstream.codec.locate_encodec_weights``) of ``$ENCODEC_CKPT``: a file; ``random``, the random-init codec;
+    unset, the torch hub cache (``<torch hub dir>/checkpoints/encodec_24khz-d7cc33bc.th``), then, with
+    ``download``, the encodec package's download into that cache. A named file that is missing or is not
+    EnCodec 24 kHz weights is an error, never a silent fallback to the random codec; pretrained weights that are
+    neither cached nor downloadable fall back to it."""
+    from encodecmae_s3prl.settings import ENCODEC_ENV, encodec_weights
+    from encodecmae_s3prl.upstream.codec import (
+        EncodecWeightsError,
+        build_encodec,
+        cached_encodec_weights,
+        locate_encodec_weights,
+    )
 
-    from encodecmae_s3prl.upstream.checkpoint import CheckpointError
-    from encodecmae_s3prl.upstream.codec import ENCODEC_ENV, ENCODEC_FILE, EncodecWeightsError, build_encodec
-
-    env = os.environ.get(ENCODEC_ENV, "")
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_FILE
-    if env == "random":
+    weights = encodec_weights()  # the demo is a command: ENCODEC_CKPT is read here, at its edge
+    was_cached = cached_encodec_weights().is_file()
+    try:
+        path = locate_encodec_weights(weights, download=download)
+    except EncodecWeightsError:
+        if weights is not None:  # a named file that is not there
+            raise
+        return EncodecChoice(None, "not found " + ("offline " if download else "")
+                             + "(no $ENCODEC_CKPT, nothing in the torch hub cache)")
+    if path is None:
         return EncodecChoice(None, f"{ENCODEC_ENV}=random")
-    if env and env != "pretrained":
-        candidate, where = Path(env).expanduser(), f"${ENCODEC_ENV}"
-        if not candidate.is_file():
-            raise UserError(f"{ENCODEC_ENV}={env}: no such file; point it at {ENCODEC_FILE} (the real EnCodec "
-                            f"24 kHz weights), or unset it (or {ENCODEC_ENV}=random) for the random-init codec")
-    elif cached.is_file():
-        candidate, where = cached, "the torch hub cache"
-    elif download:
-        try:
-            build_encodec("pretrained")  # the encodec package's download into the torch hub cache
-        except (EncodecWeightsError, CheckpointError):
-            return EncodecChoice(None, "not found offline (no $ENCODEC_CKPT, nothing in the torch hub cache)")
-        candidate, where = cached, "downloaded to the torch hub cache"
-    else:
-        return EncodecChoice(None, "not found (no $ENCODEC_CKPT, nothing in the torch hub cache)")
-    build_encodec(str(candidate))  # EncodecWeightsError / CheckpointError (user errors) if it is not EnCodec
-    return EncodecChoice(candidate.resolve(), f"{where}: {candidate}")
+    where = f"${ENCODEC_ENV}" if weights is not None else \
+        "the torch hub cache" if was_cached else "downloaded to the torch hub cache"
+    build_encodec(str(path))  # EncodecWeightsError / CheckpointError (user errors) if it is not EnCodec
+    return EncodecChoice(path.resolve(), f"{where}: {path}")
 
 
 def pretrain_model_config(choice: EncodecChoice, folder: Path) -> str:

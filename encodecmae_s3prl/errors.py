@@ -15,25 +15,23 @@ printed as ``error: <what is wrong, with the file or key, and the fix>`` and the
 with status 2 (as argparse does for a bad option). Anything else keeps its traceback: it is a bug.
 With ``ENCODECMAE_DEBUG=1`` user errors keep their traceback too.
 
-What counts as a user error (:func:`user_error_message` decides):
+What counts as a user error is decided by type, never by where it was raised:
 
-- :class:`UserError`, raised by our commands themselves;
-- the project's exception types listed in :data:`USER_ERROR_TYPES` (matched by module and class
-  name along the MRO, so nothing heavy is imported here), plus ``extra_types`` given to
+- :class:`UserError` and its subclasses: every error a mistake of the user's raises where the mistake is found
+  (:class:`ConfigError` for configuration values and keys, the checkpoint, corpus, dataset, audio and EnCodec
+  weights errors of the library, a full disk, a wrong command line), plus ``extra_types`` given to
   :func:`user_errors`;
-- ``ValueError`` raised by the model configuration (``EncodecMAEConfig.from_dict`` and its
-  validation, ``get_config``, ``model_config_from_yaml`` and the rest of ``upstream/loading.py``);
 - a missing / unreadable path (``FileNotFoundError``, ``NotADirectoryError``, ``IsADirectoryError``,
-  ``PermissionError``), a YAML file that does not parse;
-- the bare ``AssertionError`` s of s3prl's scripts and runners that users run into
-  (:data:`S3PRL_ASSERTIONS`), rewritten as a sentence.
+  ``PermissionError``), named with the config key that holds it when ``path_keys`` says so;
+- a YAML file that does not parse (``yaml.YAMLError``).
+
+Where s3prl only asserts, our commands check the same condition before s3prl runs and raise a UserError.
 
 This module imports nothing beyond the standard library.
 """
 from __future__ import annotations
 
 import contextlib
-import linecache
 import os
 import sys
 from typing import Callable, Iterable, Iterator, Mapping, Optional
@@ -50,30 +48,6 @@ class ConfigError(UserError, ValueError):
     """A configuration value or key that cannot be used (model config, runner config, recipe keys)."""
 
 
-# (module, class): the project's user-error exceptions; subclasses count too (V1CheckpointError is a CheckpointError)
-USER_ERROR_TYPES = frozenset({
-    ("encodecmae_s3prl.upstream.checkpoint", "CheckpointError"),
-    ("encodecmae_s3prl.upstream.import_v1", "V1CheckpointError"),
-    ("encodecmae_s3prl.upstream.codec", "EncodecWeightsError"),
-    ("encodecmae_s3prl.upstream.published", "PublishedCheckpointError"),
-    ("encodecmae_s3prl.upstream.expert", "UnfittedCodecError"),
-    ("encodecmae_s3prl.pretrain_task.corpus", "CorpusError"),
-    ("encodecmae_s3prl.pretrain_task.pretrain_expert", "ConfigError"),
-    ("encodecmae_s3prl.pretrain_task.self_training", "TargetStoreError"),
-    ("encodecmae_s3prl.downstream_probes.task", "ProbeDataError"),
-    ("encodecmae_s3prl.upstream.atomic", "DiskFullError"),
-    ("encodecmae_s3prl.pretrain_task.codec_cache", "CodecCacheError"),
-    ("encodecmae_s3prl.upstream.audio", "AudioReadError"),
-    ("yaml.error", "YAMLError"),
-})
-
-# ValueError is a user error only when raised (innermost frame) here: module -> function names (None: any)
-VALUE_ERROR_SOURCES: Mapping[str, Optional[frozenset]] = {
-    "encodecmae_s3prl.upstream.config": frozenset({"from_dict", "__post_init__", "get_config"}),
-    "encodecmae_s3prl.upstream.loading": None,
-    "encodecmae_s3prl.upstream.strict_config": None,  # unknown keys and value rules of the typed configs
-}
-
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
@@ -86,32 +60,6 @@ def one_line(text: str) -> str:
     """The message on one line (whitespace runs, newlines included, become one space)."""
     text = " ".join(str(text).split())
     return text[len("error:"):].lstrip() if text.lower().startswith("error:") else text
-
-
-def _innermost_frame(err: BaseException):
-    tb = err.__traceback__
-    if tb is None:
-        return None
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb
-
-
-def _is_listed(err: BaseException, extra_types: tuple) -> bool:
-    if isinstance(err, UserError) or (extra_types and isinstance(err, extra_types)):
-        return True
-    return any((cls.__module__, cls.__qualname__) in USER_ERROR_TYPES for cls in type(err).__mro__)
-
-
-def _config_value_error(err: BaseException) -> bool:
-    tb = _innermost_frame(err)
-    if tb is None:
-        return False
-    module = tb.tb_frame.f_globals.get("__name__", "")
-    if module not in VALUE_ERROR_SOURCES:
-        return False
-    functions = VALUE_ERROR_SOURCES[module]
-    return functions is None or tb.tb_frame.f_code.co_name in functions
 
 
 def _path_message(err: OSError, path_keys: Mapping[str, str], path_hints: Mapping[str, str]) -> str:
@@ -137,100 +85,17 @@ def _path_message(err: OSError, path_keys: Mapping[str, str], path_hints: Mappin
     return message
 
 
-# --- s3prl's bare assertions, as sentences ----------------------------------------------------
-def _runner_steps(name: str):
-    def sentence(frame) -> str:
-        config = frame.f_locals["self"].config
-        total = frame.f_locals.get("total_steps")
-        value = config["runner"][name]
-        epochs = config["runner"].get("n_epochs", -1)
-        by_epochs = bool(epochs and epochs > 0)
-        source = (f"{total} steps (from config.runner.n_epochs = {epochs})" if by_epochs
-                  else f"config.runner.total_steps = {total}")
-        return (f"{source} must be greater than config.runner.{name} = {value} (s3prl's runner needs it): raise "
-                f"{'n_epochs' if by_epochs else 'total_steps'} or lower {name}, e.g. -o "
-                f"\"config.runner.{name}={max(1, int(total) // 2) if total else 1}\"")
-    return sentence
-
-
-def _resume_folder(frame) -> str:
-    args = frame.f_locals.get("args")
-    folder = getattr(args, "past_exp", None) or getattr(args, "expdir", "?")
-    return (f"-e/-a {folder}: the folder holds no states-*.ckpt to resume from; give a checkpoint file with -e, "
-            f"or start a new experiment with another -n")
-
-
-def _expname(_frame) -> str:
-    return "run_pretrain.py needs -n NAME (the experiment name) to start a new experiment, also with -p DIR"
-
-
-def _ddp_mode(frame) -> str:
-    now, before = frame.f_locals.get("now_use_ddp"), frame.f_locals.get("original_use_ddp")
-    how = "with torchrun / torch.distributed" if before else "as a single process"
-    return (f"-e {frame.f_locals.get('args').init_ckpt}: that run was trained {how}; resume it the same way "
-            f"(now: {'distributed' if now else 'single process'})")
-
-
-def _ddp_world(frame) -> str:
-    return (f"-e {frame.f_locals.get('args').init_ckpt}: that run used {frame.f_locals.get('original_world')} "
-            f"processes, this one {frame.f_locals.get('now_world')}; resume with the same --nproc_per_node")
-
-
-def _inference_file(frame) -> str:
-    return (f"-m inference: {frame.f_locals.get('filepath')} is not a file; give the audio file to run with "
-            f"-t/--evaluate_split")
-
-
-def _inference_rate(frame) -> str:
-    return (f"-m inference: {frame.f_locals.get('filepath')} is {frame.f_locals.get('sr')} Hz; s3prl's inference "
-            f"mode reads 16 kHz audio, resample the file first")
-
-
-# (file suffix, the assertion's source line) -> sentence from the asserting frame's locals
-S3PRL_ASSERTIONS: Mapping[tuple, Callable] = {
-    ("pretrain/runner.py", "assert total_steps > self.config['runner']['log_step']"): _runner_steps("log_step"),
-    ("pretrain/runner.py", "assert total_steps > self.config['runner']['save_step']"): _runner_steps("save_step"),
-    ("run_pretrain.py", "assert len(ckpt_pths) > 0"): _resume_folder,
-    ("run_downstream.py", "assert len(ckpt_pths) > 0"): _resume_folder,
-    ("run_pretrain.py", "assert args.expname is not None"): _expname,
-    ("run_downstream.py", "assert now_use_ddp == original_use_ddp, f'{now_use_ddp} != {original_use_ddp}'"): _ddp_mode,
-    ("run_downstream.py", "assert now_world == original_world, f'{now_world} != {original_world}'"): _ddp_world,
-    ("downstream/runner.py", "assert filepath.is_file(), filepath"): _inference_file,
-    ("downstream/runner.py", "assert sr == SAMPLE_RATE, sr"): _inference_rate,
-}
-
-
-def _assertion_message(err: AssertionError) -> Optional[str]:
-    tb = _innermost_frame(err)
-    if tb is None:
-        return None
-    filename = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
-    if "/s3prl/" not in filename:
-        return None
-    line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
-    for (suffix, source), sentence in S3PRL_ASSERTIONS.items():
-        if filename.endswith("/s3prl/" + suffix) and line == source:
-            try:
-                return sentence(tb.tb_frame)
-            except Exception:  # a sentence must never hide the error
-                return f"s3prl: {line}"
-    return None
-
-
 def user_error_message(err: BaseException, extra_types: Iterable[type] = (),
                        path_keys: Mapping[str, str] | None = None,
                        path_hints: Mapping[str, str] | None = None) -> Optional[str]:
     """The one-line message for a user error, or None when ``err`` is not one (then it is a bug)."""
-    extra_types = tuple(extra_types)
-    if _is_listed(err, extra_types):
+    if isinstance(err, (UserError, *extra_types)):
         return one_line(str(err) or type(err).__name__)
     if isinstance(err, PATH_ERRORS):
         return one_line(_path_message(err, path_keys or {}, path_hints or {}))
-    if isinstance(err, ValueError) and _config_value_error(err):
-        return one_line(str(err))
-    if isinstance(err, AssertionError):
-        message = _assertion_message(err)
-        return one_line(message) if message else None
+    yaml = sys.modules.get("yaml")  # not imported: no YAML was read, so this is no YAML error
+    if yaml is not None and isinstance(err, yaml.YAMLError):
+        return one_line(str(err) or type(err).__name__)
     return None
 
 

@@ -28,11 +28,11 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from encodecmae_s3prl import compat
 from encodecmae_s3prl.cli import UNFITTED_CODEC_FLAGS
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
+from encodecmae_s3prl.settings import UpstreamSettings, default_device
 from encodecmae_s3prl.upstream.atomic import atomic_write
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.expert import INPUT_RATE, UnfittedCodecError, WaveformError  # s3prl: 16 kHz mono
@@ -44,9 +44,10 @@ class UsageError(UserError, ValueError):
     """A mistake in the command line: reported as one ``error:`` line, exit 2."""
 
 
-def load_upstream(name: str, ckpt: str | None = None, model_config: str | None = None, device: str = "cpu"):
+def load_upstream(name: str, ckpt: str | None = None, model_config: str | None = None, device: str = "cpu",
+                  settings: UpstreamSettings | None = None):
     """``registry.load_hub_upstream`` (an unknown name is a user error listing s3prl.hub's entries)."""
-    return load_hub_upstream(name, ckpt, device, **({"model_config": model_config} if model_config else {}))
+    return load_hub_upstream(name, ckpt, device, settings, **({"model_config": model_config} if model_config else {}))
 
 
 def plan(inputs: Iterable[str]) -> List[Tuple[Path, Path]]:
@@ -158,11 +159,13 @@ def stream_to_npy(upstream, wav: torch.Tensor, target: Path, layer: int | None, 
     return shape
 
 
-def run(args) -> int:
+def run(args, settings: UpstreamSettings | None = None) -> int:
+    """Extract what ``args`` (``main``'s options) asks for; ``settings``: trust and EnCodec weights for the
+    upstream (``UpstreamSettings``)."""
     pairs = plan(args.inputs)
     if not pairs:
         raise UsageError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {' '.join(args.inputs)}")
-    upstream = load_upstream(args.upstream, args.ckpt, args.model_config, args.device)
+    upstream = load_upstream(args.upstream, args.ckpt, args.model_config, args.device, settings)
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
 
     streams = isinstance(upstream, UpstreamExpert)
@@ -293,16 +296,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="short files per forward pass")
     parser.add_argument("--long-seconds", type=float, default=LONG_SECONDS,
                         help="files longer than this go alone (EnCodecMAE: streamed to disk)")
-    parser.add_argument("--device", default=compat.default_device())
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="load a checkpoint that needs classes outside the safe allow-list (runs its code)")
     args = parser.parse_args(argv)
-    if args.trust_checkpoint:
-        os.environ["ENCODECMAE_TRUST_CHECKPOINT"] = "1"
+    settings = UpstreamSettings.from_environment(trust=args.trust_checkpoint)
     try:
         with user_errors():
             try:
-                return run(args)
+                return run(args, settings)
             except UnfittedCodecError as err:
                 raise UnfittedCodecError(f"{err} ({UNFITTED_CODEC_FLAGS})") from None
     except SystemExit as exit_:  # user_errors exits 2 after printing the one line; callers get the status

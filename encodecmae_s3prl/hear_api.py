@@ -39,6 +39,7 @@ from torch import Tensor
 
 from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
 from encodecmae_s3prl.registry import load_hub_upstream
+from encodecmae_s3prl.settings import UpstreamSettings, default_device
 from encodecmae_s3prl.upstream.audio import resample
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
 
@@ -144,10 +145,12 @@ def resolve(model_file_path: str = "", upstream: str | None = None) -> tuple[str
 def load_model(model_file_path: str = "", upstream: str | None = None, device: str | None = None,
                sample_rate: int | None = None, layer: int = -1, **kwargs) -> HearModel:
     """The HEAR ``load_model``: ``model_file_path`` as ``--model`` passes it (see the module's docstring); the
-    other arguments are ``--model-options``; ``kwargs`` go to the hub entry."""
+    other arguments are ``--model-options``; ``kwargs`` go to the hub entry. The HEAR kit's runners call this
+    function: it is where this API reads the settings (``ENCODECMAE_TRUST_CHECKPOINT``, ``ENCODEC_CKPT``)."""
     entry, ckpt = resolve(model_file_path, upstream)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return HearModel(load_hub_upstream(entry, ckpt, device, **kwargs), sample_rate, layer)
+    settings = UpstreamSettings.from_environment()
+    return HearModel(load_hub_upstream(entry, ckpt, device or default_device(), settings, **kwargs), sample_rate,
+                     layer)
 
 
 def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from encodecmae_s3prl.errors import UserError
+from encodecmae_s3prl.settings import UpstreamSettings
 
 OUR_PRETRAIN_TASK = "encodecmae"
 PROBES_PACKAGE = "encodecmae_s3prl.downstream_probes"
@@ -223,15 +224,51 @@ class AliasFinder(importlib.abc.MetaPathFinder):
         return None
 
 
+def _hubconf():
+    return importlib.import_module("encodecmae_s3prl.upstream.hubconf")
+
+
 def upstream_entries() -> dict:
     """Our hubconf's public entry points (name -> callable)."""
-    hubconf = importlib.import_module("encodecmae_s3prl.upstream.hubconf")
+    hubconf = _hubconf()
     return {name: getattr(hubconf, name) for name in hubconf.ENTRIES}
 
 
-def _add_hub_entries(hub) -> None:
+def entry_settings(entry: str, settings: UpstreamSettings) -> dict:
+    """The keyword arguments our hub entry ``entry`` takes for a command's ``settings``; none for s3prl's own."""
+    hubconf = _hubconf()
+    if entry not in hubconf.ENTRIES:
+        return {}
+    kwargs = {"trust": settings.trust, "encodec_weights": settings.encodec_weights}
+    if entry in hubconf.PUBLISHED_ENTRIES:
+        kwargs["online"] = settings.online
+    return kwargs
+
+
+def _with_settings(name: str, entry, settings: UpstreamSettings):
+    """``entry`` with ``settings`` as keyword defaults: what s3prl's runner calls with only ckpt, model_config
+    and refresh."""
+    bound = entry_settings(name, settings)
+
+    @functools.wraps(entry)
+    def call(*args, **kwargs):
+        return entry(*args, **{**bound, **kwargs})
+
+    return call
+
+
+def _add_hub_entries(hub, settings: UpstreamSettings | None = None) -> None:
     for name, entry in upstream_entries().items():
-        setattr(hub, name, entry)
+        setattr(hub, name, entry if settings is None else _with_settings(name, entry, settings))
+
+
+def use_settings_in_hub(settings: UpstreamSettings) -> None:
+    """Make ``s3prl.hub``'s entries of ours take a command's ``settings`` (trust, EnCodec weights, the hub's
+    reachability): s3prl's runners call them with ``ckpt``, ``model_config`` and ``refresh`` only."""
+    register()
+    from s3prl import hub
+
+    _add_hub_entries(hub, settings)
 
 
 def register() -> None:
@@ -252,9 +289,11 @@ class UnknownUpstreamError(UserError, ValueError):
     """An upstream name that ``s3prl.hub`` does not have."""
 
 
-def load_hub_upstream(entry: str, ckpt: str | None = None, device: str = "cpu", **options):
+def load_hub_upstream(entry: str, ckpt: str | None = None, device: str = "cpu",
+                      settings: UpstreamSettings | None = None, **options):
     """``s3prl.hub.<entry>(ckpt=ckpt, **options)`` (``ckpt`` only when given), on ``device``, in eval mode: any s3prl
-    upstream, ours included. How ``extract``, ``compare`` and the HEAR API build upstreams.
+    upstream, ours included. How ``extract``, ``compare`` and the HEAR API build upstreams. Our entries also get
+    the command's ``settings`` (``entry_settings``; None: the library's defaults, nothing trusted).
 
     Raises UnknownUpstreamError (a ValueError) with the closest entry names when ``entry`` is not one of the hub's,
     and when a ``*_local`` entry, which loads a checkpoint, is given none."""
@@ -265,7 +304,8 @@ def load_hub_upstream(entry: str, ckpt: str | None = None, device: str = "cpu", 
     kwargs = {"ckpt": ckpt} if ckpt else {}
     ours = upstream_entries()
     if entry in ours:  # our entries need none of s3prl.hub's imports (~0.25 GB of memory)
-        return ours[entry](**kwargs, **options).to(device).eval()
+        bound = entry_settings(entry, settings or UpstreamSettings())
+        return ours[entry](**kwargs, **bound, **options).to(device).eval()
     require_hub_entry(entry)
     from s3prl import hub
 

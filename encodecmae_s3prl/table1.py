@@ -392,9 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hidden-dim", type=int, default=hear_protocol.HIDDEN_DIM, help="HEAR: 1024")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per upstream call while embedding")
     args = parser.parse_args(argv)
-    from encodecmae_s3prl import compat
+    from encodecmae_s3prl.settings import UpstreamSettings, default_device
 
-    device = args.device or compat.default_device()
+    device = args.device or default_device()
     if not 1 <= args.grid_size <= 16:
         parser.error(f"--grid-size must be in 1..16 (HEAR's grid has 16 configurations), got {args.grid_size}")
     if args.max_epochs < hear_protocol.CHECK_VAL_EVERY or args.hidden_dim < 1 or args.batch_size < 1:
@@ -426,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cell is not None:
                 cells[(row.label, column)] = cell
     pending = {key for key in fingerprints if key not in cells}
-    upstreams = {row.label: compare.LazyUpstream(row.entry, row.ckpt, device) for row in rows}
+    upstream_settings = UpstreamSettings.from_environment()  # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT
+    upstreams = {row.label: compare.LazyUpstream(row.entry, row.ckpt, device, upstream_settings) for row in rows}
     if cells:
         print(f"[table1] {len(cells)} of {len(fingerprints)} cells already finished in {out / 'cells'}: reused")
     if pending:

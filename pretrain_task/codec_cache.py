@@ -41,10 +41,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.pretrain_task import frame_store
 from encodecmae_s3prl.pretrain_task.codec_windows import encode_files, plan_windows
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, load_corpus
 from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
+from encodecmae_s3prl.settings import default_device, encodec_weights
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, SAMPLE_RATE, FrozenEncodec
 
@@ -57,7 +59,7 @@ CHUNK_SECONDS = 3600.0  # audio read and encoded together (its windows sorted by
 ARRAYS = ("features", "codes")
 
 
-class CodecCacheError(ValueError):
+class CodecCacheError(UserError, ValueError):
     """A cache that does not fit the corpus or the codec; the message says what to do."""
 
 
@@ -289,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument("-k", "--ckpt", help="a checkpoint whose codec to use (e.g. states-N.ckpt of the run)")
     which.add_argument("-g", "--model_config", help="a config_model*.yaml whose (real) EnCodec to use")
     parser.add_argument("--shard", type=_parse_shard, default=(0, 1), help="I/N: build every N-th shard from I")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--files-per-shard", type=int, default=FILES_PER_SHARD)
     parser.add_argument("--batch-size", type=int, default=BATCH_WINDOWS,
                         help=f"windows (up to {WINDOW_SECONDS + WARMUP_SECONDS} s) per EnCodec call; 1: one at a time")
@@ -303,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.ckpt:
             model = load_checkpoint(args.ckpt)
         else:
-            model = build_model(model_config_from_yaml(args.model_config))
+            model = build_model(model_config_from_yaml(args.model_config), encodec_weights=encodec_weights())
         if model.codec.needs_corpus_init():
             raise CodecCacheError("this model's EnCodec is random-init and not yet fitted to the corpus: start the "
                                   "pretraining with datarc.codec_cache set (it fits the codec, then builds the cache),"

@@ -26,6 +26,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
+from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.upstream.atomic import atomic_write_text
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
@@ -33,7 +34,7 @@ from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
 AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """The corpus configuration or its files cannot give training data."""
 
 

@@ -20,17 +20,15 @@ import torch
 import torch.nn as nn
 import yaml
 
+from encodecmae_s3prl.errors import ConfigError
 from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
 from encodecmae_s3prl.pretrain_task.step_health import NonFiniteSteps, WaitTimedLoader
+from encodecmae_s3prl.settings import distributed_environment
 from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, load_checkpoint, model_config_from_yaml
 from encodecmae_s3prl.upstream.model import build_model
 from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
 from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -78,9 +76,10 @@ _STREAM_LOSSES = "_stream_losses"  # records key: per-stream losses, logged as m
 def _distributed(device: str) -> tuple[int, int, str]:
     """(rank, world size, device) — under torchrun, joins the process group (gloo on CPU, nccl on GPU)."""
     dist = torch.distributed
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+    world_size, local_rank = distributed_environment()
+    if world_size > 1 and dist.is_available() and not dist.is_initialized():
         if torch.device(device).type == "cuda":
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     if dist.is_available() and dist.is_initialized():
@@ -89,13 +88,17 @@ def _distributed(device: str) -> tuple[int, int, str]:
 
 
 class UpstreamPretrainExpert(nn.Module):
-    def __init__(self, datarc: dict, upstream_config, device: str = "cuda", multi_gpu: bool = False, **kwargs):
+    def __init__(self, datarc: dict, upstream_config, device: str = "cuda", multi_gpu: bool = False,
+                 trust: bool = False, encodec_weights: Optional[str] = None, **kwargs):
         """
         Args:
             datarc: ``pretrain_expert.datarc`` of the runner config (corpus, batch size, precision...).
             upstream_config: path of a ``config_model*.yaml``, or on resume the dict saved in the checkpoint.
+            trust, encodec_weights: the command's settings (``--trust-checkpoint``, ``ENCODEC_CKPT``): for the
+                ``init_from`` checkpoint, and where a pretrained EnCodec comes from (``codec.build_encodec``).
         """
         super().__init__()
+        self.trust = trust
         self.datarc = data = PretrainDataConfig.from_dict(dict(datarc))
         self.rank, self.world_size, self.device = _distributed(device)
         self.multi_gpu = multi_gpu
@@ -119,7 +122,7 @@ class UpstreamPretrainExpert(nn.Module):
             self.sampler.use_items(self.targets.items())
         self.files = files
 
-        self.model = build_model(self.model_config, seed=self.seed)
+        self.model = build_model(self.model_config, seed=self.seed, encodec_weights=encodec_weights)
         if data.init_from:
             self._init_from(data.init_from)
         elif self.model.codec.needs_corpus_init():
@@ -158,7 +161,7 @@ class UpstreamPretrainExpert(nn.Module):
     def _init_from(self, path: str) -> None:
         """Start from another run's weights (the self-training stage 2 starts from stage 1): every tensor
         of the same name and shape is copied; the new target head keeps its fresh initialisation."""
-        source = load_checkpoint(path)
+        source = load_checkpoint(path, trust=self.trust)
         own = self.model.state_dict()
         copied = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
         self.model.load_state_dict(copied, strict=False)

@@ -17,6 +17,7 @@ import yaml
 from tqdm import tqdm
 
 from encodecmae_s3prl.pretrain_task.corpus import CropSampler, load_corpus
+from encodecmae_s3prl.settings import encodec_weights
 from encodecmae_s3prl.upstream.codec import EncodecWeightsError, build_encodec
 from encodecmae_s3prl.upstream.loading import model_config_from_yaml
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     spec = yaml.safe_load(Path(args.model_config).read_text()) or {}
     config = model_config_from_yaml(spec)
     try:
-        codec = build_encodec(config.encodec_source, num_codebooks=config.num_codebooks)
+        codec = build_encodec(config.encodec_source, num_codebooks=config.num_codebooks, weights=encodec_weights())
     except EncodecWeightsError as err:
         raise SystemExit(f"error: {err}") from None
     if codec.needs_corpus_init():

@@ -58,7 +58,7 @@ from encodecmae_s3prl.upstream.loading import load_checkpoint
 from encodecmae_s3prl.upstream.loss import IGNORE
 
 
-class TargetStoreError(ValueError):
+class TargetStoreError(UserError, ValueError):
     pass
 
 

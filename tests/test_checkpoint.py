@@ -1,11 +1,14 @@
 """Checkpoints load without running code from them, and are written atomically."""
 import argparse
+import datetime
 import os
 import pickle
 
 import pytest
 import torch
 
+from encodecmae_s3prl import settings
+from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, atomic_save, safe_load
 
 
@@ -61,3 +64,16 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_save({"v": Unpicklable()}, path)
     assert safe_load(path) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.ckpt"]
+
+
+def test_trust_is_an_argument_read_from_the_environment_only_by_commands(tmp_path, monkeypatch):
+    path = tmp_path / "unsafe.ckpt"
+    torch.save({"Args": datetime.timedelta(days=1)}, path)
+    monkeypatch.setenv(settings.TRUST_ENV, "1")
+    with pytest.raises(CheckpointError, match="refused to load") as refused:  # the library takes trust= only
+        safe_load(path)
+    assert isinstance(refused.value, UserError)
+    assert safe_load(path, trust=True)["Args"] == datetime.timedelta(days=1)
+    assert settings.trust_checkpoint()  # what a command passes as trust=
+    monkeypatch.setenv(settings.TRUST_ENV, "0")
+    assert not settings.trust_checkpoint() and settings.trust_checkpoint(flag=True)

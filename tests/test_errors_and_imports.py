@@ -156,9 +156,10 @@ def _pretrain_args(corpus, steps=4, save=2, extra=""):
 
 
 @pytest.mark.parametrize("case", ["missing_corpus", "manifest_columns", "steps_equal", "epochs_too_few",
-                                  "missing_model_config"])
+                                  "missing_model_config", "no_expname", "resume_folder_without_states"])
 def test_pretrain_start_errors_are_one_line_and_leave_no_folder(tmp_path, files, case):
     missing = tmp_path / "no_such_corpus"
+    (tmp_path / "empty_run").mkdir()
     args, names = {
         "missing_corpus": (_pretrain_args(missing), [missing, "pretrain_expert.datarc.corpus"]),
         "manifest_columns": (_pretrain_args(files["bad.tsv"]), [f"{files['bad.tsv']}:2", "num_frames"]),
@@ -169,6 +170,13 @@ def test_pretrain_start_errors_are_one_line_and_leave_no_folder(tmp_path, files,
                            ["config.runner.n_epochs = 1", "config.runner.save_step = 10"]),
         "missing_model_config": ([REPO / "run_pretrain.py", "-u", "encodecmae", "-g", tmp_path / "nope.yaml",
                                   "-n", "run"], [tmp_path / "nope.yaml"]),
+        # s3prl's script asserts these (a bare AssertionError); we check them first
+        "no_expname": ([REPO / "run_pretrain.py", "-u", "encodecmae", "-g", "tiny", "-p", tmp_path / "run"],
+                       ["run_pretrain.py needs -n NAME (the experiment name) to start a new experiment, also with -p "
+                        "DIR"]),
+        "resume_folder_without_states": ([REPO / "run_pretrain.py", "-e", tmp_path / "empty_run"],
+                                         [f"-e {tmp_path / 'empty_run'}: the folder holds no states-*.ckpt to resume "
+                                          f"from"]),
     }[case]
     _user_error(_run(args, tmp_path), *names)
     assert not (tmp_path / "result").exists()
@@ -191,11 +199,17 @@ def test_last_pretraining_checkpoint_is_named_by_its_step(tmp_path, files):
 
 # --- the shared helper ------------------------------------------------------------------------------------------
 def test_user_error_message_keeps_bugs_as_bugs():
+    import yaml
+
     from encodecmae_s3prl.upstream.config import EncodecMAEConfig
 
-    with pytest.raises(ValueError) as config_error:
+    with pytest.raises(errors.ConfigError) as config_error:  # a user error by its type, and still a ValueError
         EncodecMAEConfig.from_dict({"no_such_key": 1})
+    assert isinstance(config_error.value, ValueError)
     assert "no_such_key" in errors.user_error_message(config_error.value)
+    with pytest.raises(yaml.YAMLError) as bad_yaml:
+        yaml.safe_load("a: [1, 2")
+    assert errors.user_error_message(bad_yaml.value) is not None
     with pytest.raises(ValueError) as other:
         int("x")
     assert errors.user_error_message(other.value) is None
@@ -341,9 +355,134 @@ def test_demo_with_a_missing_encodec_file_is_one_line(tmp_path):
     _user_error(proc, missing, "ENCODEC_CKPT")
 
 
-def test_the_s3prl_assertions_we_rewrite_are_in_the_installed_s3prl():
+# s3prl's bare assertions that users run into, each checked by us before s3prl runs (the test of its sentence)
+PRECHECKED_ASSERTIONS = {
+    ("pretrain/runner.py", "assert total_steps > self.config['runner']['log_step']"): "test_runner_steps_checked_first",
+    ("pretrain/runner.py", "assert total_steps > self.config['runner']['save_step']"): "steps_equal, epochs_too_few",
+    ("run_pretrain.py", "assert len(ckpt_pths) > 0"): "resume_folder_without_states",
+    ("run_downstream.py", "assert len(ckpt_pths) > 0"): "cli.check_past_exp, as resume_folder_without_states",
+    ("run_pretrain.py", "assert args.expname is not None"): "no_expname",
+    ("run_downstream.py", "assert now_use_ddp == original_use_ddp, f'{now_use_ddp} != {original_use_ddp}'"):
+        "test_resume_runs_as_its_checkpoint_did",
+    ("run_downstream.py", "assert now_world == original_world, f'{now_world} != {original_world}'"):
+        "test_resume_runs_as_its_checkpoint_did",
+    ("downstream/runner.py", "assert filepath.is_file(), filepath"): "test_inference_audio_checked_first",
+    ("downstream/runner.py", "assert sr == SAMPLE_RATE, sr"): "test_inference_audio_checked_first",
+}
+
+
+def test_the_s3prl_assertions_we_check_first_are_in_the_installed_s3prl():
+    """If s3prl changes one of these assertions, our check of the same condition may need to change with it."""
     from encodecmae_s3prl.compat import s3prl_package_dir
 
-    for suffix, source in errors.S3PRL_ASSERTIONS:
+    for suffix, source in PRECHECKED_ASSERTIONS:
         lines = [line.strip() for line in (s3prl_package_dir() / suffix).read_text().splitlines()]
         assert source in lines, (suffix, source)
+
+
+def test_runner_steps_checked_first():
+    from encodecmae_s3prl.compat import check_runner_steps
+
+    with pytest.raises(errors.UserError, match=r"config.runner.total_steps = 10 must be greater than "
+                                               r"config.runner.log_step = 10 .*-o \"config.runner.log_step=5\""):
+        check_runner_steps({"runner": {"total_steps": 10, "log_step": 10, "save_step": 5, "n_epochs": -1}})
+    epochs = {"runner": {"n_epochs": 2, "log_step": 1, "save_step": 8, "gradient_accumulate_steps": 2}}
+    check_runner_steps(epochs)  # the step count is not known before the corpus is
+    with pytest.raises(errors.UserError, match=r"^4 steps \(from config.runner.n_epochs = 2\) must be greater than "
+                                               r"config.runner.save_step = 8 .*raise n_epochs or lower save_step"):
+        check_runner_steps(epochs, files=4)  # 2 epochs x 4 files / accumulation 2
+    check_runner_steps(epochs, files=9)
+
+
+def _runner_checkpoint(path, local_rank, world_size):
+    import argparse
+
+    torch.save({"Args": argparse.Namespace(local_rank=local_rank), "Config": {}, "Step": 4, "WorldSize": world_size},
+               path)
+    return path
+
+
+def test_resume_runs_as_its_checkpoint_did(tmp_path, monkeypatch):
+    from encodecmae_s3prl import cli
+
+    (tmp_path / "single").mkdir()
+    single = _runner_checkpoint(tmp_path / "single" / "states-4.ckpt", None, 1)
+    ddp = _runner_checkpoint(tmp_path / "ddp.ckpt", 0, 2)
+    cli.check_resume_distribution(["-m", "train", "-e", str(single)])
+    cli.check_resume_distribution(["-m", "evaluate", "-e", str(ddp)])  # s3prl asserts it only to train
+    with pytest.raises(errors.UserError, match=f"-e {ddp}: that run was trained with torchrun / torch.distributed; "
+                                               f"resume it the same way \\(now: single process\\)"):
+        cli.check_resume_distribution(["-m", "train", "-e", str(ddp)])
+    with pytest.raises(errors.UserError, match="trained as a single process; resume it the same way"):
+        cli.check_resume_distribution(["-m", "train", "-e", str(tmp_path / "single"), "--local_rank", "0"])
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(errors.UserError, match=f"-e {ddp}: that run used 2 processes, this one 4; resume with the "
+                                               f"same --nproc_per_node"):
+        cli.check_resume_distribution(["-m", "train", "-e", str(ddp), "--local_rank=0"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cli.check_resume_distribution(["-m", "train", "-e", str(ddp), "--local_rank=0"])
+
+
+def test_inference_audio_checked_first(tmp_path):
+    from encodecmae_s3prl.compat import check_inference_audio
+
+    missing = tmp_path / "nope.wav"
+    with pytest.raises(errors.UserError, match=f"-m inference: {missing} is not a file; give the audio file to run "
+                                               f"with -t/--evaluate_split"):
+        check_inference_audio(missing)
+    clip = write_wav(tmp_path / "a.wav", np.zeros(2205, np.float32), 22050)
+    with pytest.raises(errors.UserError, match=f"-m inference: {clip} is 22050 Hz; s3prl's inference mode reads "
+                                               f"16 kHz audio, resample the file first"):
+        check_inference_audio(clip)
+    check_inference_audio(clip, reads_any_rate=True)  # a downstream with its own load_audio
+    check_inference_audio(write_wav(tmp_path / "b.wav", np.zeros(1600, np.float32), 16000))
+
+    # run_downstream.py -m inference: s3prl's Runner.inference checks first (the runner class as cli.py patches it)
+    import types
+
+    from encodecmae_s3prl import compat
+
+    class Runner:
+        def inference(self):
+            return "ran"
+
+    runner_module = types.SimpleNamespace(Runner=Runner)
+    compat.inference_input_checked(runner_module)
+    runner = Runner()
+    runner.downstream = types.SimpleNamespace(model=object())
+    runner.args = types.SimpleNamespace(evaluate_split=str(clip))
+    with pytest.raises(errors.UserError, match="is 22050 Hz"):
+        runner.inference()
+    runner.args.evaluate_split = str(tmp_path / "b.wav")
+    assert runner.inference() == "ran"
+
+
+# --- settings are parameters ------------------------------------------------------------------------------------
+def test_encodec_ckpt_random_means_the_same_in_the_demo_and_the_library(tmp_path, monkeypatch):
+    from encodecmae_s3prl import demo, settings
+    from encodecmae_s3prl.upstream.codec import build_encodec, locate_encodec_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty torch hub cache
+    monkeypatch.setenv("ENCODEC_CKPT", "random")
+    weights = settings.encodec_weights()
+    assert weights == "random" and locate_encodec_weights(weights) is None
+    assert not demo.choose_encodec(download=False).real
+    codec = build_encodec("pretrained", weights=weights)  # the random-init codec in place of the pretrained one
+    random = build_encodec("random")
+    assert bool(codec.random_weights) and codec.needs_corpus_init()
+    for name, value in random.state_dict().items():
+        torch.testing.assert_close(codec.state_dict()[name], value)
+
+
+def test_the_library_reads_no_environment_and_inspects_no_frames():
+    """Settings come in as arguments (read by encodecmae_s3prl/settings.py at a command's edge); errors are told
+    apart by type. Comments and docstrings may name the variables."""
+    import ast
+
+    for folder in ("upstream", "pretrain_task", "downstream_probes", "encodecmae_s3prl"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            names = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+            assert not names & {"f_locals", "f_back", "tb_next", "currentframe", "_getframe"}, path
+            if folder != "encodecmae_s3prl":
+                assert not names & {"environ", "getenv"}, f"{path} reads the environment: take a parameter"

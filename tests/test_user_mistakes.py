@@ -43,6 +43,20 @@ def test_a_file_that_is_no_checkpoint_is_called_unreadable_not_untrusted(clip, t
     assert "TRUST" not in line and "allow-list" not in line
 
 
+def test_extract_trust_flag_is_passed_to_the_loading(clip, tmp_path, capsys, monkeypatch):
+    import datetime
+
+    import torch
+
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"Args": datetime.timedelta(days=1)}, unsafe)
+    monkeypatch.delenv("ENCODECMAE_TRUST_CHECKPOINT", raising=False)
+    argv = ["-u", "encodecmae_local", "-k", str(unsafe), str(clip), "--out", str(tmp_path / "f")]
+    assert "refused to load" in _error_line(capsys, argv)
+    trusted = _error_line(capsys, argv + ["--trust-checkpoint"])  # loaded, then found not to be ours
+    assert "is not an EnCodecMAE checkpoint" in trusted and "refused" not in trusted
+
+
 def _script(name: str, cwd, *args, timeout: int = 300):
     import subprocess
     import sys

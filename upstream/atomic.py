@@ -12,8 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from encodecmae_s3prl.errors import UserError
 
-class DiskFullError(OSError):
+
+class DiskFullError(UserError, OSError):
     """No space left while writing a file: what was being written and where."""
 
 

@@ -15,10 +15,12 @@ import soundfile
 import torch
 import torchaudio
 
+from encodecmae_s3prl.errors import UserError
+
 BLOCK_SECONDS = 30  # read (and mix down), and resample, this much at a time
 
 
-class AudioReadError(ValueError):
+class AudioReadError(UserError, ValueError):
     """A file that gives no usable audio: undecodable, empty or not finite. The message names the file."""
 
 

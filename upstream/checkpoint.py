@@ -15,16 +15,16 @@ from typing import Any
 
 import torch
 
+from encodecmae_s3prl.errors import UserError
+from encodecmae_s3prl.settings import TRUST_ENV
 from encodecmae_s3prl.upstream.atomic import atomic_write
-
-TRUST_ENV = "ENCODECMAE_TRUST_CHECKPOINT"
 
 # The only non-tensor, non-builtin classes found in checkpoints we load:
 # s3prl stores its CLI args as an argparse.Namespace; Lightning-era files store pathlib paths.
 SAFE_GLOBALS = (argparse.Namespace, Path, type(Path(".")))
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, truncated, unsafe or of the wrong kind."""
 
 
@@ -33,15 +33,11 @@ def register_safe_globals() -> None:
     torch.serialization.add_safe_globals([*SAFE_GLOBALS])
 
 
-def _trusted_by_env() -> bool:
-    return os.environ.get(TRUST_ENV, "") not in ("", "0", "false", "False")
-
-
 def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = "cpu") -> Any:
     """Load a torch checkpoint without executing code from it.
 
-    ``trust=True`` (or ``ENCODECMAE_TRUST_CHECKPOINT=1``) is the explicit opt-in for a file
-    that needs other classes; it is never taken silently.
+    ``trust=True`` is the explicit opt-in for a file that needs other classes; it is never taken silently
+    (commands pass ``--trust-checkpoint`` / ``ENCODECMAE_TRUST_CHECKPOINT=1`` as it).
     """
     path = Path(path)
     if not path.is_file():
@@ -50,7 +46,7 @@ def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = 
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file is truncated, copy or download it "
                               "again.")
     register_safe_globals()
-    if trust or _trusted_by_env():
+    if trust:
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
         # memory-mapped: tensors are read from the file as they are used, not copied in first

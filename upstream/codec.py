@@ -7,15 +7,15 @@ and eval mode whatever the parent's mode, because encodec's RVQ in train mode mo
 (encoder weights, codebooks, the standardisation statistics) lives in this module's state dict, so a checkpoint always
 reproduces its own targets.
 
-Weights come from ``build_encodec(source)``: 'pretrained' (the encodec package's file, from
-$ENCODEC_CKPT, the torch hub cache or a download), a local path, or 'random' (seeded random
-init; then fit the codebooks and the standardisation to a corpus with ``init_from_corpus``).
+Weights come from ``build_encodec(source, weights=...)``: 'pretrained' (the encodec package's file, found by
+``locate_encodec_weights(weights)``: the file a command was given (``ENCODEC_CKPT``), the torch hub cache or
+a download), a local path, or 'random' (seeded random init; then fit the codebooks and the standardisation to
+a corpus with ``init_from_corpus``).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence
@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from encodecmae_s3prl.errors import UserError
+from encodecmae_s3prl.settings import ENCODEC_ENV
 from encodecmae_s3prl.upstream.checkpoint import safe_load
 from encodecmae_s3prl.upstream.kmeans import assign, kmeans
 
@@ -41,11 +43,10 @@ CODEBOOK_SIZE = 1024         # bins of every RVQ stage
 ENCODEC_FILE = "encodec_24khz-d7cc33bc.th"  # the name the encodec package downloads to the torch hub cache
 ENCODEC_URL = f"https://dl.fbaipublicfiles.com/encodec/v0/{ENCODEC_FILE}"
 ENCODEC_HASH = "d7cc33bc"  # the start of the file's SHA-256, as its name carries it
-ENCODEC_ENV = "ENCODEC_CKPT"
 RANDOM_CODEC_SEED = 20230914  # one fixed random EnCodec for every 'random' build
 
 
-class EncodecWeightsError(RuntimeError):
+class EncodecWeightsError(UserError, RuntimeError):
     """EnCodec weights could not be found or do not fit the 24 kHz model."""
 
 
@@ -313,17 +314,28 @@ def _encodec_24khz():
         return EncodecModel.encodec_model_24khz(pretrained=False)
 
 
-def build_encodec(source: str = "pretrained", num_codebooks: int = 8, standardise: bool = False) -> FrozenEncodec:
+def build_encodec(source: str = "pretrained", num_codebooks: int = 8, standardise: bool = False,
+                  weights: Optional[str] = None) -> FrozenEncodec:
     """A ``FrozenEncodec`` with weights from ``source``.
 
     Args:
-        source: 'pretrained' ($ENCODEC_CKPT if it names a file, else the torch hub cache, else a
-            download by the encodec package), a path to an EnCodec 24 kHz state dict (``.th``),
-            or 'random' (a fixed seeded random init, codebooks seeded Gaussian; fit them with
-            ``init_from_corpus`` before training on its targets).
+        source: 'pretrained' (the file ``locate_encodec_weights(weights)`` finds), a path to an EnCodec 24 kHz
+            state dict (``.th``), or 'random' (a fixed seeded random init, codebooks seeded Gaussian; fit them
+            with ``init_from_corpus`` before training on its targets).
         num_codebooks, standardise: see ``FrozenEncodec``.
+        weights: where 'pretrained' comes from, as the user said it (commands pass ``ENCODEC_CKPT``): a file,
+            'random' (the random-init codec instead), or None (the torch hub cache, then a download).
     """
-    if source == "random":
+    path = None
+    if source == "pretrained":
+        path = locate_encodec_weights(weights)
+    elif source != "random":
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise EncodecWeightsError(
+                f"encodec_source {source!r} is neither 'pretrained', 'random' nor an existing file; give the "
+                f"path of {ENCODEC_FILE} (EnCodec 24 kHz weights).")
+    if path is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_CODEC_SEED)
             model = _encodec_24khz()
@@ -335,17 +347,8 @@ def build_encodec(source: str = "pretrained", num_codebooks: int = 8, standardis
             _set_codebook(layer._codebook, centroids, torch.ones(CODEBOOK_SIZE))
         codec.random_weights.fill_(True)
         return codec
-    if source == "pretrained":
-        state = _pretrained_state()
-        where = "the pretrained EnCodec 24 kHz weights"
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise EncodecWeightsError(
-                f"encodec_source {source!r} is neither 'pretrained', 'random' nor an existing file; give the "
-                f"path of {ENCODEC_FILE} (EnCodec 24 kHz weights).")
-        state = safe_load(path)
-        where = str(path)
+    state = safe_load(path)
+    where = str(path)
     model = _encodec_24khz()
     codec = FrozenEncodec(model.encoder, model.quantizer, num_codebooks, standardise)
     load_encodec_state(codec, state, where)
@@ -373,18 +376,38 @@ def load_encodec_state(codec: FrozenEncodec, state: dict, where: str = "the stat
     codec.random_weights.fill_(False)
 
 
-def _pretrained_state() -> dict:
-    """The encodec package's 24 kHz weights: $ENCODEC_CKPT, then the torch hub cache, then a download."""
-    env = os.environ.get(ENCODEC_ENV, "")
-    if env and env not in ("pretrained", "random"):
-        path = Path(env).expanduser()
+def cached_encodec_weights() -> Path:
+    """Where the encodec package keeps its 24 kHz weights: ``<torch hub dir>/checkpoints/encodec_24khz-d7cc33bc.th``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_FILE
+
+
+def locate_encodec_weights(weights: Optional[str] = None, download: bool = True) -> Optional[Path]:
+    """The file of the pretrained EnCodec 24 kHz weights, or None for the seeded random-init codec: the one
+    lookup of those weights (the library's 'pretrained' source and the demo both use it).
+
+    Args:
+        weights: what the user asked for (commands pass ``ENCODEC_CKPT``): 'random' -> None; a path -> that file;
+            None, '' or 'pretrained' -> the torch hub cache (``cached_encodec_weights()``), else, with
+            ``download``, the encodec package's download into that cache.
+    Raises:
+        EncodecWeightsError: a named file that is not there, or pretrained weights neither cached nor downloaded
+            (the message gives the ways out).
+    """
+    if weights == "random":
+        return None
+    if weights and weights != "pretrained":
+        path = Path(weights).expanduser()
         if not path.is_file():
-            raise EncodecWeightsError(f"${ENCODEC_ENV}={env}: no such file; point it at {ENCODEC_FILE}.")
-        return safe_load(path)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_FILE
+            raise EncodecWeightsError(
+                f"{ENCODEC_ENV}={weights}: no such file; point it at {ENCODEC_FILE} (the real EnCodec 24 kHz "
+                f"weights), or unset it (or {ENCODEC_ENV}=random) for the random-init codec")
+        return path
+    cached = cached_encodec_weights()
     if cached.is_file():
-        return safe_load(cached)
+        return cached
     try:
+        if not download:
+            raise FileNotFoundError(f"{cached} is not there and downloading was not asked for")
         # not torch.hub.load_state_dict_from_url, which prints "Downloading: URL" before it knows whether anything
         # can be downloaded (offline too); its downloader shows a progress bar once bytes arrive, checks the hash
         # the file name carries and renames the finished file into the cache
@@ -397,4 +420,4 @@ def _pretrained_state() -> dict:
             f"into the torch hub cache as {cached}; (3) set {ENCODEC_ENV}=/path/to/{ENCODEC_FILE}, or the model "
             f"config key encodec_source: /path/to/{ENCODEC_FILE} (or encodec_source: random for a random-init "
             f"codec, tests and offline demos only).") from None
-    return safe_load(cached)
+    return cached

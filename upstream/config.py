@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from encodecmae_s3prl.errors import ConfigError
 from encodecmae_s3prl.upstream.codec import CODEBOOK_SIZE, FRAME_RATE
 from encodecmae_s3prl.upstream.masking import RECIPES
 from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
@@ -172,5 +173,5 @@ def get_config(name: str) -> EncodecMAEConfig:
     """A named configuration: tiny, small, base or large (dataclasses.replace to change fields); its
     ``recipe`` says how it trains ('v1' for small, base and large)."""
     if name not in CONFIGS:
-        raise ValueError(f"unknown EnCodecMAE config {name!r}; known: {', '.join(CONFIGS)}")
+        raise ConfigError(f"unknown EnCodecMAE config {name!r}; known: {', '.join(CONFIGS)}")
     return CONFIGS[name]

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.upstream.audio import all_finite, resampled_length
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
 from encodecmae_s3prl.upstream.inference import ChunkedInference
@@ -111,7 +112,7 @@ class UpstreamExpert(nn.Module):
         return torch.minimum(index[None, :], (model_frames - 1)[:, None].to(index.device))
 
 
-class UnfittedCodecError(ValueError):
+class UnfittedCodecError(UserError, ValueError):
     """A random-init EnCodec whose codebooks and feature statistics were never fitted to a corpus."""
 
 

@@ -2,6 +2,10 @@
 
 ``encodecmae_local`` takes ``-k`` (our pretraining checkpoint or a published v1 ``model.pt``);
 the published ones download and cache when online, or take ``-k`` a local copy.
+
+Besides s3prl's ``ckpt``, ``model_config`` and ``refresh``, every entry takes the settings a command read at
+its edge (``settings.UpstreamSettings``): ``trust`` (``--trust-checkpoint``) and ``encodec_weights``
+(``ENCODEC_CKPT``); the published ones also ``online`` (the hub's reachability, decided once).
 """
 from __future__ import annotations
 
@@ -16,20 +20,24 @@ ENTRIES = (
     "encodec_features",
     "encodecmae_random",
 )
+# the entries that download a published checkpoint when no ckpt is given: they take ``online``
+PUBLISHED_ENTRIES = ("encodecmae", "encodecmae_small", "encodecmae_base", "encodecmae_base_st", "encodecmae_large",
+                     "encodecmae_large_st")
 
 
-def _expert(ckpt=None, model_config=None, variant=None, **kwargs):
+def _expert(ckpt=None, model_config=None, variant=None, trust=False, encodec_weights=None, **kwargs):
     """Load (a checkpoint, or a baseline built from one) and wrap it for s3prl."""
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
     from encodecmae_s3prl.upstream.loading import load_model_for_inference
 
-    return UpstreamExpert(load_model_for_inference(ckpt, model_config, variant), **kwargs)
+    return UpstreamExpert(load_model_for_inference(ckpt, model_config, variant, trust=trust,
+                                                   encodec_weights=encodec_weights), **kwargs)
 
 
-def _published(variant: str, ckpt=None, refresh: bool = False, **kwargs):
+def _published(variant: str, ckpt=None, refresh: bool = False, online=None, **kwargs):
     from encodecmae_s3prl.upstream.published import published_checkpoint
 
-    return _expert(published_checkpoint(variant, ckpt, refresh=refresh), **kwargs)
+    return _expert(published_checkpoint(variant, ckpt, refresh=refresh, online=online), **kwargs)
 
 
 def encodecmae_local(ckpt, *args, **kwargs):

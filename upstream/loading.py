@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from encodecmae_s3prl.errors import ConfigError
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
 from encodecmae_s3prl.upstream.config import EncodecMAEConfig, get_config
 from encodecmae_s3prl.upstream.inference import EncodecFeatures
@@ -32,7 +33,7 @@ def model_config_from_yaml(spec: dict | str | os.PathLike | None) -> EncodecMAEC
     valid = {f.name for f in fields(EncodecMAEConfig)}
     unknown = sorted(set(spec) - valid)
     if unknown:
-        raise ValueError(f"unknown model config key(s) {unknown}; valid keys: 'model' and {sorted(valid)}")
+        raise ConfigError(f"unknown model config key(s) {unknown}; valid keys: 'model' and {sorted(valid)}")
     if "codebook_weights" in spec:
         spec["codebook_weights"] = tuple(spec["codebook_weights"])
     return replace(get_config(name), **spec)
@@ -43,9 +44,10 @@ def _is_v1(checkpoint: dict) -> bool:
     return isinstance(state, dict) and any(k.startswith("visible_encoder.") for k in state)
 
 
-def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> EncodecMAE:
-    """Our ``states-N.ckpt`` or a published v1 ``model.pt`` (``config.gin`` beside it) -> EncodecMAE."""
-    checkpoint = safe_load(path)
+def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None, trust: bool = False) -> EncodecMAE:
+    """Our ``states-N.ckpt`` or a published v1 ``model.pt`` (``config.gin`` beside it) -> EncodecMAE.
+    ``trust``: load a file that needs classes outside the safe allow-list (``checkpoint.safe_load``)."""
+    checkpoint = safe_load(path, trust=trust)
     if isinstance(checkpoint, dict) and CHECKPOINT_KEY in checkpoint:
         entry = checkpoint[CHECKPOINT_KEY]
         config = EncodecMAEConfig.from_dict(entry["config"])
@@ -65,25 +67,26 @@ def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> E
     )
 
 
-def load_model_for_inference(ckpt: str | None, model_config: str | None,
-                             variant: str | None) -> EncodecMAE | EncodecFeatures:
-    """What the upstream expert runs: a checkpoint, the random-init base (ECMAE-R), or EnCodec alone (EC)."""
+def load_model_for_inference(ckpt: str | None, model_config: str | None, variant: str | None,
+                             trust: bool = False, encodec_weights: str | None = None) -> EncodecMAE | EncodecFeatures:
+    """What the upstream expert runs: a checkpoint, the random-init base (ECMAE-R), or EnCodec alone (EC).
+    ``trust`` goes to the checkpoint's loading, ``encodec_weights`` to a codec built from a config (no ``ckpt``)."""
     overrides = {}
     if model_config:
         spec = yaml.safe_load(Path(model_config).read_text()) or {}
         overrides = {k: v for k, v in spec.items() if k != "model"}
     if variant in (None, "local"):
         if not ckpt:
-            raise ValueError("encodecmae_local needs a checkpoint: pass -k /path/to/states-N.ckpt or model.pt")
-        return load_checkpoint(ckpt, overrides if model_config else None)
+            raise ConfigError("encodecmae_local needs a checkpoint: pass -k /path/to/states-N.ckpt or model.pt")
+        return load_checkpoint(ckpt, overrides if model_config else None, trust=trust)
     if variant in ("random", "encodec_features"):
         if ckpt:  # a checkpoint lends its codec (weights, fitted codebooks, standardisation) and sizes
-            source = load_checkpoint(ckpt)
+            source = load_checkpoint(ckpt, trust=trust)
             config, codec = source.config, source.codec
         else:
             config = model_config_from_yaml({"model": "base", **overrides})
-            codec = build_codec(config)
+            codec = build_codec(config, encodec_weights)
         if variant == "encodec_features":
             return EncodecFeatures(codec, config.chunk_seconds)
         return build_model(config, seed=0, codec=codec)  # ECMAE-R: random-init base on that codec
-    raise ValueError(f"unknown upstream variant {variant!r}")
+    raise ConfigError(f"unknown upstream variant {variant!r}")

@@ -29,17 +29,20 @@ from encodecmae_s3prl.upstream.loss import IGNORE, frame_cross_entropy, masked_p
 from encodecmae_s3prl.upstream.masking import gather_visible, padding_mask, scatter_back, span_mask
 
 
-def build_codec(config: EncodecMAEConfig) -> FrozenEncodec:
-    """The frozen EnCodec a config asks for: its weights source, its Q codebooks, its standardisation."""
-    return build_encodec(config.encodec_source, config.num_codebooks, config.standardise_features)
+def build_codec(config: EncodecMAEConfig, encodec_weights: str | None = None) -> FrozenEncodec:
+    """The frozen EnCodec a config asks for: its weights source, its Q codebooks, its standardisation; a pretrained
+    one from ``encodec_weights`` (see ``codec.build_encodec``)."""
+    return build_encodec(config.encodec_source, config.num_codebooks, config.standardise_features,
+                         weights=encodec_weights)
 
 
-def build_model(config: EncodecMAEConfig, seed: int = 0, codec: Optional[FrozenEncodec] = None) -> EncodecMAE:
+def build_model(config: EncodecMAEConfig, seed: int = 0, codec: Optional[FrozenEncodec] = None,
+                encodec_weights: str | None = None) -> EncodecMAE:
     """The one way to make a fresh model: seeded (the same seed, the same weights), on ``codec`` when
-    given (e.g. another checkpoint's), else on the codec the config asks for."""
+    given (e.g. another checkpoint's), else on the codec the config asks for (``build_codec``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return EncodecMAE(config, codec=codec if codec is not None else build_codec(config))
+        return EncodecMAE(config, codec=codec if codec is not None else build_codec(config, encodec_weights))
 
 
 @dataclass

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from encodecmae_s3prl.errors import UserError
+from encodecmae_s3prl.settings import hub_reachable
+
 VARIANTS = ("small", "base", "large", "base-st", "large-st")
 HUB_FILES = ("model.pt", "config.gin")
 
 
-class PublishedCheckpointError(RuntimeError):
+class PublishedCheckpointError(UserError, RuntimeError):
     pass
 
 
@@ -21,9 +24,14 @@ def hub_repository(variant: str) -> str:
     return f"lpepino/encodecmae-{variant}"
 
 
-def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = False) -> str:
+def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = False,
+                         online: bool | None = None) -> str:
     """Path of ``model.pt`` of a published variant: ``ckpt`` (a file, or a folder holding model.pt)
-    when given, else the hub copy (downloaded once into the Hugging Face cache, again with ``refresh``)."""
+    when given, else the hub copy (downloaded once into the Hugging Face cache, again with ``refresh``).
+
+    ``online``: whether the hub answers, as the command decided it once (``settings.hub_reachable``); None asks
+    that function now. Offline, the cached copy loads at once or the error comes at once (huggingface_hub would
+    retry for ~25 s)."""
     repository = hub_repository(variant)
     if ckpt:
         path = Path(ckpt).expanduser()
@@ -36,11 +44,11 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
     try:
         from huggingface_hub import hf_hub_download
 
-        online = hub_reachable()
+        if online is None:
+            online = hub_reachable()
         if refresh and not online:
             raise PublishedCheckpointError("refresh needs the Hugging Face hub, which does not answer; pass a local "
                                            "model.pt with -k instead")
-        # offline: the cached copy at once, or a clear failure at once (hf_hub_download would retry for ~25 s)
         paths = [hf_hub_download(repository, name, force_download=refresh, local_files_only=not online)
                  for name in HUB_FILES]
     except PublishedCheckpointError:
@@ -54,17 +62,3 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
         ) from None
     return paths[0]
 
-
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """One HEAD request to the hub, no retries."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    import requests
-
-    try:
-        requests.head(constants.ENDPOINT, timeout=timeout, allow_redirects=False)
-    except requests.RequestException:
-        return False
-    return True
