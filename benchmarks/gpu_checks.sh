@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/README.md in one pass, from the repository root of a CUDA machine:
 #
-#   REFERENCE=/tmp/encodecmae_v1 bash benchmarks/gpu_checks.sh [RESULTS_DIR]
+#   bash benchmarks/gpu_checks.sh [RESULTS_DIR]                                  # ~10 min at most
+#   ALL=1 REFERENCE=/tmp/encodecmae_v1 bash benchmarks/gpu_checks.sh [RESULTS_DIR]  # + the older figures
 #
-# REFERENCE: a checkout of habla-liaa/encodecmae at v.1.0.0 (see vs_reference.py). Runs with the
+# By default the pretraining-at-scale figures (batched cache build, the step from the cache at batch 128 with
+# MFU, compiled base, the loader with pinned workers, the plan); their time limits add up to 600 s, one call of
+# a lent machine. REFERENCE (ALL=1 only): a checkout of habla-liaa/encodecmae at v.1.0.0 (see vs_reference.py). Runs with the
 # installed package, or, where it is not installed (a bare GPU machine with torch, torchaudio, encodec
 # and soundfile), lays this checkout out as the package in a temporary folder. Each check has a time
 # limit and a failed check does not stop the others; the log goes to RESULTS_DIR/gpu_checks.log.
@@ -27,12 +30,6 @@ check() {
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } 2>&1 | tee -a "$log"
-check 50 "$py" benchmarks/sdpa_kernels.py --device cuda --size small --batch 8
-check 100 "$py" benchmarks/vs_reference.py --reference "$REFERENCE" --device cuda --batch 8 --repeats 10
-check 100 "$py" benchmarks/vs_reference.py --reference "$REFERENCE" --device cuda --batch 64 --repeats 10
-check 120 "$py" benchmarks/train_throughput.py --device cuda --sizes small,base,large --batch 32 --steps 10
-check 80 "$py" benchmarks/extraction_rtf.py --device cuda --sizes small,base,large --seconds 30 --batch 16
-check 50 "$py" benchmarks/extraction_rtf.py --device cuda --sizes base --seconds 30 --batch 16 --precision fp32
 check 150 "$py" benchmarks/codec_cache_rate.py --device cuda --files 48 --seconds 60 --batch-sizes 1,32,64
 # --- the step from the cache at the paper's batch, the loader alone, and the plan (issue 21 items 2-4) ---
 # PEAK_TFLOPS: the GPU's dense bf16 peak for the MFU column (989 for an H200 SXM; set it for another GPU)
@@ -43,3 +40,12 @@ check 150 "$py" benchmarks/train_throughput.py --device cuda --from-cache --size
     --warmup 3 --compile --peak-tflops "$peak"
 check 120 "$py" benchmarks/loader_rate.py --workers 0,1,2,4,8 --batch 128 --batches 20 --pin --device cuda
 check 30 "$py" benchmarks/plan.py --hours 16000 -g base --device h200
+# --- the figures of the 2026-11-26 run (vs the authors' code, on-the-fly training, extraction): ALL=1 ---
+if [ -n "${ALL:-}" ]; then
+    check 50 "$py" benchmarks/sdpa_kernels.py --device cuda --size small --batch 8
+    check 100 "$py" benchmarks/vs_reference.py --reference "$REFERENCE" --device cuda --batch 8 --repeats 10
+    check 100 "$py" benchmarks/vs_reference.py --reference "$REFERENCE" --device cuda --batch 64 --repeats 10
+    check 120 "$py" benchmarks/train_throughput.py --device cuda --sizes small,base,large --batch 32 --steps 10
+    check 80 "$py" benchmarks/extraction_rtf.py --device cuda --sizes small,base,large --seconds 30 --batch 16
+    check 50 "$py" benchmarks/extraction_rtf.py --device cuda --sizes base --seconds 30 --batch 16 --precision fp32
+fi
