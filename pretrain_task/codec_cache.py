@@ -47,6 +47,7 @@ from encodecmae_s3prl.pretrain_task.codec_windows import encode_files, plan_wind
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, load_corpus
 from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
 from encodecmae_s3prl.settings import default_device, encodec_weights
+from encodecmae_s3prl.upstream.atomic import remove_temporaries
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, SAMPLE_RATE, FrozenEncodec
 
@@ -146,6 +147,7 @@ def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLi
     Returns counts: shards built, shards already there, files skipped as unreadable."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)  # a killed build's half-written shards
     identity = codec_identity(codec, num_codebooks)
     meta = {"version": VERSION, "codec": identity, "num_codebooks": num_codebooks, "frame_rate": FRAME_RATE,
             "files_per_shard": files_per_shard}

@@ -49,7 +49,7 @@ from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.pretrain_task import frame_store
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, draw_start_frame, load_corpus, read_crop_at
 from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
-from encodecmae_s3prl.upstream.atomic import atomic_write_text, replace_folder
+from encodecmae_s3prl.upstream.atomic import atomic_write_text, remove_temporaries, replace_folder
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
@@ -225,6 +225,7 @@ def _build(out: Path, meta: dict, centroids: torch.Tensor, shards: int,
     if partial.exists() and _meta_or_none(partial) != meta:  # another run's labels: start over
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(partial)  # a killed run's half-written files
     if not (partial / frame_store.META).is_file():
         frame_store.write_meta(partial, meta)
     atomic_save({"centroids": centroids}, partial / "kmeans.pt")

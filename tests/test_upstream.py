@@ -305,7 +305,7 @@ def test_extract_adds_its_flags_to_the_unfitted_codec_error(tmp_path, monkeypatc
     from encodecmae_s3prl import extract
     from encodecmae_s3prl.upstream.expert import UnfittedCodecError
 
-    def run(args):  # what loading an upstream on an unfitted random codec raises
+    def run(args, settings):  # what loading an upstream on an unfitted random codec raises
         raise UnfittedCodecError("never fitted to a corpus")
 
     monkeypatch.setattr(extract, "run", run)

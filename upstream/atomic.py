@@ -19,6 +19,15 @@ class DiskFullError(UserError, OSError):
     """No space left while writing a file: what was being written and where."""
 
 
+def remove_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the hidden ``.<name>.*.tmp`` files that killed writers left in ``folder`` (not its subfolders);
+    for a build that resumes in a folder of its own. Returns how many there were."""
+    stale = list(Path(folder).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """``write(handle)`` into a temporary file in ``path``'s folder, then rename it to ``path``; returns ``path``."""
     path = Path(path)
