@@ -8,7 +8,8 @@ line per file (``num_frames`` at the file's own rate). Build one with::
 
 Batches are a pure function of (seed, batch index): file choice (in proportion to duration),
 crop offset, and nothing else. Resuming at step N therefore continues with exactly the data
-an uninterrupted run would have seen, and every DDP rank draws its own slice.
+an uninterrupted run would have seen, and every DDP rank draws its own slice. So are their span
+masks (``BatchMasks``), drawn where the batch is made, on the host.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from tqdm import tqdm
 from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.upstream.atomic import atomic_write_text
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
-from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE
+from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
+from encodecmae_s3prl.upstream.masking import HostMask
 
 AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
 
@@ -176,12 +178,48 @@ class CropBatch:
     features: torch.Tensor | None = None       # from a codec cache: (batch, frames, 128) float16, zero-padded
     codes: torch.Tensor | None = None          # from a codec cache: (batch, frames, Q) int16
     frame_lengths: torch.Tensor | None = None  # from a codec cache: (batch,) valid frames
+    mask: HostMask | None = None               # its span mask, drawn by the loader (BatchMasks)
 
     def pin_memory(self) -> "CropBatch":
         """The batch in page-locked memory (what torch's DataLoader calls with ``pin_memory=True``): a copy to
         the GPU from there can be ``non_blocking``."""
+        pinned = (torch.Tensor, HostMask)
         return dataclasses.replace(self, **{field.name: value.pin_memory() for field in dataclasses.fields(self)
-                                            if isinstance(value := getattr(self, field.name), torch.Tensor)})
+                                            if isinstance(value := getattr(self, field.name), pinned)})
+
+
+@dataclass(frozen=True)
+class BatchMasks:
+    """The span masks of the training batches, a pure function of (seed, batch index, rank) as the crops are: a
+    resumed run draws the same ones. Drawn on the host from the batch's host lengths (by ``CropLoader``, in its
+    workers, or by the expert for a batch without one), so that the step never reads the device for them."""
+
+    mask_prop: float
+    span: int
+    recipe: str
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def of_model(cls, config, seed: int = 0, rank: int = 0, world_size: int = 1) -> "BatchMasks":
+        """The masks an ``EncodecMAEConfig``'s model draws (its mask_prop, mask_span and layout)."""
+        return cls(config.mask_prop, config.mask_span, config.resolved_mask_layout, seed, rank, world_size)
+
+    def generator(self, batch_index: int) -> torch.Generator:
+        """The CPU generator of batch ``batch_index`` on this rank (every rank masks its own crops differently)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + batch_index * (self.world_size or 1) + self.rank)
+
+    def for_batch(self, batch: CropBatch) -> HostMask:
+        """The mask of ``batch``: (B, T) over its frames, T as the model will see them (from a codec cache the
+        features' length, from audio the longest clip's frames)."""
+        if batch.features is not None and batch.frame_lengths is not None:
+            frame_lengths, frames = batch.frame_lengths, batch.features.shape[1]
+        else:
+            frame_lengths = FrozenEncodec.frame_lengths(batch.lengths)
+            frames = int(frame_lengths.max())
+        return HostMask.draw(frame_lengths, frames, self.mask_prop, self.span, self.generator(batch.batch_index),
+                             self.recipe)
 
 
 class CropSampler:
@@ -313,7 +351,7 @@ class CropLoader:
 
     def __init__(self, sampler: CropSampler, start_batch: int = 0, num_workers: int = 2, prefetch: int = 2,
                  batches_per_epoch: int | None = None, targets=None, backend: str = "torch",
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, masks: BatchMasks | None = None):
         if backend not in self.BACKENDS:
             raise CorpusError(f"pretrain_expert.datarc.loader must be one of {self.BACKENDS}, got {backend!r}")
         self.dataset = sampler
@@ -326,6 +364,7 @@ class CropLoader:
         self.num_workers = max(0, min(num_workers, cores))
         self.prefetch = max(1, prefetch)
         self.pin_memory = pin_memory  # torch backend: batches in page-locked memory, for non-blocking GPU copies
+        self.masks = masks  # each batch's span mask, drawn as the batch is made (in the workers)
         per_epoch = sampler.total_seconds() / (sampler.crop_seconds * sampler.batch_size)
         self._len = batches_per_epoch or max(1, int(math.ceil(per_epoch)))
 
@@ -333,7 +372,10 @@ class CropLoader:
         return self._len
 
     def _collate(self, items: Sequence[tuple[int, Crop]]) -> CropBatch:
-        return collate([crop for _, crop in items], items[0][0], self.targets)
+        batch = collate([crop for _, crop in items], items[0][0], self.targets)
+        if self.masks is not None:
+            batch.mask = self.masks.for_batch(batch)
+        return batch
 
     def _torch_batches(self) -> Iterator[CropBatch]:
         loader = torch.utils.data.DataLoader(

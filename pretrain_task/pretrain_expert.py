@@ -4,8 +4,9 @@ s3prl's pretrain runner owns the loop (optimizer, accumulation, clipping, loggin
 resume); this class owns the model, the data and what a checkpoint must hold so that a
 resumed run continues exactly: model weights, and the position in the data stream.
 
-The step path never waits on the GPU for its own bookkeeping: the losses it logs stay on the device until a
-logging step, and a step whose loss is not finite is found from a flag read after the runner's own sync.
+The step path never waits on the GPU: its span mask and the shapes that follow from it are drawn on the host
+where the batch is made (``BatchMasks``), the losses it logs stay on the device until a logging step, and a step
+whose loss is not finite is found from a flag read after the runner's own sync.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch.nn as nn
 import yaml
 
 from encodecmae_s3prl.errors import ConfigError
-from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
+from encodecmae_s3prl.pretrain_task.corpus import BatchMasks, CropBatch, CropLoader, CropSampler, load_corpus
 from encodecmae_s3prl.pretrain_task.step_health import NonFiniteSteps, WaitTimedLoader
 from encodecmae_s3prl.settings import distributed_environment
 from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
@@ -121,6 +122,7 @@ class UpstreamPretrainExpert(nn.Module):
         if self.targets is not None and self.targets.per_crop:  # v1: stage 2 trains on the crops it labelled
             self.sampler.use_items(self.targets.items())
         self.files = files
+        self.masks = BatchMasks.of_model(self.model_config, self.seed, self.rank, self.world_size)
 
         self.model = build_model(self.model_config, seed=self.seed, encodec_weights=encodec_weights)
         if data.init_from:
@@ -193,7 +195,8 @@ class UpstreamPretrainExpert(nn.Module):
         pin = torch.device(self.device).type == "cuda"
         self._loader = WaitTimedLoader(CropLoader(
             self.sampler, start_batch=self.next_batch, num_workers=self.datarc.num_workers,
-            prefetch=self.datarc.prefetch_batches, targets=self.targets, backend=self.datarc.loader, pin_memory=pin))
+            prefetch=self.datarc.prefetch_batches, targets=self.targets, backend=self.datarc.loader, pin_memory=pin,
+            masks=self.masks))
         return self._loader
 
     def on_before_zero_grad(self) -> None:
@@ -213,11 +216,12 @@ class UpstreamPretrainExpert(nn.Module):
                           codes=to_device(data.codes))
         else:
             inputs = dict(wav=to_device(data.wavs), wav_lengths=to_device(data.lengths))
-        # the masks are a function of (seed, batch): a resumed run draws the same ones
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + data.batch_index * (self.world_size or 1)
-                                                  + self.rank)
+        # the masks are a function of (seed, batch): a resumed run draws the same ones; drawn by the loader, or here
+        # for a batch made elsewhere, on the host either way. The extra targets' values were checked on the host
+        # by TargetStore.slice as the loader read them.
+        mask = data.mask if data.mask is not None else self.masks.for_batch(data)
         with autocast(self.device, self.precision):
-            output = self.model(**inputs, extra_targets=extra, generator=generator)
+            output = self.model(**inputs, extra_targets=extra, mask=mask, validate_targets=False)
         self.next_batch = data.batch_index + 1
 
         now = time.perf_counter()

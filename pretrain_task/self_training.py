@@ -166,6 +166,11 @@ class TargetStore:
             key = (path, 0)
         out = np.full(frames, IGNORE, dtype=np.int64)
         codes = self.store.read(key, "codes", first, frames)
+        # checked here, on the host, as they are read: the training step then never reads them back from the device
+        if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= self.k):
+            raise TargetStoreError(f"{self.folder}: the targets of {path} hold values outside [0, k={self.k}) (from "
+                                   f"{int(codes.min())} to {int(codes.max())}): the store is damaged; rebuild it with: "
+                                   f"{rebuild_command(self.folder, self.meta)}")
         out[: len(codes)] = codes
         return torch.from_numpy(out)
 

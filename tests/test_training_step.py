@@ -3,11 +3,15 @@ attention's internal head order invisible in files, accuracy on demand."""
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from encodecmae_s3prl.demo_data import harmonic_tone
+from encodecmae_s3prl.pretrain_task.corpus import BatchMasks
 from encodecmae_s3prl.upstream.components import SelfAttention
 from encodecmae_s3prl.upstream.config import get_config
+from encodecmae_s3prl.upstream.host_sync import HostSyncError, forbid_host_syncs
+from encodecmae_s3prl.upstream.masking import HostMask
 from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
 
 from synthetic_data import fit_codec_to_synthetic_audio
@@ -59,6 +63,45 @@ def test_step_from_codec_output_equals_step_from_audio():
     acc = from_audio.masked_accuracy()
     hits = (from_audio.logits.argmax(-1) == codes) & from_audio.mask[:, :, None]
     assert float(acc) == float(hits.sum() / (from_audio.mask.sum() * 8))
+
+
+@pytest.mark.parametrize("recipe, ragged", [("v1", False), ("paper", True)], ids=["v1_equal_crops", "paper_ragged"])
+def test_step_with_a_host_mask_is_the_same_step_and_never_waits_on_the_device(recipe, ragged):
+    """The step as training runs it (mask drawn on the host, targets checked where they were read) gives the very
+    mask, loss and gradients of the step that draws its own mask, and reads nothing back from the device; the
+    latter does (so the check can fail)."""
+    torch.manual_seed(0)
+    model = build_model(replace(get_config("tiny"), recipe=recipe, extra_targets=6)).train()
+    # the codec's output as a cache holds it (fp16 features, int16 codes); ragged: padding in the decoder and
+    # unequal visible counts in the encoder
+    frame_lengths = torch.tensor([150, 131, 97, 150] if ragged else [150] * 4)
+    valid = torch.arange(150)[None, :] < frame_lengths[:, None]
+    features = (torch.randn(4, 150, 128) * valid[:, :, None]).half()
+    codes = torch.randint(0, 1024, (4, 150, 8), dtype=torch.int16)
+    extra = torch.randint(0, 6, (4, 150))
+    inputs = dict(features=features, frame_lengths=frame_lengths, codes=codes, extra_targets=extra)
+    masks = BatchMasks.of_model(model.config, seed=3, rank=1, world_size=2)
+
+    def step(**how):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = model(**inputs, **how)
+        output.loss.backward()
+        return output, [p.grad.clone() for p in model.trainable_parameters()]
+
+    reference, reference_grads = step(generator=masks.generator(7))
+    host = HostMask.draw(frame_lengths, 150, model.config.mask_prop, model.config.mask_span, masks.generator(7),
+                         model.config.resolved_mask_layout)
+    visible = (valid & ~reference.mask).sum(dim=1)
+    assert (host.visible_width, host.padded, host.visible_padded) == \
+        (int(visible.max()), ragged, bool((visible < visible.max()).any()))
+    with forbid_host_syncs("cpu"):
+        output, grads = step(mask=host, validate_targets=False)
+    assert torch.equal(output.mask, reference.mask) and torch.equal(host.mask, reference.mask)
+    assert torch.equal(output.loss, reference.loss)
+    assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads, strict=True))
+    with pytest.raises(HostSyncError, match="_local_scalar_dense"), forbid_host_syncs("cpu"):
+        step(generator=masks.generator(7))
 
 
 def test_attention_runs_in_head_order_but_saves_v1_interleaved_order():

@@ -20,9 +20,15 @@ As with any sampler of whole spans inside [0, L), the first and last few frames 
 often than interior ones, under both layouts.
 
 ``padding_mask`` turns clip lengths into the (B, T) padding mask (True = padding) every module takes.
+
+``HostMask`` is a mask drawn on the host with the shapes it implies (the visible width, whether anything is
+padded): a training step that gets one copies the mask to the device and never reads anything back, so the
+device never waits on the host and, for equal-length crops, every step has the same shapes.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -173,15 +179,56 @@ def _window_min(x: Tensor, width: int) -> Tensor:
     return out
 
 
-def gather_visible(x: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+@dataclass(frozen=True)
+class HostMask:
+    """A span mask on the host and what its shapes are, read there (where reading is free) rather than on the
+    device (where reading waits for every queued kernel).
+
+    mask: (B, T) bool on the CPU, True = masked, never at padding.
+    visible_width: V, the most visible frames of any clip: ``gather_visible``'s output width.
+    padded: some clip is shorter than T (the decoder attends with a padding mask).
+    visible_padded: some clip has fewer than V visible frames (the encoder attends with a padding mask).
+    """
+
+    mask: Tensor
+    visible_width: int
+    padded: bool
+    visible_padded: bool
+
+    @classmethod
+    def of(cls, mask: Tensor, lengths: Tensor) -> "HostMask":
+        """From a (B, T) bool mask and (B,) valid frames, both on the CPU; the mask is cleared at padding."""
+        mask, lengths = mask.cpu().bool(), lengths.cpu().long()
+        padding = padding_mask(lengths, mask.shape[1])
+        mask = mask & ~padding
+        visible = (~mask & ~padding).sum(dim=1)                     # (B,)
+        width = int(visible.max()) if len(visible) else 0
+        return cls(mask, width, bool(padding.any()), bool((visible < width).any()))
+
+    @classmethod
+    def draw(cls, lengths: Tensor, max_len: int, mask_prop: float, span: int, generator: Optional[torch.Generator],
+             recipe: str = "v1") -> "HostMask":
+        """``span_mask`` of CPU ``lengths`` with a CPU ``generator`` (the same mask as ``span_mask`` draws from the
+        same generator state, wherever ``lengths`` lie), with its shapes."""
+        return cls.of(span_mask(lengths.cpu(), max_len, mask_prop, span, generator, recipe), lengths)
+
+    def pin_memory(self) -> "HostMask":
+        """The mask in page-locked memory (torch's DataLoader calls this with ``pin_memory=True``)."""
+        return dataclasses.replace(self, mask=self.mask.pin_memory())
+
+
+def gather_visible(x: Tensor, mask: Tensor, lengths: Tensor, width: Optional[int] = None
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
     """Drop masked (and padded) frames: what the encoder sees.
 
     Args:
         x: (B, T, D).
         mask: (B, T) bool, True = masked.
         lengths: (B,) valid frames per clip.
+        width: V when known on the host (``HostMask.visible_width``), at least the most visible frames of any
+            clip; None: counted here, which reads the device (a sync) and gives a shape that depends on data.
     Returns:
-        visible: (B, V, D), V = most visible frames of any clip; each clip's visible frames in
+        visible: (B, V, D), V = ``width`` or the most visible frames of any clip; each clip's visible frames in
             their original order, then zeros.
         visible_padding: (B, V) bool, True = padding.
         visible_index: (B, V) long, the frame in x of each visible slot (arbitrary at padding).
@@ -190,7 +237,8 @@ def gather_visible(x: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Te
     valid = torch.arange(frames, device=x.device)[None, :] < lengths.to(x.device)[:, None]
     keep = valid & ~mask
     count = keep.sum(dim=1)
-    width = int(count.max()) if batch else 0
+    if width is None:
+        width = int(count.max()) if batch else 0
     # a stable sort of "is dropped" puts the kept frames first, in their original order
     order = torch.sort((~keep).to(torch.int32), dim=1, stable=True).indices
     visible_index = order[:, :width]

@@ -14,7 +14,7 @@ Data flow, readable top to bottom in ``EncodecMAE.forward``:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ from encodecmae_s3prl.upstream.components import SinusoidalPositions, Transforme
 from encodecmae_s3prl.upstream.config import EncodecMAEConfig
 from encodecmae_s3prl.upstream.inference import ChunkedInference
 from encodecmae_s3prl.upstream.loss import IGNORE, frame_cross_entropy, masked_prediction_loss
-from encodecmae_s3prl.upstream.masking import gather_visible, padding_mask, scatter_back, span_mask
+from encodecmae_s3prl.upstream.masking import HostMask, gather_visible, padding_mask, scatter_back, span_mask
 
 
 def build_codec(config: EncodecMAEConfig, encodec_weights: str | None = None) -> FrozenEncodec:
@@ -180,8 +180,9 @@ class EncodecMAE(ChunkedInference):
     # --- pretraining -------------------------------------------------------------------------
     def forward(self, wav: Optional[Tensor] = None, wav_lengths: Optional[Tensor] = None,
                 extra_targets: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-                mask: Optional[Tensor] = None, features: Optional[Tensor] = None,
-                frame_lengths: Optional[Tensor] = None, codes: Optional[Tensor] = None) -> PretrainOutput:
+                mask: Union[Tensor, HostMask, None] = None, features: Optional[Tensor] = None,
+                frame_lengths: Optional[Tensor] = None, codes: Optional[Tensor] = None,
+                validate_targets: bool = True) -> PretrainOutput:
         """One masked-prediction step, from audio or from a codec cache's output.
 
         Args:
@@ -191,7 +192,10 @@ class EncodecMAE(ChunkedInference):
             extra_targets: (B, T') long self-training codes in [0, extra_targets), IGNORE (-100)
                 where unknown; cropped or padded to T. Required iff config.extra_targets > 0.
             generator: randomness of the span mask.
-            mask: (B, T) bool to use instead of drawing one (True = masked; padding is ignored).
+            mask: instead of drawing one, a (B, T) bool tensor (True = masked; padding is ignored) or a
+                ``HostMask``: drawn on the host with its shapes, the step then never reads the device (no sync).
+            validate_targets: check that ``extra_targets`` lie in range, which reads them (a device->host sync);
+                False where they were checked where they were read (the training loader: ``TargetStore.slice``).
         Returns:
             ``PretrainOutput``; the loss is float32 whatever the autocast.
 
@@ -200,18 +204,20 @@ class EncodecMAE(ChunkedInference):
         if features is not None:
             if wav is not None or frame_lengths is None or codes is None:
                 raise ValueError("give either wav (and wav_lengths) or features, frame_lengths and codes")
-            return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask)
+            return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask,
+                                         validate_targets)
         if wav is None:
             raise ValueError("give wav (and wav_lengths), or features, frame_lengths and codes")
         wav, lengths = self._check_audio(wav, wav_lengths)
         # one codec pass feeds both the input and the targets
         features, frame_lengths = self._codec_features([wav[i, :length] for i, length in enumerate(lengths.tolist())])
         codes = self.codec.codes(features, self.config.num_codebooks).transpose(1, 2)  # (B, T, Q)
-        return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask)
+        return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask, validate_targets)
 
     def forward_features(self, features: Tensor, frame_lengths: Tensor, codes: Tensor,
                          extra_targets: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-                         mask: Optional[Tensor] = None) -> PretrainOutput:
+                         mask: Union[Tensor, HostMask, None] = None, validate_targets: bool = True
+                         ) -> PretrainOutput:
         """The masked-prediction step from the frozen codec's output on (what a codec cache feeds).
 
         Args:
@@ -219,34 +225,46 @@ class EncodecMAE(ChunkedInference):
             frame_lengths: (B,) long valid frames per clip.
             codes: (B, T, Q) its RVQ codes (the targets), Q = config.num_codebooks; values past the
                 lengths are ignored.
-            extra_targets, generator, mask: as ``forward``.
+            extra_targets, generator, mask, validate_targets: as ``forward``.
+
+        With a ``HostMask`` and ``validate_targets=False`` nothing here reads the device: host tensors are
+        copied without blocking, and every shape comes from the host.
         """
         config = self.config
         batch, frames = features.shape[:2]
         features = features.float()
-        frame_lengths = frame_lengths.to(features.device, torch.long)
+        frame_lengths = frame_lengths.to(features.device, torch.long, non_blocking=True)
         padding = padding_mask(frame_lengths, frames)
         if codes.shape != (batch, frames, config.num_codebooks):
             raise ValueError(f"codes must be (batch, frames, num_codebooks) = {(batch, frames, config.num_codebooks)}"
                              f", got {tuple(codes.shape)}")
-        targets = codes.to(features.device, torch.long).masked_fill(padding[:, :, None], IGNORE)
+        targets = codes.to(features.device, torch.long, non_blocking=True).masked_fill(padding[:, :, None], IGNORE)
 
-        if mask is None:
-            mask = span_mask(frame_lengths, frames, config.mask_prop, config.mask_span, generator,
-                             recipe=config.resolved_mask_layout)
-        elif mask.shape != (batch, frames):
-            raise ValueError(f"mask must be (batch, frames) = {(batch, frames)}, got {tuple(mask.shape)}")
-        mask = mask.to(features.device, torch.bool) & ~padding
+        host: Optional[HostMask] = None
+        if isinstance(mask, HostMask):
+            host, given = mask, mask.mask
+        elif mask is None:
+            given = span_mask(frame_lengths, frames, config.mask_prop, config.mask_span, generator,
+                              recipe=config.resolved_mask_layout)
+        else:
+            given = mask
+        if given.shape != (batch, frames):
+            raise ValueError(f"mask must be (batch, frames) = {(batch, frames)}, got {tuple(given.shape)}")
+        masked = given.to(features.device, torch.bool, non_blocking=True) & ~padding
+        # without a HostMask the stacks look for padding themselves (a sync); with one the host said if there is any
+        decoder_padding = padding if host is None or host.padded else None
 
         # encoder: visible frames only (MAE: dropped frames never reach it)
         x = self.embed(features, frame_lengths)
-        visible, visible_padding, visible_index = gather_visible(x, mask, frame_lengths)
-        encoded, _ = self.encoder(visible, visible_padding)
+        visible, visible_padding, visible_index = gather_visible(x, masked, frame_lengths,
+                                                                 host.visible_width if host is not None else None)
+        encoder_padding = visible_padding if host is None or host.visible_padded else None
+        encoded, _ = self.encoder(visible, encoder_padding, drop_empty_mask=host is None)
 
         # decoder: every frame, mask token (or zeros) where dropped, positions added again
         decoder_in = scatter_back(self.decoder_projection(encoded), visible_index, visible_padding, frames,
                                   self.mask_token)
-        decoded, _ = self.decoder(self.positions(decoder_in), padding)
+        decoded, _ = self.decoder(self.positions(decoder_in), decoder_padding, drop_empty_mask=host is None)
         logits = self.head(decoded).view(batch, frames, config.num_codebooks, config.codebook_size)
 
         ce, valid = frame_cross_entropy(logits, targets)
@@ -254,25 +272,29 @@ class EncodecMAE(ChunkedInference):
             if extra_targets is None:
                 raise ValueError(f"this model predicts an extra target stream (extra_targets={config.extra_targets}):"
                                  f" pass extra_targets (batch, frames) long")
-            extra = self._align_extra_targets(extra_targets, padding)
+            extra = self._align_extra_targets(extra_targets, padding, validate_targets)
             extra_ce, extra_valid = frame_cross_entropy(self.extra_head(decoded)[:, :, None, :], extra[:, :, None])
             ce, valid = torch.cat([ce, extra_ce], dim=2), torch.cat([valid, extra_valid], dim=2)
         elif extra_targets is not None:
             raise ValueError("extra_targets given, but this model has no extra head (config.extra_targets = 0)")
 
-        loss, masked_loss, unmasked_loss = masked_prediction_loss(ce, valid, mask, self.stream_weights, config.delta)
+        loss, masked_loss, unmasked_loss = masked_prediction_loss(ce, valid, masked, self.stream_weights, config.delta)
         return PretrainOutput(loss=loss, masked_loss=masked_loss.detach(), unmasked_loss=unmasked_loss.detach(),
-                              mask=mask, logits=logits, frame_lengths=frame_lengths, targets=targets)
+                              mask=masked, logits=logits, frame_lengths=frame_lengths, targets=targets)
 
-    def _align_extra_targets(self, extra: Tensor, padding: Tensor) -> Tensor:
-        """(B, T') -> (B, T): cropped or IGNORE-padded to T, IGNORE at padding, values checked."""
+    def _align_extra_targets(self, extra: Tensor, padding: Tensor, validate: bool = True) -> Tensor:
+        """(B, T') -> (B, T): cropped or IGNORE-padded to T, IGNORE at padding, values checked if ``validate``."""
         batch, frames = padding.shape
         if extra.dim() != 2 or extra.shape[0] != batch:
             raise ValueError(f"extra_targets must be (batch={batch}, frames), got {tuple(extra.shape)}")
-        extra = extra.to(padding.device, torch.long)[:, :frames]
+        extra = extra.to(padding.device, torch.long, non_blocking=True)[:, :frames]
         if extra.shape[1] < frames:
             extra = F.pad(extra, (0, frames - extra.shape[1]), value=IGNORE)
         extra = extra.masked_fill(padding, IGNORE)
+        # the check reads the device, so the training step, whose targets TargetStore.slice checked on the host as
+        # it read them, skips it (validate=False); other callers keep the clear error instead of a device-side assert
+        if not validate:
+            return extra
         bad = (extra != IGNORE) & ((extra < 0) | (extra >= self.config.extra_targets))
         if bad.any():
             raise ValueError(f"extra_targets must be in [0, {self.config.extra_targets}) or {IGNORE}, "
