@@ -1,4 +1,5 @@
 """Codec cache: EnCodec features and codes computed once per corpus file, crops sliced on frame boundaries."""
+import dataclasses
 import filecmp
 
 import numpy as np
@@ -245,3 +246,35 @@ def test_a_full_disk_while_a_shard_is_written_stops_the_build(tmp_path, model, m
     with pytest.raises(DiskFullError, match="shard-00000.features.npy"):
         build(files, model.codec, tmp_path / "cache", 8, files_per_shard=2, progress=False)
     assert not list((tmp_path / "cache").glob("shard-*"))
+
+
+def test_training_step_from_the_cache_never_waits_on_the_device(tmp_path, corpus):
+    """The expert's step on a loader batch of the codec cache: the loader drew the batch's mask, the one the step
+    drew itself before (same seed, batch and rank, so a resumed run still trains on the same masks), and the model's
+    forward and the backward read nothing back from the device."""
+    from encodecmae_s3prl.pretrain_task.pretrain_expert import UpstreamPretrainExpert
+    from encodecmae_s3prl.upstream.host_sync import forbid_host_syncs
+    from encodecmae_s3prl.upstream.masking import span_mask
+
+    datarc = {"corpus": [str(corpus)], "train_batch_size": 4, "crop_seconds": 2.0, "num_workers": 1, "seed": 5,
+              "precision": "bf16", "codec_cache": str(tmp_path / "cache"), "codec_init_clips": 4}
+    expert = UpstreamPretrainExpert(datarc, {"model": "tiny", "recipe": "v1"}, device="cpu")
+    expert.masks = dataclasses.replace(expert.masks, rank=1, world_size=3)  # rank 1 of 3, as under torchrun
+    expert.next_batch = 2
+    batch = next(iter(expert.get_train_dataloader()))
+    assert batch.batch_index == 2 and batch.features is not None and batch.mask is not None
+    before = span_mask(batch.frame_lengths, batch.features.shape[1], 0.5, 15,
+                       torch.Generator().manual_seed(5 * 1_000_003 + 2 * 3 + 1), recipe="v1")
+    assert torch.equal(batch.mask.mask, before) and before.any()
+
+    model, forward = expert.model, expert.model.forward
+
+    def forward_without_syncs(*args, **kwargs):
+        with forbid_host_syncs("cpu"):
+            return forward(*args, **kwargs)
+
+    model.forward = forward_without_syncs
+    loss, _ = expert(batch)
+    with forbid_host_syncs("cpu"):
+        loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.trainable_parameters())

@@ -198,3 +198,19 @@ def test_labelling_stopped_midway_resumes_to_the_same_store(tmp_path, notes, mon
     assert not (tmp_path / ".twice.partial").exists()
     _, mismatch, errors = filecmp.cmpfiles(tmp_path / "once", tmp_path / "twice", names, shallow=False)
     assert not mismatch and not errors
+
+
+def test_target_values_out_of_range_are_refused_where_the_store_reads_them(tmp_path):
+    """The training step does not look at the extra targets' values (that would wait on the device): the store
+    checks them on the host as it reads them, with the command that rebuilds it."""
+    from types import SimpleNamespace
+
+    stored = {"good.wav": np.array([0, 5, 3], np.int16), "damaged.wav": np.array([0, 6, 3], np.int16)}
+    frames = SimpleNamespace(folder=tmp_path, meta={"k": 6, "labels": "file"},
+                             clips={(path, 0): None for path in stored},
+                             read=lambda key, name, first, count: stored[key[0]][first:first + count])
+    store = TargetStore(frames)
+    assert store.slice("good.wav", 1, 4).tolist() == [5, 3, -100, -100]
+    with pytest.raises(TargetStoreError, match=r"damaged.wav hold values outside \[0, k=6\) \(from 0 to 6\): the "
+                                               r"store is damaged; rebuild it with: python -m .*self_training"):
+        store.slice("damaged.wav", 0, 4)

@@ -102,6 +102,9 @@ def test_step_with_a_host_mask_is_the_same_step_and_never_waits_on_the_device(re
     assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads, strict=True))
     with pytest.raises(HostSyncError, match="_local_scalar_dense"), forbid_host_syncs("cpu"):
         step(generator=masks.generator(7))
+    # callers that do not say the targets were checked get the clear error, not a device-side assert
+    with pytest.raises(ValueError, match=r"extra_targets must be in \[0, 6\) or -100, got \[(6|7|8|9|10|11)[],]"):
+        model(**{**inputs, "extra_targets": extra + 6}, mask=host)
 
 
 def test_attention_runs_in_head_order_but_saves_v1_interleaved_order():
