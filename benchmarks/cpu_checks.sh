@@ -26,7 +26,7 @@ avx2=(env ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIO
   "$py" -c "import torch; print('torch', torch.__version__, 'threads', torch.get_num_threads())"; } 2>&1 | tee -a "$log"
 check 300 "$py" benchmarks/codec_cache_rate.py --device cpu --files 8 --seconds 20 --batch-sizes 1,8
 check 200 "$py" benchmarks/loader_rate.py --workers 0,1,2 --batch 8 --batches 30
-check 300 "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 5 --warmup 2
+check 300 "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 5 --warmup 2 --sync-check
 check 400 "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 5 --warmup 2 --compile
 check 300 "${avx2[@]}" "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 3 --warmup 1 \
     --precision fp32

@@ -32,10 +32,11 @@ check() {
   "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } 2>&1 | tee -a "$log"
 check 150 "$py" benchmarks/codec_cache_rate.py --device cuda --files 48 --seconds 60 --batch-sizes 1,32,64
 # --- the step from the cache at the paper's batch, the loader alone, and the plan (issue 21 items 2-4) ---
-# PEAK_TFLOPS: the GPU's dense bf16 peak for the MFU column (989 for an H200 SXM; set it for another GPU)
+# PEAK_TFLOPS: the GPU's dense bf16 peak for the MFU column (989 for an H200 SXM; set it for another GPU);
+# --sync-check: one more forward and backward per size under torch.cuda.set_sync_debug_mode("error")
 peak=${PEAK_TFLOPS:-989}
 check 150 "$py" benchmarks/train_throughput.py --device cuda --from-cache --sizes small,base,large --batch 128 \
-    --steps 10 --warmup 2 --peak-tflops "$peak"
+    --steps 10 --warmup 2 --peak-tflops "$peak" --sync-check
 check 150 "$py" benchmarks/train_throughput.py --device cuda --from-cache --sizes base --batch 128 --steps 10 \
     --warmup 3 --compile --peak-tflops "$peak"
 check 120 "$py" benchmarks/loader_rate.py --workers 0,1,2,4,8 --batch 128 --batches 20 --pin --device cuda

@@ -1,4 +1,4 @@
-"""The pretraining loader alone: cache reader + crops + collation, per DataLoader worker process.
+"""The pretraining loader alone: cache reader + crops + collation + span masks, per DataLoader worker process.
 
     .venv/bin/python benchmarks/loader_rate.py [--workers 0,1,2] [--batch 128] [--batches 20] [--audio]
 
@@ -33,19 +33,20 @@ def write_corpus(folder: Path, files: int, seconds: float) -> None:
 
 
 def expert_with_cache(corpus: Path, cache: Path, batch: int, crop_seconds: float):
-    """The pretraining task over ``corpus``, its codec cache built at start (tiny model: the loader does not care)."""
+    """The pretraining task over ``corpus``, its codec cache built at start (tiny model: the loader does not care;
+    recipe v1, the named sizes' masks, which the loader draws)."""
     from encodecmae_s3prl.pretrain_task.pretrain_expert import UpstreamPretrainExpert
 
     datarc = {"corpus": [str(corpus)], "train_batch_size": batch, "crop_seconds": crop_seconds, "num_workers": 0,
               "codec_cache": str(cache), "codec_init_clips": 8, "precision": "fp32"}
-    return UpstreamPretrainExpert(datarc, {"model": "tiny", **RANDOM_CODEC}, device="cpu")
+    return UpstreamPretrainExpert(datarc, {"model": "tiny", "recipe": "v1", **RANDOM_CODEC}, device="cpu")
 
 
-def time_loader(sampler, workers: int, batches: int, pin: bool, device: str) -> tuple[float, float]:
+def time_loader(sampler, masks, workers: int, batches: int, pin: bool, device: str) -> tuple[float, float]:
     """(seconds per batch from the loader, seconds per batch for the host-to-device copy; 0 on the CPU)."""
     from encodecmae_s3prl.pretrain_task.corpus import CropLoader
 
-    stream = iter(CropLoader(sampler, num_workers=workers, prefetch=2, pin_memory=pin))
+    stream = iter(CropLoader(sampler, num_workers=workers, prefetch=2, pin_memory=pin, masks=masks))
     next(stream)  # workers started, first batches in flight
     loading = copying = 0.0
     for _ in range(batches):
@@ -53,10 +54,11 @@ def time_loader(sampler, workers: int, batches: int, pin: bool, device: str) -> 
         batch = next(stream)
         loading += time.perf_counter() - start
         if pin:  # CropBatch.pin_memory ran in the DataLoader's pinning thread
-            assert all(t.is_pinned() for t in (batch.features, batch.codes, batch.wavs) if t is not None)
+            assert all(t.is_pinned() for t in (batch.features, batch.codes, batch.wavs, batch.mask.mask)
+                       if t is not None)
         if device != "cpu":
             start = time.perf_counter()
-            for tensor in (batch.features, batch.codes, batch.wavs):
+            for tensor in (batch.features, batch.codes, batch.wavs, batch.mask.mask):
                 if tensor is not None:
                     tensor.to(device, non_blocking=pin)
             torch.cuda.synchronize()
@@ -97,7 +99,7 @@ def main() -> None:
                                              args.crop_seconds, seed=0)))
     for name, sampler in sources:
         for workers in (int(w) for w in args.workers.split(",")):
-            per_batch, copy = time_loader(sampler, workers, args.batches, args.pin, args.device)
+            per_batch, copy = time_loader(sampler, expert.masks, workers, args.batches, args.pin, args.device)
             rate = audio_per_batch / per_batch
             print(f"| {name} | {workers} | {per_batch:.4f} | {rate:.0f} | {rate / max(1, workers):.0f} | "
                   f"{copy:.4f} |")

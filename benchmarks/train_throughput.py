@@ -1,7 +1,7 @@
 """Pretraining throughput: audio-seconds/s and step time, split into data loading, EnCodec, transformer.
 
     .venv/bin/python benchmarks/train_throughput.py [--sizes small,base] [--batch 2] [--steps 3] [--device cpu]
-        [--from-cache] [--compile] [--peak-tflops 989]
+        [--from-cache] [--compile] [--peak-tflops 989] [--sync-check]
 
 Also times the span masking against a per-sample Python loop baseline (the EnCodecMAE reference style).
 Random-init weights; the EnCodec is random-init offline (same cost as the real one). The optimizer is the
@@ -13,8 +13,13 @@ alone, the cache reader being timed by loader_rate.py. ``--compile``: the model'
 forward through ``torch.compile`` (the first steps compile; timed steps come after ``--warmup``).
 ``--peak-tflops``: the device's dense peak in the run's precision (e.g. 989 for an H200 in bf16), to print the
 model FLOPs utilisation against it beside the share of a plain matmul measured here.
+Each step's span mask is drawn on the host from the batch's host lengths, as the training loader draws it, and
+given to the model with its shapes (``HostMask``). ``--sync-check``: one more forward and backward of each size
+inside ``forbid_host_syncs`` (on CUDA torch's sync debug mode "error"), which prints whether the step made the host
+wait on the device (from the cache it must not; on the fly EnCodec's per-clip slicing reads the lengths).
 """
 import argparse
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +29,9 @@ import torch
 from limits import count_gflop, matmul_gflops
 
 from encodecmae_s3prl.demo_data import harmonic_tone, write_wav  # noqa: E402
-from encodecmae_s3prl.pretrain_task.corpus import CropLoader, CropSampler, load_corpus  # noqa: E402
+from encodecmae_s3prl.pretrain_task.corpus import BatchMasks, CropLoader, CropSampler, load_corpus  # noqa: E402
 from encodecmae_s3prl.upstream.codec import HOP  # noqa: E402
+from encodecmae_s3prl.upstream.host_sync import HostSyncError, forbid_host_syncs  # noqa: E402
 from encodecmae_s3prl.upstream.loading import model_config_from_yaml  # noqa: E402
 from encodecmae_s3prl.upstream.masking import span_mask  # noqa: E402
 from encodecmae_s3prl.upstream.model import build_model  # noqa: E402
@@ -70,6 +76,8 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation happens there)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak in this precision, for MFU")
+    parser.add_argument("--sync-check", action="store_true",
+                        help="one more step of each size that must not make the host wait on the device")
     args = parser.parse_args()
     device = torch.device(args.device)
     # the ceiling in the precision the model runs at (a bf16 step against an fp32 matmul would read > 100 %)
@@ -100,11 +108,13 @@ def main():
         optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95),
                                       fused=device.type in ("cpu", "cuda"))
         step_model = torch.compile(model) if args.compile else model
+        masks = BatchMasks.of_model(model.config)
         totals = {"data": 0.0, "encodec": 0.0, "step": 0.0}
         for step in range(args.steps + args.warmup):
             t0 = time.perf_counter()
             batch = next(batches)
             wav, lens = batch.wavs.to(device), batch.lengths.to(device)
+            mask = masks.for_batch(batch)  # on the host, from host lengths, as the loader's workers draw it
             sync(device)
             t1 = time.perf_counter()
             with torch.no_grad():  # from the cache: computed here once, as the cache build did
@@ -113,7 +123,7 @@ def main():
             sync(device)
             t2 = time.perf_counter()
             with autocast(device, args.precision):
-                loss = step_model(**inputs, generator=torch.Generator().manual_seed(step)).loss
+                loss = step_model(**inputs, mask=mask).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -125,11 +135,15 @@ def main():
                 totals["step"] += t3 - t2
         n = args.steps
 
-        def one_step(model=model, inputs=inputs):
+        def one_step(model=model, inputs=inputs, mask=mask):
             with autocast(device, args.precision):
-                model(**inputs, generator=torch.Generator().manual_seed(0)).loss.backward()
+                model(**inputs, mask=mask).loss.backward()
         gflop = count_gflop(one_step)
         optimizer.zero_grad()
+        if args.sync_check:
+            found = host_syncs(functools.partial(one_step, step_model, inputs, mask), device)
+            print(f"| sync check {size} ({'from cache' if args.from_cache else 'on the fly'}) | {found} |")
+            optimizer.zero_grad()
         # on the fly the step holds EnCodec (its time is inside totals["step"]) and waits for the audio loader; from
         # the cache it holds neither (the cache reader alone: loader_rate.py), so its rate is the step's own
         step_time = totals["step"] / n + (0.0 if args.from_cache else totals["data"] / n)
@@ -147,6 +161,17 @@ def main():
               f"transformer+loss+optimizer {model_time:.3f} s | {gflop / audio:.1f} GFLOP per audio-s, "
               f"{achieved:.0f} GFLOP/s = {achieved / ceiling:.0%} of matmul{mfu} | "
               f"batch {args.batch} x 4 s | {device} | torch {torch.__version__} |")
+
+
+def host_syncs(step, device) -> str:
+    """Runs ``step`` inside ``forbid_host_syncs``: what the first operation that waited on the device was, if any."""
+    try:
+        with forbid_host_syncs(device):
+            step()
+    except (HostSyncError, RuntimeError) as error:
+        return "host sync: " + str(error).strip().splitlines()[0]
+    sync(device)
+    return "forward + backward: no host sync"
 
 
 def cache_inputs(model, features, lengths) -> dict:
