@@ -345,6 +345,7 @@ class CropLoader:
     processes; the default, measured 1.4x faster here, see benchmarks/README.md) and ``fairseq2``
     (its data pipeline: a thread pool, lighter on memory, but our per-crop Python code holds
     the GIL part of the time). ``dataset`` and ``len()`` are what the runner reads for epochs.
+    With ``masks``, each batch carries its span mask (``CropBatch.mask``), drawn where the batch is made.
     """
 
     BACKENDS = ("torch", "fairseq2")
