@@ -107,6 +107,21 @@ def test_step_with_a_host_mask_is_the_same_step_and_never_waits_on_the_device(re
         model(**{**inputs, "extra_targets": extra + 6}, mask=host)
 
 
+def test_step_with_a_host_mask_traces_as_one_graph():
+    """With its mask and shapes from the host, the step has nothing for torch.compile to break on (a scalar read
+    or a shape read from the data would split it): one graph, as CUDA graphs need."""
+    import torch._dynamo
+
+    model = build_model(replace(get_config("tiny"), recipe="v1")).train()
+    frame_lengths = torch.full((4,), 150)
+    host = HostMask.draw(frame_lengths, 150, 0.5, 15, torch.Generator().manual_seed(0), "v1")
+    inputs = dict(features=torch.randn(4, 150, 128), frame_lengths=frame_lengths,
+                  codes=torch.randint(0, 1024, (4, 150, 8)))
+    traced = torch._dynamo.explain(model)(**inputs, mask=host)
+    assert (traced.graph_count, traced.graph_break_count) == (1, 0), traced.break_reasons
+    torch._dynamo.reset()
+
+
 def test_attention_runs_in_head_order_but_saves_v1_interleaved_order():
     attention = SelfAttention(10, 3, interleaved_heads=True)  # 3 heads of 3 channels: 9 wide
     state = attention.state_dict()
