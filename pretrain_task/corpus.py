@@ -31,6 +31,7 @@ from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.upstream.atomic import atomic_write_text
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
+from encodecmae_s3prl.upstream.config import EncodecMAEConfig
 from encodecmae_s3prl.upstream.masking import HostMask
 
 AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
@@ -202,7 +203,7 @@ class BatchMasks:
     world_size: int = 1
 
     @classmethod
-    def of_model(cls, config, seed: int = 0, rank: int = 0, world_size: int = 1) -> "BatchMasks":
+    def of_model(cls, config: EncodecMAEConfig, seed: int = 0, rank: int = 0, world_size: int = 1) -> "BatchMasks":
         """The masks an ``EncodecMAEConfig``'s model draws (its mask_prop, mask_span and layout)."""
         return cls(config.mask_prop, config.mask_span, config.resolved_mask_layout, seed, rank, world_size)
 
