@@ -29,12 +29,11 @@ import yaml
 
 from encodecmae_s3prl import compat, registry, settings
 from encodecmae_s3prl.errors import UserError, user_errors  # noqa: F401  (re-exported: the shared helper)
-from encodecmae_s3prl.settings import TRUST_ENV, UpstreamSettings
+from encodecmae_s3prl.settings import TRUST_ENV, TRUST_FLAG, UpstreamSettings
 from encodecmae_s3prl.upstream.hubconf import PUBLISHED_ENTRIES
 
 PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large")
 RUNNER_PRESETS = ("cpu",)  # -c cpu: config_runner_cpu.yaml
-TRUST_FLAG = "--trust-checkpoint"
 OUR_PRETRAIN_EXPERT = "encodecmae_s3prl.pretrain_task.pretrain_expert"  # what s3prl's runner builds for -u encodecmae
 HELP_EPILOG = (f"\nencodecmae-s3prl adds:\n  {TRUST_FLAG}    load checkpoints (-k, -e) that need classes outside the "
                f"safe allow-list: this runs code stored in the file, only for files you trust (= {TRUST_ENV}=1)\n"

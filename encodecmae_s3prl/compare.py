@@ -204,7 +204,10 @@ def _bar_chart(results, columns, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
+def main(argv: Sequence[str] | None = None, settings: UpstreamSettings | None = None) -> Dict[str, Dict[str, dict]]:
+    """The comparison ``argv`` asks for: {upstream: {probe: metrics or error}}. ``settings``: trust and the EnCodec
+    weights of the upstreams; None: the command's, from the environment (``ENCODECMAE_TRUST_CHECKPOINT``,
+    ``ENCODEC_CKPT``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstreams", required=True,
                         help="comma-separated: hub entry names, ENTRY=CKPT (hubert_local=...), LABEL=ENTRY=CKPT, "
@@ -251,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
     if len(set(labels)) != len(labels):
         parser.error(f"two upstreams share a label in {labels}: name them LABEL=ENTRY=CKPT")
     results: Dict[str, Dict[str, dict]] = {}
-    settings = UpstreamSettings.from_environment()  # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT
+    if settings is None:
+        settings = UpstreamSettings.from_environment()
     for label, entry, ckpt in specs:
         key = upstream_key(label, entry, ckpt)
         upstream = LazyUpstream(entry, ckpt, args.device, settings)

@@ -27,7 +27,7 @@ What counts as a user error is decided by type, never by where it was raised:
 
 Where s3prl only asserts, our commands check the same condition before s3prl runs and raise a UserError.
 
-This module imports nothing beyond the standard library.
+This module imports nothing beyond the standard library and :mod:`encodecmae_s3prl.settings`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ import os
 import sys
 from typing import Callable, Iterable, Iterator, Mapping, Optional
 
-DEBUG_ENV = "ENCODECMAE_DEBUG"
+from encodecmae_s3prl.settings import debug_enabled
+
 EXIT_USER_ERROR = 2
 
 
@@ -49,11 +50,6 @@ class ConfigError(UserError, ValueError):
 
 
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
-
-
-def debug_enabled() -> bool:
-    """``ENCODECMAE_DEBUG`` set to anything but '', '0', 'false': user errors keep their traceback."""
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def one_line(text: str) -> str:

@@ -46,7 +46,7 @@ from encodecmae_s3prl.pretrain_task import frame_store
 from encodecmae_s3prl.pretrain_task.codec_windows import encode_files, plan_windows
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, load_corpus
 from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
-from encodecmae_s3prl.settings import default_device, encodec_weights
+from encodecmae_s3prl.settings import add_trust_flag, default_device, encodec_weights, trust_checkpoint
 from encodecmae_s3prl.upstream.atomic import remove_temporaries
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, SAMPLE_RATE, FrozenEncodec
@@ -298,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=BATCH_WINDOWS,
                         help=f"windows (up to {WINDOW_SECONDS + WARMUP_SECONDS} s) per EnCodec call; 1: one at a time")
     parser.add_argument("--readers", type=int, help="threads reading audio ahead (default: 1 on a CPU, else up to 8)")
+    add_trust_flag(parser)
     args = parser.parse_args(argv)
     from encodecmae_s3prl.errors import user_errors
     from encodecmae_s3prl.upstream.loading import load_checkpoint, model_config_from_yaml
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with user_errors():
         if args.ckpt:
-            model = load_checkpoint(args.ckpt)
+            model = load_checkpoint(args.ckpt, trust=trust_checkpoint(args.trust_checkpoint))
         else:
             model = build_model(model_config_from_yaml(args.model_config), encodec_weights=encodec_weights())
         if model.codec.needs_corpus_init():

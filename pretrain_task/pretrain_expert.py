@@ -21,7 +21,7 @@ import torch.nn as nn
 import yaml
 
 from encodecmae_s3prl.errors import ConfigError
-from encodecmae_s3prl.pretrain_task.corpus import CropBatch, CropLoader, CropSampler, load_corpus
+from encodecmae_s3prl.pretrain_task.corpus import CROP_SECONDS, CropBatch, CropLoader, CropSampler, load_corpus
 from encodecmae_s3prl.pretrain_task.step_health import NonFiniteSteps, WaitTimedLoader
 from encodecmae_s3prl.settings import distributed_environment
 from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
@@ -37,7 +37,7 @@ class PretrainDataConfig:
 
     corpus: Tuple[str, ...] = ()          # folders and/or manifest .tsv files
     train_batch_size: int = 128
-    crop_seconds: float = 4.0
+    crop_seconds: float = CROP_SECONDS
     num_workers: int = 8                  # crops decoded in parallel (loader processes / threads)
     loader: str = "torch"                 # torch DataLoader | fairseq2 pipeline
     prefetch_batches: int = 2
