@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import traceback
@@ -140,9 +141,10 @@ def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], ou
             stds.append("" if std is None else f"{std:.3f}")
         rows.append(cells)
         csv_rows.append([c for pair in zip(cells[1:], stds, strict=True) for c in pair])
-    with open(out / f"{stem}.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([["upstream"] + [f"{p} {m}{s}" for p, m in columns for s in ("", " std")]]
-                                     + [[cells[0], *values] for cells, values in zip(rows, csv_rows, strict=True)])
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows([["upstream"] + [f"{p} {m}{s}" for p, m in columns for s in ("", " std")]]
+                                + [[cells[0], *values] for cells, values in zip(rows, csv_rows, strict=True)])
+    atomic_write_text(out / f"{stem}.csv", table.getvalue())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     # markdown: mean ± std over test folds where there are folds
     for upstream, cells in zip(results, rows, strict=True):

@@ -28,7 +28,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from encodecmae_s3prl.cli import UNFITTED_CODEC_FLAGS
+from encodecmae_s3prl.cli import TRUST_FIXES, UNFITTED_CODEC_FLAGS
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = UpstreamSettings.from_environment(trust=args.trust_checkpoint)
     try:
-        with user_errors():
+        with user_errors(fixes=TRUST_FIXES):
             try:
                 return run(args, settings)
             except UnfittedCodecError as err:

@@ -135,8 +135,8 @@ class UpstreamPretrainExpert(nn.Module):
         if self.world_size > 1:  # torchrun: every rank draws its own crops, gradients are averaged
             self.model = nn.parallel.DistributedDataParallel(self.model.to(self.device))
         elif multi_gpu:
-            raise ConfigError("--multi_gpu (s3prl's single-process DataParallel) is not supported for encodecmae: "
-                              "launch DDP instead, e.g. torchrun --nproc_per_node 4 run_pretrain.py -u encodecmae ...")
+            raise ConfigError("multi_gpu (s3prl's single-process DataParallel) is not supported for encodecmae: "
+                              "run one process per GPU with torchrun (DDP) instead")
         self.next_batch = 0
         self.precision = data.precision
         self._last_time = None

@@ -366,7 +366,7 @@ def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = KMEA
     iterations = defaults["iterations"] if iterations is None else iterations
     labels = defaults["labels"] if labels is None else labels
     if labels not in LABELS:
-        raise ValueError(f"--labels must be one of {LABELS}, got {labels!r}")
+        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
     files = load_corpus(corpus)
     sampler = CropSampler(files, batch_size, crop_seconds=crop_seconds, seed=seed)
     frames = []
@@ -427,7 +427,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_trust_flag(parser)
     args = parser.parse_args(argv)
-    with user_errors():
+    from encodecmae_s3prl.cli import TRUST_FIXES
+
+    with user_errors(fixes=TRUST_FIXES):
         try:
             run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed,
                 teacher=args.teacher, recipe=args.recipe, kmeans_frames=args.kmeans_frames, labels=args.labels,

@@ -202,3 +202,12 @@ def test_cpu_runner_preset_is_selected_not_edited():
         config = yaml.safe_load(handle)
     datarc = PretrainDataConfig.from_dict(config["pretrain_expert"]["datarc"])  # strict: every key is real
     assert datarc.train_batch_size <= 16 and datarc.num_workers <= 2 and config["runner"]["total_steps"] <= 5000
+
+
+def test_multi_gpu_is_refused_by_the_command_naming_its_flag():
+    from encodecmae_s3prl import cli
+    from encodecmae_s3prl.errors import UserError
+
+    with pytest.raises(UserError, match="^--multi_gpu .* torchrun --nproc_per_node"):
+        cli._check_pretrain_start(["-u", "encodecmae", "-n", "x", "--multi"])  # argparse's abbreviation too
+    cli._check_pretrain_start(["-u", "encodecmae", "-n", "x"])
