@@ -26,13 +26,12 @@ _TEMPORARY = re.compile(r"\..+\.(?P<pid>[0-9]+)-[a-z0-9_]{8}\.tmp")
 
 
 def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+    """Whether process ``pid`` exists on this machine (this one and other users' included)."""
     try:
-        os.kill(pid, 0)  # no signal sent: only whether the process exists
+        os.kill(pid, 0)  # signal 0: nothing is sent, the process is only looked up
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except (PermissionError, OverflowError):  # another user's; a number no process has: not ours, left alone
         return True
     return True
 
