@@ -83,6 +83,7 @@ def test_self_training_and_codec_cache_load_an_untrusted_checkpoint_only_with_th
         main(argv)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert refused.value.code == 2 and len(lines) == 1 and f"refused to load {unsafe}" in lines[0], lines
+    assert lines[0].endswith("ENCODECMAE_TRUST_CHECKPOINT=1 (or pass --trust-checkpoint)")  # the command's flag
     assert not out.exists()
     assert not main(argv + ["--trust-checkpoint"])  # loaded: the stage runs to the end
     assert (out / "meta.json").is_file() and list(out.glob("shard-*"))
