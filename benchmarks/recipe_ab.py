@@ -22,6 +22,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -29,6 +30,7 @@ import torch
 
 from encodecmae_s3prl import demo
 from encodecmae_s3prl.compare import LazyUpstream, evaluate, upstream_key
+from encodecmae_s3prl.settings import UpstreamSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,8 +90,10 @@ def final_loss(expdir: Path, delta: float, weights) -> Dict[str, float]:
     return {"loss": loss, "loss_step": step}
 
 
-def one_run(recipe: str, seed: int, args, corpus: Path, probes: Dict[str, Path], choice, env) -> dict:
-    """Pretrain (recipe, seed), then the probes on its checkpoint; ``run.json`` in its folder (reused if there)."""
+def one_run(recipe: str, seed: int, args, corpus: Path, probes: Dict[str, Path], choice, env,
+            settings: UpstreamSettings) -> dict:
+    """Pretrain (recipe, seed) in a process with ``env``, then the probes on its checkpoint, loaded with
+    ``settings``; ``run.json`` in its folder (reused if there)."""
     folder = args.out / f"{recipe}_seed{seed}"
     done = folder / "run.json"
     if done.is_file():
@@ -115,7 +119,7 @@ def one_run(recipe: str, seed: int, args, corpus: Path, probes: Dict[str, Path],
               **final_loss(folder / "pretrain", config.delta, config.codebook_weights)}
     stored = _stored_recipe(checkpoint)
     assert stored == recipe, f"{checkpoint} says recipe {stored!r}, expected {recipe!r}"
-    upstream = LazyUpstream("encodecmae_local", str(checkpoint), "cpu")
+    upstream = LazyUpstream("encodecmae_local", str(checkpoint), "cpu", settings)
     key = upstream_key(f"{recipe}_seed{seed}", "encodecmae_local", str(checkpoint))
     for probe, root in probes.items():
         scores = evaluate(upstream, key, probe, str(root), folder / "cache", weighted=False,
@@ -171,14 +175,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(threads)
     start = time.time()
 
-    choice = demo.choose_encodec(download=False)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
-               ENCODEC_CKPT=str(choice.weights) if choice.real else "random")
-    os.environ["ENCODEC_CKPT"] = env["ENCODEC_CKPT"]
+    settings = UpstreamSettings.from_environment()
+    choice = demo.choose_encodec(settings.encodec_weights, download=False)
+    settings = replace(settings, encodec_weights=str(choice.weights) if choice.real else "random")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), ENCODEC_CKPT=settings.encodec_weights)
     print(f"EnCodec: {'real, ' + str(choice.weights) if choice.real else 'seeded random-init (' + choice.where + ')'}")
     corpus = demo.write_corpus(args.out / "corpus")
     probes = demo.write_probes(args.out / "probes")
-    results = [one_run(recipe, seed, args, corpus, probes, choice, env)
+    results = [one_run(recipe, seed, args, corpus, probes, choice, env, settings)
                for recipe in args.recipes.split(",") for seed in args.seeds]
     if {r["recipe"] for r in results} != set(RECIPES):
         return

@@ -29,13 +29,15 @@ import yaml
 
 from encodecmae_s3prl import compat, registry, settings
 from encodecmae_s3prl.errors import UserError, user_errors  # noqa: F401  (re-exported: the shared helper)
-from encodecmae_s3prl.settings import TRUST_ENV, UpstreamSettings
+from encodecmae_s3prl.settings import TRUST_ENV, TRUST_FLAG, UpstreamSettings
+from encodecmae_s3prl.upstream.checkpoint import UntrustedCheckpointError
 from encodecmae_s3prl.upstream.hubconf import PUBLISHED_ENTRIES
 
 PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large")
 RUNNER_PRESETS = ("cpu",)  # -c cpu: config_runner_cpu.yaml
-TRUST_FLAG = "--trust-checkpoint"
 OUR_PRETRAIN_EXPERT = "encodecmae_s3prl.pretrain_task.pretrain_expert"  # what s3prl's runner builds for -u encodecmae
+# what a command with the flag adds to a library error (user_errors' fixes)
+TRUST_FIXES = {UntrustedCheckpointError: f"or pass {TRUST_FLAG}"}
 HELP_EPILOG = (f"\nencodecmae-s3prl adds:\n  {TRUST_FLAG}    load checkpoints (-k, -e) that need classes outside the "
                f"safe allow-list: this runs code stored in the file, only for files you trust (= {TRUST_ENV}=1)\n"
                "  user errors print one 'error: ...' line and exit 2; ENCODECMAE_DEBUG=1 shows the traceback")
@@ -334,7 +336,7 @@ def run_downstream(argv: Sequence[str] | None = None) -> None:
     folder = NewExperimentFolder(argv, "downstream")
     paths: dict[str, str] = {}
     with _interrupt_says_how_to_resume("downstream", argv, folder), \
-            user_errors(path_keys=paths, path_hints=_PATH_HINTS, on_user_error=folder.remove):
+            user_errors(path_keys=paths, path_hints=_PATH_HINTS, on_user_error=folder.remove, fixes=TRUST_FIXES):
         registry.register()
         _check_downstream_start(argv)
         # the hub asked once, only when a published checkpoint is to be downloaded; offline, the cached copy loads
@@ -456,6 +458,9 @@ def _check_pretrain_start(argv: Sequence[str]) -> None:
         raise UserError("run_pretrain.py needs -n NAME (the experiment name) to start a new experiment, also "
                         "with -p DIR")
     _check_file_option(argv, "runner config", "-c", "--config")
+    if _peek(argv, "--multi_gpu", flag=True) and _peek(argv, "-u", "--upstream") == registry.OUR_PRETRAIN_TASK:
+        raise UserError("--multi_gpu (s3prl's single-process DataParallel) is not supported for encodecmae: launch "
+                        "DDP instead, e.g. torchrun --nproc_per_node 4 run_pretrain.py -u encodecmae ...")
     model_config = _peek(argv, "-g", "--upstream_config")
     if model_config is not None and not Path(model_config).is_file():
         raise UserError(f"-g {model_config}: no such model config file; give a YAML or one of our sizes: "
@@ -478,8 +483,8 @@ def run_pretrain(argv: Sequence[str] | None = None) -> None:
     argv, trust = take_trust_flag(sys.argv[1:] if argv is None else argv)
     folder = NewExperimentFolder(argv, "pretrain")
     paths: dict[str, str] = {}
-    with _interrupt_says_how_to_resume("pretrain", argv, folder), user_errors(path_keys=paths,
-                                                                               on_user_error=folder.remove):
+    with _interrupt_says_how_to_resume("pretrain", argv, folder), \
+            user_errors(path_keys=paths, on_user_error=folder.remove, fixes=TRUST_FIXES):
         compat.enter_s3prl_script_environment(trust)
         registry.register()
         argv = prepare_pretrain_argv(argv)

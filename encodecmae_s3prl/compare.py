@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import traceback
@@ -140,9 +141,10 @@ def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], ou
             stds.append("" if std is None else f"{std:.3f}")
         rows.append(cells)
         csv_rows.append([c for pair in zip(cells[1:], stds, strict=True) for c in pair])
-    with open(out / f"{stem}.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([["upstream"] + [f"{p} {m}{s}" for p, m in columns for s in ("", " std")]]
-                                     + [[cells[0], *values] for cells, values in zip(rows, csv_rows, strict=True)])
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows([["upstream"] + [f"{p} {m}{s}" for p, m in columns for s in ("", " std")]]
+                                + [[cells[0], *values] for cells, values in zip(rows, csv_rows, strict=True)])
+    atomic_write_text(out / f"{stem}.csv", table.getvalue())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     # markdown: mean ± std over test folds where there are folds
     for upstream, cells in zip(results, rows, strict=True):
@@ -204,7 +206,10 @@ def _bar_chart(results, columns, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
+def main(argv: Sequence[str] | None = None, settings: UpstreamSettings | None = None) -> Dict[str, Dict[str, dict]]:
+    """The comparison ``argv`` asks for: {upstream: {probe: metrics or error}}. ``settings``: trust and the EnCodec
+    weights of the upstreams; None: the command's, from the environment (``ENCODECMAE_TRUST_CHECKPOINT``,
+    ``ENCODEC_CKPT``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstreams", required=True,
                         help="comma-separated: hub entry names, ENTRY=CKPT (hubert_local=...), LABEL=ENTRY=CKPT, "
@@ -251,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> Dict[str, Dict[str, dict]]:
     if len(set(labels)) != len(labels):
         parser.error(f"two upstreams share a label in {labels}: name them LABEL=ENTRY=CKPT")
     results: Dict[str, Dict[str, dict]] = {}
-    settings = UpstreamSettings.from_environment()  # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT
+    if settings is None:
+        settings = UpstreamSettings.from_environment()
     for label, entry, ckpt in specs:
         key = upstream_key(label, entry, ckpt)
         upstream = LazyUpstream(entry, ckpt, args.device, settings)

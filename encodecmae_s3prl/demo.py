@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Sequence
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from encodecmae_s3prl.demo_data import espeak_word, harmonic_tone, sound_class, write_esc50, write_nsynth, write_wav
 from encodecmae_s3prl.errors import UserError, user_errors
+from encodecmae_s3prl.settings import ENCODEC_ENV, UpstreamSettings
 from encodecmae_s3prl.upstream.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,14 +41,14 @@ class EncodecChoice(NamedTuple):
         return self.weights is not None
 
 
-def choose_encodec(download: bool = True) -> EncodecChoice:
+def choose_encodec(weights: Optional[str], download: bool = True) -> EncodecChoice:
     """The real EnCodec when its weights are found, by the library's one lookup
-    (``upstream.codec.locate_encodec_weights``) of ``$ENCODEC_CKPT``: a file; ``random``, the random-init codec;
-    unset, the torch hub cache (``<torch hub dir>/checkpoints/encodec_24khz-d7cc33bc.th``), then, with
-    ``download``, the encodec package's download into that cache. A named file that is missing or is not
-    EnCodec 24 kHz weights is an error, never a silent fallback to the random codec; pretrained weights that are
-    neither cached nor downloadable fall back to it."""
-    from encodecmae_s3prl.settings import ENCODEC_ENV, encodec_weights
+    (``upstream.codec.locate_encodec_weights``) of ``weights`` (``settings.encodec_weights()``, ``$ENCODEC_CKPT``): a
+    file; ``random``, the random-init codec; None, the torch hub cache
+    (``<torch hub dir>/checkpoints/encodec_24khz-d7cc33bc.th``), then, with ``download``, the encodec package's
+    download into that cache. A named file that is missing or is not EnCodec 24 kHz weights is an error, never a
+    silent fallback to the random codec; pretrained weights that are neither cached nor downloadable fall back
+    to it."""
     from encodecmae_s3prl.upstream.codec import (
         EncodecWeightsError,
         build_encodec,
@@ -54,7 +56,6 @@ def choose_encodec(download: bool = True) -> EncodecChoice:
         locate_encodec_weights,
     )
 
-    weights = encodec_weights()  # the demo is a command: ENCODEC_CKPT is read here, at its edge
     was_cached = cached_encodec_weights().is_file()
     try:
         path = locate_encodec_weights(weights, download=download)
@@ -158,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
     with user_errors():
-        run(args)
+        run(args, UpstreamSettings.from_environment())  # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT
 
 
 # --- the table in the README is the one the demo printed ------------------------------------------------------
@@ -198,7 +199,9 @@ def readme_with_table(readme: str, block: str) -> str:
     return head + block.rstrip("\n") + tail
 
 
-def run(args) -> None:
+def run(args, settings: UpstreamSettings) -> None:
+    """The demo with ``main``'s options; ``settings``: trust and the EnCodec weights the user asked for (the
+    demo decides which EnCodec every row and process runs on from them, ``choose_encodec``)."""
     import torch
 
     start = time.time()
@@ -208,12 +211,11 @@ def run(args) -> None:
             raise UserError(f"--readme {args.readme}: no such file")
         readme_with_table(args.readme.read_text(), "")
     torch.set_num_threads(args.threads)
-    choice = choose_encodec()
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    if choice.real:
-        env["ENCODEC_CKPT"] = os.environ["ENCODEC_CKPT"] = str(choice.weights)  # every process: that very file
-    else:
-        env["ENCODEC_CKPT"] = os.environ["ENCODEC_CKPT"] = "random"
+    choice = choose_encodec(settings.encodec_weights)
+    # every row, here and in the pretraining process: that very file, or the random-init codec
+    settings = replace(settings, encodec_weights=str(choice.weights) if choice.real else "random")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               **{ENCODEC_ENV: settings.encodec_weights})
     print("EnCodec weights: " + (f"the real pretrained EnCodec 24 kHz ({choice.where}), for every row" if choice.real
                                  else f"{choice.where} -> a seeded random-init EnCodec, standardised and with "
                                       f"codebooks fitted to the corpus, for every row (numbers are a smoke test, "
@@ -244,7 +246,7 @@ def run(args) -> None:
     results = compare.main(["--upstreams", ",".join(specs), "--probes", ",".join(probes),
                             *[f"--data={p}={path}" for p, path in probes.items()], "--out", str(out / "compare"),
                             "--grid-size", str(args.grid_size), "--max-epochs", str(args.max_epochs),
-                            "--device", "cpu"])
+                            "--device", "cpu"], settings)
     pretrained = results[ours]["nsynth_pitch"].get("pitch_acc")
     random_mae = results["encodecmae_random"]["nsynth_pitch"].get("pitch_acc")
     if pretrained is not None and random_mae is not None:

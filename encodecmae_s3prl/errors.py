@@ -27,7 +27,7 @@ What counts as a user error is decided by type, never by where it was raised:
 
 Where s3prl only asserts, our commands check the same condition before s3prl runs and raise a UserError.
 
-This module imports nothing beyond the standard library.
+This module imports nothing beyond the standard library and :mod:`encodecmae_s3prl.settings`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ import os
 import sys
 from typing import Callable, Iterable, Iterator, Mapping, Optional
 
-DEBUG_ENV = "ENCODECMAE_DEBUG"
+from encodecmae_s3prl.settings import debug_enabled
+
 EXIT_USER_ERROR = 2
 
 
@@ -49,11 +50,6 @@ class ConfigError(UserError, ValueError):
 
 
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
-
-
-def debug_enabled() -> bool:
-    """``ENCODECMAE_DEBUG`` set to anything but '', '0', 'false': user errors keep their traceback."""
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def one_line(text: str) -> str:
@@ -87,10 +83,12 @@ def _path_message(err: OSError, path_keys: Mapping[str, str], path_hints: Mappin
 
 def user_error_message(err: BaseException, extra_types: Iterable[type] = (),
                        path_keys: Mapping[str, str] | None = None,
-                       path_hints: Mapping[str, str] | None = None) -> Optional[str]:
+                       path_hints: Mapping[str, str] | None = None,
+                       fixes: Mapping[type, str] | None = None) -> Optional[str]:
     """The one-line message for a user error, or None when ``err`` is not one (then it is a bug)."""
     if isinstance(err, (UserError, *extra_types)):
-        return one_line(str(err) or type(err).__name__)
+        added = [f" ({fix})" for kind, fix in (fixes or {}).items() if isinstance(err, kind)]
+        return one_line((str(err) or type(err).__name__) + "".join(added))
     if isinstance(err, PATH_ERRORS):
         return one_line(_path_message(err, path_keys or {}, path_hints or {}))
     yaml = sys.modules.get("yaml")  # not imported: no YAML was read, so this is no YAML error
@@ -102,7 +100,8 @@ def user_error_message(err: BaseException, extra_types: Iterable[type] = (),
 @contextlib.contextmanager
 def user_errors(extra_types: Iterable[type] = (), path_keys: Mapping[str, str] | None = None,
                 path_hints: Mapping[str, str] | None = None,
-                on_user_error: Callable[[BaseException], None] | None = None) -> Iterator[None]:
+                on_user_error: Callable[[BaseException], None] | None = None,
+                fixes: Mapping[type, str] | None = None) -> Iterator[None]:
     """Print a user error as ``error: ...`` (one line, stderr) and exit 2; let anything else through.
 
     Args:
@@ -111,6 +110,8 @@ def user_errors(extra_types: Iterable[type] = (), path_keys: Mapping[str, str] |
             a missing file under one of them is reported with the key to fix. May be filled in later
             (the same dict object), once the command has read its config.
         path_hints: config key -> one more sentence for a missing path under that key (how to create it).
+        fixes: user error class -> what the command adds to such a message: its option that fixes the mistake
+            (the library's messages say which value does; the command knows its flags).
         on_user_error: called with a user error before it is printed (also with ``ENCODECMAE_DEBUG=1``),
             e.g. to remove what a failed start left behind. Not called for other exceptions (bugs).
 
@@ -120,7 +121,7 @@ def user_errors(extra_types: Iterable[type] = (), path_keys: Mapping[str, str] |
     try:
         yield
     except Exception as err:  # SystemExit and KeyboardInterrupt pass untouched
-        message = user_error_message(err, extra_types, path_keys, path_hints)
+        message = user_error_message(err, extra_types, path_keys, path_hints, fixes)
         if message is None:
             raise
         if on_user_error is not None:

@@ -28,12 +28,12 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from encodecmae_s3prl.cli import UNFITTED_CODEC_FLAGS
+from encodecmae_s3prl.cli import TRUST_FIXES, UNFITTED_CODEC_FLAGS
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
-from encodecmae_s3prl.settings import UpstreamSettings, default_device
-from encodecmae_s3prl.upstream.atomic import atomic_write
+from encodecmae_s3prl.settings import UpstreamSettings, add_trust_flag, default_device
+from encodecmae_s3prl.upstream.atomic import atomic_write, remove_temporaries
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.expert import INPUT_RATE, UnfittedCodecError, WaveformError  # s3prl: 16 kHz mono
 
@@ -170,6 +170,7 @@ def run(args, settings: UpstreamSettings | None = None) -> int:
 
     streams = isinstance(upstream, UpstreamExpert)
     args.out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries({args.out, *((args.out / out).parent for _, out in pairs)})  # a killed run's half-written files
     done: dict[Path, tuple] = _finished_earlier(args, pairs)
     if done:
         print(f"{len(done)} of {len(pairs)} file(s) already extracted into {args.out} with these settings: kept")
@@ -297,12 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--long-seconds", type=float, default=LONG_SECONDS,
                         help="files longer than this go alone (EnCodecMAE: streamed to disk)")
     parser.add_argument("--device", default=default_device())
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load a checkpoint that needs classes outside the safe allow-list (runs its code)")
+    add_trust_flag(parser)
     args = parser.parse_args(argv)
     settings = UpstreamSettings.from_environment(trust=args.trust_checkpoint)
     try:
-        with user_errors():
+        with user_errors(fixes=TRUST_FIXES):
             try:
                 return run(args, settings)
             except UnfittedCodecError as err:

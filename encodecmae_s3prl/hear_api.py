@@ -143,12 +143,15 @@ def resolve(model_file_path: str = "", upstream: str | None = None) -> tuple[str
 
 
 def load_model(model_file_path: str = "", upstream: str | None = None, device: str | None = None,
-               sample_rate: int | None = None, layer: int = -1, **kwargs) -> HearModel:
+               sample_rate: int | None = None, layer: int = -1, settings: UpstreamSettings | None = None,
+               **kwargs) -> HearModel:
     """The HEAR ``load_model``: ``model_file_path`` as ``--model`` passes it (see the module's docstring); the
-    other arguments are ``--model-options``; ``kwargs`` go to the hub entry. The HEAR kit's runners call this
-    function: it is where this API reads the settings (``ENCODECMAE_TRUST_CHECKPOINT``, ``ENCODEC_CKPT``)."""
+    other arguments are ``--model-options``; ``kwargs`` go to the hub entry. ``settings``: trust and the EnCodec
+    weights; None, as the HEAR kit's runners call it: this API's edge reads them from the environment
+    (``ENCODECMAE_TRUST_CHECKPOINT``, ``ENCODEC_CKPT``)."""
     entry, ckpt = resolve(model_file_path, upstream)
-    settings = UpstreamSettings.from_environment()
+    if settings is None:
+        settings = UpstreamSettings.from_environment()
     return HearModel(load_hub_upstream(entry, ckpt, device or default_device(), settings, **kwargs), sample_rate,
                      layer)
 

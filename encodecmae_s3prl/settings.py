@@ -10,8 +10,10 @@ them down. The environment variables (README, "Environment variables"):
 - ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``: huggingface_hub's own, which :func:`hub_reachable` asks it for;
 - ``WORLD_SIZE``, ``LOCAL_RANK``: set by torchrun for each process (:func:`distributed_environment`).
 
-``ENCODECMAE_DEBUG`` (:mod:`encodecmae_s3prl.errors`) and ``ENCODECMAE_PROBE_PATH``
-(:mod:`encodecmae_s3prl.registry`) are read where they act, also outside the library's folders.
+- ``ENCODECMAE_DEBUG=1``: user errors keep their traceback (:func:`debug_enabled`, asked by
+  :mod:`encodecmae_s3prl.errors` when a command prints a user error).
+
+``ENCODECMAE_PROBE_PATH`` (:mod:`encodecmae_s3prl.registry`) is read where it acts, outside the library's folders.
 This module imports nothing beyond the standard library at import time.
 """
 from __future__ import annotations
@@ -21,17 +23,32 @@ from dataclasses import dataclass
 from typing import Optional
 
 TRUST_ENV = "ENCODECMAE_TRUST_CHECKPOINT"
+TRUST_FLAG = "--trust-checkpoint"
 ENCODEC_ENV = "ENCODEC_CKPT"
+DEBUG_ENV = "ENCODECMAE_DEBUG"
 
 
 def _true(value: str) -> bool:
     return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def debug_enabled() -> bool:
+    """``ENCODECMAE_DEBUG`` set to anything but '', 0, false, no, off: user errors keep their traceback."""
+    return _true(os.environ.get(DEBUG_ENV, ""))
+
+
 def trust_checkpoint(flag: bool = False) -> bool:
     """``--trust-checkpoint`` given, or ``ENCODECMAE_TRUST_CHECKPOINT`` set to anything but '', 0, false, no, off:
     checkpoints that need classes outside the safe allow-list load (running code stored in them)."""
     return bool(flag) or _true(os.environ.get(TRUST_ENV, ""))
+
+
+def add_trust_flag(parser) -> None:
+    """A command's ``--trust-checkpoint`` (argparse); the command passes ``trust_checkpoint(args.trust_checkpoint)``
+    down as ``trust=``."""
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help=f"load a checkpoint that needs classes outside the safe allow-list: this runs code stored "
+                             f"in the file, only for files you trust (= {TRUST_ENV}=1)")
 
 
 def encodec_weights() -> Optional[str]:

@@ -46,7 +46,7 @@ from encodecmae_s3prl.pretrain_task import frame_store
 from encodecmae_s3prl.pretrain_task.codec_windows import encode_files, plan_windows
 from encodecmae_s3prl.pretrain_task.corpus import AudioFile, load_corpus
 from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
-from encodecmae_s3prl.settings import default_device, encodec_weights
+from encodecmae_s3prl.settings import add_trust_flag, default_device, encodec_weights, trust_checkpoint
 from encodecmae_s3prl.upstream.atomic import remove_temporaries
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, SAMPLE_RATE, FrozenEncodec
@@ -156,7 +156,7 @@ def build(files: Sequence[AudioFile], codec: FrozenEncodec, out: str | os.PathLi
         if found != meta:
             raise CodecCacheError(
                 f"{out} holds a codec cache of another codec or layout ({_differences(found, meta)}): "
-                f"give another --out (or datarc.codec_cache), or delete {out} to rebuild it")
+                f"give this cache another folder, or delete {out} to rebuild it")
     else:
         frame_store.write_meta(out, meta)
     device = torch.device(device)
@@ -298,14 +298,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=BATCH_WINDOWS,
                         help=f"windows (up to {WINDOW_SECONDS + WARMUP_SECONDS} s) per EnCodec call; 1: one at a time")
     parser.add_argument("--readers", type=int, help="threads reading audio ahead (default: 1 on a CPU, else up to 8)")
+    add_trust_flag(parser)
     args = parser.parse_args(argv)
+    from encodecmae_s3prl.cli import TRUST_FIXES
     from encodecmae_s3prl.errors import user_errors
     from encodecmae_s3prl.upstream.loading import load_checkpoint, model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
 
-    with user_errors():
+    with user_errors(fixes=TRUST_FIXES):
         if args.ckpt:
-            model = load_checkpoint(args.ckpt)
+            model = load_checkpoint(args.ckpt, trust=trust_checkpoint(args.trust_checkpoint))
         else:
             model = build_model(model_config_from_yaml(args.model_config), encodec_weights=encodec_weights())
         if model.codec.needs_corpus_init():

@@ -35,6 +35,9 @@ from encodecmae_s3prl.upstream.config import EncodecMAEConfig
 from encodecmae_s3prl.upstream.masking import HostMask
 
 AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
+# the authors' training crop (EnCodecMAE v1 and the paper pretrain on 4 s random crops): the default of
+# datarc.crop_seconds, of the sampler and of the self-training stage, whose stored crops stage 2 must match
+CROP_SECONDS = 4.0
 
 
 class CorpusError(UserError, ValueError):
@@ -230,7 +233,7 @@ class CropSampler:
     proportionally more crops); unreadable files are skipped, counted, reported once each.
     """
 
-    def __init__(self, files: Sequence[AudioFile], batch_size: int, crop_seconds: float = 4.0, seed: int = 0,
+    def __init__(self, files: Sequence[AudioFile], batch_size: int, crop_seconds: float = CROP_SECONDS, seed: int = 0,
                  rank: int = 0, world_size: int = 1, cache=None):
         if batch_size <= 0:
             raise CorpusError(f"train_batch_size must be positive, got {batch_size}")

@@ -22,7 +22,14 @@ import torch.nn as nn
 import yaml
 
 from encodecmae_s3prl.errors import ConfigError
-from encodecmae_s3prl.pretrain_task.corpus import BatchMasks, CropBatch, CropLoader, CropSampler, load_corpus
+from encodecmae_s3prl.pretrain_task.corpus import (
+    CROP_SECONDS,
+    BatchMasks,
+    CropBatch,
+    CropLoader,
+    CropSampler,
+    load_corpus,
+)
 from encodecmae_s3prl.pretrain_task.step_health import NonFiniteSteps, WaitTimedLoader
 from encodecmae_s3prl.settings import distributed_environment
 from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
@@ -38,7 +45,7 @@ class PretrainDataConfig:
 
     corpus: Tuple[str, ...] = ()          # folders and/or manifest .tsv files
     train_batch_size: int = 128
-    crop_seconds: float = 4.0
+    crop_seconds: float = CROP_SECONDS
     num_workers: int = 8                  # crops decoded in parallel (loader processes / threads)
     loader: str = "torch"                 # torch DataLoader | fairseq2 pipeline
     prefetch_batches: int = 2
@@ -137,8 +144,8 @@ class UpstreamPretrainExpert(nn.Module):
         if self.world_size > 1:  # torchrun: every rank draws its own crops, gradients are averaged
             self.model = nn.parallel.DistributedDataParallel(self.model.to(self.device))
         elif multi_gpu:
-            raise ConfigError("--multi_gpu (s3prl's single-process DataParallel) is not supported for encodecmae: "
-                              "launch DDP instead, e.g. torchrun --nproc_per_node 4 run_pretrain.py -u encodecmae ...")
+            raise ConfigError("multi_gpu (s3prl's single-process DataParallel) is not supported for encodecmae: "
+                              "run one process per GPU with torchrun (DDP) instead")
         self.next_batch = 0
         self.precision = data.precision
         self._last_time = None

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from encodecmae_s3prl.pretrain_task.corpus import CropSampler, load_corpus
 from encodecmae_s3prl.settings import encodec_weights
+from encodecmae_s3prl.upstream.atomic import atomic_write_text
 from encodecmae_s3prl.upstream.codec import EncodecWeightsError, build_encodec
 from encodecmae_s3prl.upstream.loading import model_config_from_yaml
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sampler = CropSampler(load_corpus(args.corpus), batch_size=1, seed=args.seed)
     weights = codebook_weights(codec, sampler, args.clips)
     spec["codebook_weights"] = [round(w, 8) for w in weights]
-    args.out.write_text(f"# codebook_weights (γ_q) from {args.clips} random clips of {' '.join(args.corpus)}\n"
+    atomic_write_text(args.out, f"# codebook_weights (γ_q) from {args.clips} random clips of {' '.join(args.corpus)}\n"
                         + yaml.safe_dump(spec, sort_keys=False))
     print(f"wrote {args.out}: γ_q = {', '.join(f'{w:.4f}' for w in weights)}")
 

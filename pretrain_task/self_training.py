@@ -45,10 +45,18 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from encodecmae_s3prl.errors import UserError
+from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task import frame_store
-from encodecmae_s3prl.pretrain_task.corpus import AudioFile, CropSampler, draw_start_frame, load_corpus, read_crop_at
+from encodecmae_s3prl.pretrain_task.corpus import (
+    CROP_SECONDS,
+    AudioFile,
+    CropSampler,
+    draw_start_frame,
+    load_corpus,
+    read_crop_at,
+)
 from encodecmae_s3prl.pretrain_task.frame_store import FrameStore
+from encodecmae_s3prl.settings import add_trust_flag, trust_checkpoint
 from encodecmae_s3prl.upstream.atomic import atomic_write_text, remove_temporaries, replace_folder
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.checkpoint import atomic_save
@@ -65,6 +73,9 @@ class TargetStoreError(UserError, ValueError):
 LABELS = ("crop", "file")
 VERSION = 2           # the store's layout: a frame store (1: index.json + codes.npy, no longer read)
 FILES_PER_SHARD = 256
+# both recipes: k-means with k = 1024 on the activations of 10,000 random training crops (the paper's "10k clips")
+KMEANS_CLUSTERS = 1024
+KMEANS_CLIPS = 10_000
 # what each recipe does in this stage, setting by setting (each also an option of its own)
 ST_RECIPES: Dict[str, Dict[str, Any]] = {
     "v1": {"kmeans_frames": 10_000, "iterations": 300, "labels": "crop"},
@@ -292,7 +303,7 @@ def stored_crops(files: Sequence[AudioFile], crop_seconds: float, seed: int) -> 
 
 
 def build_crop_store(model, files: Sequence[AudioFile], centroids: torch.Tensor, out: Path,
-                     crop_seconds: float = 4.0, seed: int = 0, batch_size: int = 16,
+                     crop_seconds: float = CROP_SECONDS, seed: int = 0, batch_size: int = 16,
                      provenance: Optional[dict] = None, extra_files: Optional[Dict[str, str]] = None) -> TargetStore:
     """Label each stored crop in its own context (a clip of its own through the model) and write the store
     (``_build``; a shard holds the crops of its files)."""
@@ -340,17 +351,18 @@ def sample_frames(points: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     return points[order[:count]]
 
 
-def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = 10_000, k: int = 1024,
+def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = KMEANS_CLIPS, k: int = KMEANS_CLUSTERS,
         iterations: Optional[int] = None, seed: int = 0, batch_size: int = 16, teacher: Optional[str] = None,
         recipe: Optional[str] = None, kmeans_frames: Optional[int] = None, labels: Optional[str] = None,
-        crop_seconds: float = 4.0) -> Path:
+        crop_seconds: float = CROP_SECONDS, trust: bool = False) -> Path:
     """The whole stage: embed, fit, label, write the store and ``config_model_st.yaml``.
 
     ``checkpoint`` is the model stage 2 continues; ``teacher`` (default: the same) makes the labels. The
-    settings left None take ``recipe``'s values (``ST_RECIPES``; default: the checkpoint's recipe).
+    settings left None take ``recipe``'s values (``ST_RECIPES``; default: the checkpoint's recipe). ``trust``:
+    load checkpoints that need classes outside the safe allow-list (``checkpoint.safe_load``).
     """
-    student = load_checkpoint(checkpoint).eval()
-    labeller = load_checkpoint(teacher).eval() if teacher else student
+    student = load_checkpoint(checkpoint, trust=trust).eval()
+    labeller = load_checkpoint(teacher, trust=trust).eval() if teacher else student
     recipe = recipe or student.config.recipe
     if recipe not in ST_RECIPES:
         raise ValueError(f"self-training recipe must be one of {tuple(ST_RECIPES)}, got {recipe!r}")
@@ -359,7 +371,7 @@ def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = 10_0
     iterations = defaults["iterations"] if iterations is None else iterations
     labels = defaults["labels"] if labels is None else labels
     if labels not in LABELS:
-        raise ValueError(f"--labels must be one of {LABELS}, got {labels!r}")
+        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
     files = load_corpus(corpus)
     sampler = CropSampler(files, batch_size, crop_seconds=crop_seconds, seed=seed)
     frames = []
@@ -409,23 +421,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="target store folder to write")
     parser.add_argument("--recipe", choices=tuple(ST_RECIPES), help="defaults of the settings below (default: "
                                                                      "the -k checkpoint's recipe)")
-    parser.add_argument("--num-clips", type=int, default=10_000, help="random crops embedded for k-means")
+    parser.add_argument("--num-clips", type=int, default=KMEANS_CLIPS, help="random crops embedded for k-means")
     parser.add_argument("--kmeans-frames", type=int, help="frames sampled from those for k-means, 0 = all "
                                                           "(v1: 10000; paper: 0)")
-    parser.add_argument("--clusters", "--k-classes", dest="k", type=int, default=1024)
+    parser.add_argument("--clusters", "--k-classes", dest="k", type=int, default=KMEANS_CLUSTERS)
     parser.add_argument("--iterations", type=int, help="Lloyd iterations at most (v1: 300; paper: 50)")
     parser.add_argument("--labels", choices=LABELS, help="crop: stored crops labelled in their own context, "
                                                          "stage 2 trains on them (v1); file: whole files (paper)")
-    parser.add_argument("--crop-seconds", type=float, default=4.0, help="crop length (stage 2's crop_seconds)")
+    parser.add_argument("--crop-seconds", type=float, default=CROP_SECONDS, help="crop length (stage 2's crop_seconds)")
     parser.add_argument("--seed", type=int, default=0)
+    add_trust_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed,
-            teacher=args.teacher, recipe=args.recipe, kmeans_frames=args.kmeans_frames, labels=args.labels,
-            crop_seconds=args.crop_seconds)
-    except TooFewPointsError as err:  # k-means knows the counts; the options that set them are known here
-        raise UserError(f"{err} (more frames: raise --num-clips or --kmeans-frames; a smaller k: lower --clusters, "
-                        f"now {args.k})") from None
+    from encodecmae_s3prl.cli import TRUST_FIXES
+
+    with user_errors(fixes=TRUST_FIXES):
+        try:
+            run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed,
+                teacher=args.teacher, recipe=args.recipe, kmeans_frames=args.kmeans_frames, labels=args.labels,
+                crop_seconds=args.crop_seconds, trust=trust_checkpoint(args.trust_checkpoint))
+        except TooFewPointsError as err:  # k-means knows the counts; the options that set them are known here
+            raise UserError(f"{err} (more frames: raise --num-clips or --kmeans-frames; a smaller k: lower "
+                            f"--clusters, now {args.k})") from None
 
 
 if __name__ == "__main__":

@@ -76,6 +76,32 @@ def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monk
     assert (out / "results.md").read_text() == before and (out / "results.partial.md").is_file()
 
 
+def test_compare_loads_its_upstreams_with_the_settings_it_is_given(tmp_path, datasets, monkeypatch):
+    """Settings passed to compare are the ones its upstreams load with, whatever the environment says; without
+    them the command reads the environment (ENCODEC_CKPT), and it never changes it."""
+    import os
+
+    from encodecmae_s3prl.settings import UpstreamSettings
+
+    monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "from_the_environment.th"))
+    before = dict(os.environ)
+    loaded = []
+
+    def load(entry, ckpt, device, settings):
+        loaded.append(settings)
+        raise RuntimeError("not built in this test")
+
+    monkeypatch.setattr(compare, "load_hub_upstream", load)
+    argv = ["--upstreams", "fbank_no_cmvn", "--probes", "esc50", "--data", f"esc50={datasets['esc50']}",
+            "--device", "cpu"]
+    given = UpstreamSettings(trust=True, encodec_weights="random")
+    results = compare.main([*argv, "--out", str(tmp_path / "given")], given)
+    assert loaded == [given] and "not built" in results["fbank_no_cmvn"]["esc50"]["error"]
+    compare.main([*argv, "--out", str(tmp_path / "command")])
+    assert loaded[1] == UpstreamSettings(encodec_weights=str(tmp_path / "from_the_environment.th"))
+    assert dict(os.environ) == before
+
+
 def test_cache_key_follows_the_checkpoint_file(tmp_path, tiny_ckpt):
     """A retrained checkpoint under the same path and label must not reuse the old embeddings."""
     import os

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from encodecmae_s3prl import demo, demo_data, errors
+from encodecmae_s3prl.settings import UpstreamSettings, encodec_weights
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError
 from encodecmae_s3prl.upstream.codec import ENCODEC_FILE, build_encodec
 
@@ -54,30 +55,61 @@ def test_demo_finds_the_real_encodec_where_the_codec_looks(tmp_path, monkeypatch
     fake = _fake_encodec_weights(tmp_path / "weights" / ENCODEC_FILE)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty torch hub cache
     monkeypatch.delenv("ENCODEC_CKPT", raising=False)
-    assert not demo.choose_encodec(download=False).real
+    assert not demo.choose_encodec(encodec_weights(), download=False).real
     monkeypatch.setenv("ENCODEC_CKPT", "random")
-    assert not demo.choose_encodec(download=False).real
+    assert not demo.choose_encodec(encodec_weights(), download=False).real
     monkeypatch.setenv("ENCODEC_CKPT", str(fake))
-    choice = demo.choose_encodec(download=False)
+    choice = demo.choose_encodec(encodec_weights(), download=False)
     assert choice.real and choice.weights == fake.resolve() and "ENCODEC_CKPT" in choice.where
 
     monkeypatch.delenv("ENCODEC_CKPT")
     cached = tmp_path / "torch_home" / "hub" / "checkpoints" / ENCODEC_FILE
     cached.parent.mkdir(parents=True)
     cached.write_bytes(fake.read_bytes())
-    choice = demo.choose_encodec(download=False)
+    choice = demo.choose_encodec(encodec_weights(), download=False)
     assert choice.real and choice.weights == cached.resolve() and "torch hub cache" in choice.where
 
     # a weights file that is named but missing, or is not EnCodec, is an error, never a silent random codec
     monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "missing.th"))
     with pytest.raises(errors.UserError, match="missing.th: no such file"):
-        demo.choose_encodec(download=False)
+        demo.choose_encodec(encodec_weights(), download=False)
     (tmp_path / "other.th").write_bytes(b"")
     monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "other.th"))
     with pytest.raises(CheckpointError, match="empty") as not_encodec:
-        demo.choose_encodec(download=False)
+        demo.choose_encodec(encodec_weights(), download=False)
     message = errors.user_error_message(not_encodec.value)  # a user error: one line naming the file, exit 2
     assert message is not None and str(tmp_path / "other.th") in message
+
+
+def test_the_demo_passes_its_encodec_down_and_leaves_its_environment_alone(tmp_path, monkeypatch):
+    """The EnCodec the demo settles on reaches compare as an argument and the pretraining process through that
+    process's environment; the demo's own environment is unchanged (here ENCODEC_CKPT names a file that is not
+    there: a step reading it instead of the settings would fail)."""
+    from encodecmae_s3prl import compare
+
+    monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "not_there.th"))
+    before = dict(os.environ)
+    seen = {}
+
+    def pretrain(corpus, expdir, model_config, steps, env, cwd):
+        seen["env"] = env
+        return tmp_path / "states-1.ckpt"
+
+    def compare_main(argv, settings):
+        seen["settings"] = settings
+        return {row: {"nsynth_pitch": {"error": "not run in this test"}}
+                for row in ("ECMAE-tiny (pretrained here)", "encodecmae_random")}
+
+    monkeypatch.setattr(demo, "write_corpus", lambda root: root)
+    monkeypatch.setattr(demo, "write_probes", lambda root: {"nsynth_pitch": root, "esc50": root})
+    monkeypatch.setattr(demo, "pretrain", pretrain)
+    monkeypatch.setattr(demo, "checkpoint_codec", lambda checkpoint: "random-init")
+    monkeypatch.setattr(compare, "main", compare_main)
+    args = demo.parser().parse_args(["--out", str(tmp_path / "demo"), "--threads", str(torch.get_num_threads())])
+    demo.run(args, UpstreamSettings(trust=True, encodec_weights="random"))
+    assert seen["settings"] == UpstreamSettings(trust=True, encodec_weights="random")
+    assert seen["env"]["ENCODEC_CKPT"] == "random"
+    assert dict(os.environ) == before
 
 
 @pytest.mark.slow

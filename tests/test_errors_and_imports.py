@@ -29,7 +29,7 @@ PY = sys.executable
 
 def _env(**extra):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop(errors.DEBUG_ENV, None)
+    env.pop("ENCODECMAE_DEBUG", None)
     env.pop("ENCODECMAE_TRUST_CHECKPOINT", None)
     env.update(extra)
     return env
@@ -232,6 +232,19 @@ def test_user_errors_exits_2_with_one_line(capsys):
     with pytest.raises(KeyError):
         with errors.user_errors():
             raise KeyError("a bug")
+
+
+@pytest.mark.parametrize("value, traceback", [("off", False), ("No", False), ("", False), ("1", True), ("yes", True)])
+def test_encodecmae_debug_is_read_as_every_other_switch(monkeypatch, value, traceback):
+    """ENCODECMAE_DEBUG takes the same words as ENCODECMAE_TRUST_CHECKPOINT (one reader in settings)."""
+    from encodecmae_s3prl import settings
+
+    monkeypatch.setenv("ENCODECMAE_DEBUG", value)
+    monkeypatch.setenv(settings.TRUST_ENV, value)
+    assert settings.debug_enabled() == settings.trust_checkpoint() == traceback
+    with pytest.raises(errors.UserError if traceback else SystemExit):
+        with errors.user_errors():
+            raise errors.UserError("bad thing")
 
 
 # --- import order -----------------------------------------------------------------------------------------------
@@ -466,7 +479,7 @@ def test_encodec_ckpt_random_means_the_same_in_the_demo_and_the_library(tmp_path
     monkeypatch.setenv("ENCODEC_CKPT", "random")
     weights = settings.encodec_weights()
     assert weights == "random" and locate_encodec_weights(weights) is None
-    assert not demo.choose_encodec(download=False).real
+    assert not demo.choose_encodec(weights, download=False).real
     codec = build_encodec("pretrained", weights=weights)  # the random-init codec in place of the pretrained one
     random = build_encodec("random")
     assert bool(codec.random_weights) and codec.needs_corpus_init()

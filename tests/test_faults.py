@@ -48,23 +48,32 @@ def _kill_when(command: list, ready, cwd: Path, timeout: float = 300) -> None:
 def test_extract_killed_after_some_files_then_rerun_gives_the_same_embeddings(tmp_path, tiny_ckpt):
     from encodecmae_s3prl import extract
 
-    audio = _write_notes(tmp_path / "audio", files=6, seconds=1.0)
-    args = ["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(audio), "--batch-size", "1", "--device", "cpu"]
+    audio = _write_notes(tmp_path / "audio", files=3, seconds=1.0)
+    _write_notes(audio / "sub", files=3, seconds=1.0)
+    # longer than --long-seconds: streamed into its .npy, whose temporary is there while the clip goes through
+    _write_notes(audio / "sub" / "deeper", files=1, seconds=8.0)
+    args = ["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(audio), "--batch-size", "1", "--long-seconds", "4",
+            "--device", "cpu"]
     reference = tmp_path / "reference"
     assert extract.main([*args, "--out", str(reference)]) == 0
 
+    def files(folder: Path) -> list:
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
     out = tmp_path / "out"
     _kill_when([sys.executable, "-m", "encodecmae_s3prl.extract", *args, "--out", str(out)],
-               lambda: any(out.glob("*.npy")), cwd=REPO)
-    finished = sorted(p.name for p in out.glob("*.npy"))
-    assert 1 <= len(finished) < 6, f"the kill must land between the first file and the last: {finished}"
+               lambda: any((out / "sub" / "deeper").glob(".*.tmp")), cwd=REPO)
+    assert list((out / "sub" / "deeper").glob(".*.tmp")), "the kill must land while the long file is written"
+    finished = [name for name in files(out) if name.endswith(".npy")]
+    assert 1 <= len(finished) < 7, f"the kill must land between the first file and the last: {finished}"
     for name in finished:  # whatever is under a final name is complete
         np.testing.assert_allclose(np.load(out / name), np.load(reference / name), rtol=1e-5, atol=1e-6)
 
     assert extract.main([*args, "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.glob("*.npy")) == sorted(p.name for p in reference.glob("*.npy"))
-    for path in reference.glob("*.npy"):
-        np.testing.assert_allclose(np.load(out / path.name), np.load(path), rtol=1e-5, atol=1e-6)
+    assert files(out) == files(reference)  # every output, nested ones included, and no temporary anywhere
+    for name in files(reference):
+        if name.endswith(".npy"):
+            np.testing.assert_allclose(np.load(out / name), np.load(reference / name), rtol=1e-5, atol=1e-6)
     assert (out / "manifest.tsv").read_text().replace(str(out), "") == \
         (reference / "manifest.tsv").read_text().replace(str(reference), "")
 

@@ -11,7 +11,6 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
-from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.pretrain_task import self_training
 from encodecmae_s3prl.pretrain_task.corpus import load_corpus, read_crop_at
 from encodecmae_s3prl.pretrain_task.pretrain_expert import UpstreamPretrainExpert
@@ -85,13 +84,16 @@ def test_stored_crops_as_v1_lists_its_items(notes):
     assert {start for _, start in stored_crops(files, 4.0, seed=0)} == {0}
 
 
-def test_too_few_frames_for_k_names_the_options_that_set_them(tmp_path, monkeypatch):
+def test_too_few_frames_for_k_names_the_options_that_set_them(tmp_path, monkeypatch, capsys):
     def run(*args, **kwargs):  # what the stage raises when the embedded frames are fewer than the clusters
         raise TooFewPointsError(5000, 1200)
 
     monkeypatch.setattr(self_training, "run", run)
-    with pytest.raises(UserError, match="at least k=5000 points, got 1200.*--num-clips.*--clusters, now 5000"):
+    with pytest.raises(SystemExit) as exit_:  # the command's one error line
         st_main(["-k", "x.ckpt", "--corpus", "c", "--out", str(tmp_path / "st"), "--clusters", "5000"])
+    assert exit_.value.code == 2
+    assert re.fullmatch(r"error: .*at least k=5000 points, got 1200.*--num-clips.*--clusters, now 5000\)\n",
+                        capsys.readouterr().err)
 
 
 def test_a_teachers_labels_are_what_stage_2_reads(tmp_path, notes, tiny_ckpt):

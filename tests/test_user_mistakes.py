@@ -57,6 +57,38 @@ def test_extract_trust_flag_is_passed_to_the_loading(clip, tmp_path, capsys, mon
     assert "is not an EnCodecMAE checkpoint" in trusted and "refused" not in trusted
 
 
+@pytest.mark.parametrize("command, options", [
+    ("self_training", ["--num-clips", "2", "--clusters", "2", "--iterations", "2", "--labels", "file"]),
+    ("codec_cache", ["--device", "cpu"]),
+])
+def test_self_training_and_codec_cache_load_an_untrusted_checkpoint_only_with_the_flag(
+        clip, tmp_path, tiny_ckpt, capsys, monkeypatch, command, options):
+    import datetime
+    import importlib
+
+    import torch
+
+    from encodecmae_s3prl.upstream.checkpoint import safe_load
+
+    state = safe_load(tiny_ckpt)
+    state["Args"] = datetime.timedelta(days=1)  # outside the safe allow-list: the weights load only trusted
+    unsafe = tmp_path / "ckpt" / "unsafe.ckpt"
+    unsafe.parent.mkdir()
+    torch.save(state, unsafe)
+    monkeypatch.delenv("ENCODECMAE_TRUST_CHECKPOINT", raising=False)
+    main = importlib.import_module(f"encodecmae_s3prl.pretrain_task.{command}").main
+    out = tmp_path / "out"
+    argv = ["-k", str(unsafe), "--corpus", str(clip.parent), "--out", str(out), *options]
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert refused.value.code == 2 and len(lines) == 1 and f"refused to load {unsafe}" in lines[0], lines
+    assert lines[0].endswith("ENCODECMAE_TRUST_CHECKPOINT=1 (or pass --trust-checkpoint)")  # the command's flag
+    assert not out.exists()
+    assert not main(argv + ["--trust-checkpoint"])  # loaded: the stage runs to the end
+    assert (out / "meta.json").is_file() and list(out.glob("shard-*"))
+
+
 def _script(name: str, cwd, *args, timeout: int = 300):
     import subprocess
     import sys
@@ -171,3 +203,12 @@ def test_cpu_runner_preset_is_selected_not_edited():
         config = yaml.safe_load(handle)
     datarc = PretrainDataConfig.from_dict(config["pretrain_expert"]["datarc"])  # strict: every key is real
     assert datarc.train_batch_size <= 16 and datarc.num_workers <= 2 and config["runner"]["total_steps"] <= 5000
+
+
+def test_multi_gpu_is_refused_by_the_command_naming_its_flag():
+    from encodecmae_s3prl import cli
+    from encodecmae_s3prl.errors import UserError
+
+    with pytest.raises(UserError, match="^--multi_gpu .* torchrun --nproc_per_node"):
+        cli._check_pretrain_start(["-u", "encodecmae", "-n", "x", "--multi"])  # argparse's abbreviation too
+    cli._check_pretrain_start(["-u", "encodecmae", "-n", "x"])

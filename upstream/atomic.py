@@ -1,16 +1,17 @@
 """Files that appear whole or not at all: write beside the target, fsync, rename over it.
 
 A process killed mid-write (SIGKILL included) leaves the previous file, or none, under the final name, and at
-worst a hidden ``.<name>.*.tmp`` beside it that no reader ever takes as done; a full disk is a ``DiskFullError``
-naming the file, with the temporary removed.
+worst a hidden ``.<name>.<pid>-<random>.tmp`` beside it that no reader ever takes as done and a rerun deletes
+(:func:`remove_temporaries`); a full disk is a ``DiskFullError`` naming the file, with the temporary removed.
 """
 from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 from encodecmae_s3prl.errors import UserError
 
@@ -19,10 +20,30 @@ class DiskFullError(UserError, OSError):
     """No space left while writing a file: what was being written and where."""
 
 
-def remove_temporaries(folder: str | os.PathLike) -> int:
-    """Delete the hidden ``.<name>.*.tmp`` files that killed writers left in ``folder`` (not its subfolders);
-    for a build that resumes in a folder of its own. Returns how many there were."""
-    stale = list(Path(folder).glob(".*.tmp"))
+# atomic_write's temporaries, as mkstemp names them: "." + the target's name + "." + the writer's process id + "-" +
+# 8 random characters + ".tmp"; nothing else is ever taken for one
+_TEMPORARY = re.compile(r"\..+\.(?P<pid>[0-9]+)-[a-z0-9_]{8}\.tmp")
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (this one and other users' included)."""
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, the process is only looked up
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's; a number no process has: not ours, left alone
+        return True
+    return True
+
+
+def remove_temporaries(folders: str | os.PathLike | Iterable[str | os.PathLike]) -> int:
+    """Delete the temporaries that killed writers left in ``folders`` (one or several; not their subfolders), for
+    a command that resumes there: only :func:`atomic_write`'s names, never another file, and not those of a
+    writer still running on this machine (builders of one folder side by side). Returns how many there were."""
+    if isinstance(folders, (str, os.PathLike)):
+        folders = [folders]
+    stale = [path for folder in folders for path in Path(folder).glob(".*.tmp")
+             if (name := _TEMPORARY.fullmatch(path.name)) and not _running(int(name["pid"]))]
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return len(stale)
@@ -32,7 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     """``write(handle)`` into a temporary file in ``path``'s folder, then rename it to ``path``; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -28,6 +28,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, truncated, unsafe or of the wrong kind."""
 
 
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that needs classes outside the safe allow-list, loaded without ``trust``."""
+
+
 def register_safe_globals() -> None:
     """Allow-list SAFE_GLOBALS for every ``torch.load(weights_only=True)`` in the process."""
     torch.serialization.add_safe_globals([*SAFE_GLOBALS])
@@ -54,10 +58,9 @@ def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = 
     except pickle.UnpicklingError as err:
         if not _names_a_class(err):  # torch reports any unpickling failure this way: random bytes, a text file
             raise _unreadable(path, err) from None
-        raise CheckpointError(
+        raise UntrustedCheckpointError(
             f"refused to load {path}: it needs a class outside the safe allow-list ({_first_line(err)}). "
-            f"Loading it would run code stored in the file. If you trust who wrote it, set {TRUST_ENV}=1 "
-            f"(or pass --trust-checkpoint to run_pretrain.py, run_downstream.py or extract)."
+            f"Loading it would run code stored in the file. If you trust who wrote it, set {TRUST_ENV}=1"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError, IndexError) as err:
         raise _unreadable(path, err) from None
