@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from encodecmae_s3prl.downstream_probes.clips import ClipDataset
 from encodecmae_s3prl.downstream_probes.metrics import METRICS
 from encodecmae_s3prl.downstream_probes.mlp import PooledMLP
-from encodecmae_s3prl.downstream_probes.task import ProbeDataError, ProbeTask, load_probe_task
+from encodecmae_s3prl.downstream_probes.task import ProbeDataError, ProbeRootError, ProbeTask, load_probe_task
 
 
 class PooledProbeExpert(nn.Module):
@@ -88,7 +88,7 @@ class DownstreamExpert(PooledProbeExpert):
         datarc = dict(downstream_expert["datarc"])
         root = datarc.get("root")
         if not root or not Path(root).is_dir():
-            raise ProbeDataError(f"downstream_expert.datarc.root = {root!r} is not a folder: set it in the probe's "
-                                 f"config.yaml or with -o config.downstream_expert.datarc.root=/path/to/dataset")
+            raise ProbeRootError(f"downstream_expert.datarc.root = {root!r} is not a folder: set it to the dataset's "
+                                 f"folder in the probe's config.yaml")
         task = load_probe_task(downstream, root, datarc.get("test_fold"))
         super().__init__(upstream_dim, task, expdir, datarc, downstream_expert.get("modelrc"))

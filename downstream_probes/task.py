@@ -31,6 +31,14 @@ class ProbeDataError(UserError, ValueError):
     """A probe dataset is missing, malformed, or not in the layout its publisher distributes."""
 
 
+class ProbeRootError(ProbeDataError):
+    """``downstream_expert.datarc.root`` is not a folder; the command adds its option for the key."""
+
+
+class UnknownFoldError(ProbeDataError):
+    """``datarc.test_fold`` names no fold of the dataset; the command adds its option for the key."""
+
+
 @dataclass(frozen=True)
 class Clip:
     """One labelled clip: a whole file, or ``duration`` seconds from ``start`` (segments of long recordings,
@@ -90,8 +98,8 @@ def fold_splits(items_by_fold: Dict[str, list], test_fold: str | None = None) ->
     folds = sorted(items_by_fold, key=natural_key)
     test_fold = test_fold or folds[0]
     if test_fold not in folds:
-        raise ProbeDataError(f"datarc.test_fold {test_fold!r} is not one of the dataset's folds {folds}: pick one with "
-                             f"-o config.downstream_expert.datarc.test_fold=NAME")
+        raise UnknownFoldError(f"datarc.test_fold {test_fold!r} is not one of the dataset's folds {folds}: set it to "
+                               f"one of them")
     i = folds.index(test_fold)
     valid = folds[(i + 1) % len(folds)]
     return {"train": [x for f in folds if f not in (test_fold, valid) for x in items_by_fold[f]],

@@ -30,19 +30,55 @@ import yaml
 from encodecmae_s3prl import compat, registry, settings
 from encodecmae_s3prl.errors import UserError, user_errors  # noqa: F401  (re-exported: the shared helper)
 from encodecmae_s3prl.settings import TRUST_ENV, TRUST_FLAG, UpstreamSettings
-from encodecmae_s3prl.upstream.checkpoint import UntrustedCheckpointError
+from encodecmae_s3prl.upstream.checkpoint import CheckpointNotGivenError, UntrustedCheckpointError
 from encodecmae_s3prl.upstream.hubconf import PUBLISHED_ENTRIES
+from encodecmae_s3prl.upstream.published import PublishedCheckpointUnavailableError
 
 PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large")
 RUNNER_PRESETS = ("cpu",)  # -c cpu: config_runner_cpu.yaml
 OUR_PRETRAIN_EXPERT = "encodecmae_s3prl.pretrain_task.pretrain_expert"  # what s3prl's runner builds for -u encodecmae
-# what a command with the flag adds to a library error (user_errors' fixes)
-TRUST_FIXES = {UntrustedCheckpointError: f"or pass {TRUST_FLAG}"}
 HELP_EPILOG = (f"\nencodecmae-s3prl adds:\n  {TRUST_FLAG}    load checkpoints (-k, -e) that need classes outside the "
                f"safe allow-list: this runs code stored in the file, only for files you trust (= {TRUST_ENV}=1)\n"
                "  user errors print one 'error: ...' line and exit 2; ENCODECMAE_DEBUG=1 shows the traceback")
-# what run_downstream.py and extract add to the upstream's UnfittedCodecError, which names the files it needs
-UNFITTED_CODEC_FLAGS = "a checkpoint with -k, the EnCodec weights with ENCODEC_CKPT=/path/to/encodec_24khz-d7cc33bc.th"
+
+# What a command adds to a library error (user_errors' fixes): the library says which value fixes the mistake,
+# the command names its option for that value.
+TRUST_FIXES = {UntrustedCheckpointError: f"or pass {TRUST_FLAG}"}
+
+
+def upstream_fixes() -> dict[type, str]:
+    """What run_downstream.py and extract (-u, -k, ENCODEC_CKPT) add to the upstream's errors."""
+    from encodecmae_s3prl.upstream.expert import UnfittedCodecError  # the model code, imported when a command runs
+
+    return {**TRUST_FIXES,
+            CheckpointNotGivenError: "pass it with -k /path/to/checkpoint",
+            PublishedCheckpointUnavailableError: "with -k /path/to/model.pt",
+            UnfittedCodecError: "a checkpoint with -k, the EnCodec weights with "
+                                "ENCODEC_CKPT=/path/to/encodec_24khz-d7cc33bc.th"}
+
+
+def downstream_fixes() -> dict[type, str]:
+    """What run_downstream.py adds to the upstream's and the probes' errors."""
+    from encodecmae_s3prl.downstream_probes.task import ProbeRootError, UnknownFoldError
+
+    return {**upstream_fixes(),
+            ProbeRootError: "or with -o config.downstream_expert.datarc.root=/path/to/dataset",
+            UnknownFoldError: "with -o config.downstream_expert.datarc.test_fold=NAME"}
+
+
+def pretrain_fixes() -> dict[type, str]:
+    """What run_pretrain.py adds to our pretraining task's errors."""
+    from encodecmae_s3prl.pretrain_task.corpus import CorpusListError
+
+    return {**TRUST_FIXES, CorpusListError: "set it in the runner config, or with "
+                                            "-o \"config.pretrain_expert.datarc.corpus=['/path/to/audio']\""}
+
+
+def corpus_option_fixes() -> dict[type, str]:
+    """What the commands that take ``--corpus`` (codec cache, self-training, quantizer weights) add to its errors."""
+    from encodecmae_s3prl.pretrain_task.corpus import CorpusListError
+
+    return {CorpusListError: "fix --corpus"}
 
 
 def _peek(argv: Sequence[str], *options: str, flag: bool = False):
@@ -336,7 +372,7 @@ def run_downstream(argv: Sequence[str] | None = None) -> None:
     folder = NewExperimentFolder(argv, "downstream")
     paths: dict[str, str] = {}
     with _interrupt_says_how_to_resume("downstream", argv, folder), \
-            user_errors(path_keys=paths, path_hints=_PATH_HINTS, on_user_error=folder.remove, fixes=TRUST_FIXES):
+            user_errors(path_keys=paths, path_hints=_PATH_HINTS, on_user_error=folder.remove, fixes=downstream_fixes()):
         registry.register()
         _check_downstream_start(argv)
         # the hub asked once, only when a published checkpoint is to be downloaded; offline, the cached copy loads
@@ -358,12 +394,8 @@ def run_downstream(argv: Sequence[str] | None = None) -> None:
         compat.inference_input_checked(runner)
         sys.argv = [sys.argv[0]] + argv
         before = _empty_result_folders()
-        from encodecmae_s3prl.upstream.expert import UnfittedCodecError
-
         try:
             _main_with_help(script.main, argv)
-        except UnfittedCodecError as err:
-            raise UnfittedCodecError(f"{err} ({UNFITTED_CODEC_FLAGS})") from None
         finally:
             if _peek(argv, "-m", "--mode") == "evaluate":  # s3prl creates the training run's (relative) folder first
                 for folder in sorted(_empty_result_folders() - before, key=lambda p: -len(p.parts)):
@@ -484,7 +516,7 @@ def run_pretrain(argv: Sequence[str] | None = None) -> None:
     folder = NewExperimentFolder(argv, "pretrain")
     paths: dict[str, str] = {}
     with _interrupt_says_how_to_resume("pretrain", argv, folder), \
-            user_errors(path_keys=paths, on_user_error=folder.remove, fixes=TRUST_FIXES):
+            user_errors(path_keys=paths, on_user_error=folder.remove, fixes=pretrain_fixes()):
         compat.enter_s3prl_script_environment(trust)
         registry.register()
         argv = prepare_pretrain_argv(argv)

@@ -28,14 +28,14 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from encodecmae_s3prl.cli import TRUST_FIXES, UNFITTED_CODEC_FLAGS
+from encodecmae_s3prl.cli import upstream_fixes
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.settings import UpstreamSettings, add_trust_flag, default_device
 from encodecmae_s3prl.upstream.atomic import atomic_write, remove_temporaries
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
-from encodecmae_s3prl.upstream.expert import INPUT_RATE, UnfittedCodecError, WaveformError  # s3prl: 16 kHz mono
+from encodecmae_s3prl.upstream.expert import INPUT_RATE, WaveformError  # s3prl: 16 kHz mono
 
 LONG_SECONDS = 60.0
 
@@ -302,11 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = UpstreamSettings.from_environment(trust=args.trust_checkpoint)
     try:
-        with user_errors(fixes=TRUST_FIXES):
-            try:
-                return run(args, settings)
-            except UnfittedCodecError as err:
-                raise UnfittedCodecError(f"{err} ({UNFITTED_CODEC_FLAGS})") from None
+        with user_errors(fixes=upstream_fixes()):
+            return run(args, settings)
     except SystemExit as exit_:  # user_errors exits 2 after printing the one line; callers get the status
         return int(exit_.code or 0)
     except KeyboardInterrupt:

@@ -44,6 +44,11 @@ class CorpusError(UserError, ValueError):
     """The corpus configuration or its files cannot give training data."""
 
 
+class CorpusListError(CorpusError):
+    """The corpus list itself is wrong (empty, an entry neither a folder nor a manifest, no audio in any entry):
+    fixed where the list is given, which each command names (a config key, an option)."""
+
+
 @dataclass(frozen=True)
 class AudioFile:
     path: str
@@ -108,13 +113,13 @@ def write_manifest(files: Sequence[AudioFile], root: Path, out: Path) -> None:
     atomic_write_text(out, "".join(lines))
 
 
-def load_corpus(entries: Sequence[str] | str, progress: bool = True) -> list[AudioFile]:
-    """Resolve a corpus spec (folders and/or ``.tsv`` manifests) to its files."""
+def load_corpus(entries: Sequence[str] | str, progress: bool = True, source: str = "the corpus") -> list[AudioFile]:
+    """Resolve a corpus spec (folders and/or ``.tsv`` manifests) to its files. ``source`` names the list in
+    errors (e.g. the config key that holds it)."""
     if isinstance(entries, (str, os.PathLike)):
         entries = [entries]
     if not entries:
-        raise CorpusError("pretrain_expert.datarc.corpus is empty: give a list of audio folders and/or "
-                          "manifest .tsv files (override with -o config.pretrain_expert.datarc.corpus=[...]).")
+        raise CorpusListError(f"{source} is empty: give a list of audio folders and/or manifest .tsv files")
     files: list[AudioFile] = []
     for entry in entries:
         path = Path(str(entry)).expanduser()
@@ -126,11 +131,11 @@ def load_corpus(entries: Sequence[str] | str, progress: bool = True) -> list[Aud
         elif path.is_file():
             files += read_manifest(path)
         else:
-            raise CorpusError(f"corpus entry {path} is neither a folder nor a manifest file: fix "
-                              f"pretrain_expert.datarc.corpus in the runner config (or -o).")
+            raise CorpusListError(f"{source}: entry {path} is neither a folder nor a manifest file; give audio "
+                                  f"folders and/or manifest .tsv files")
     if not files:
-        raise CorpusError(f"the corpus {list(map(str, entries))} holds no readable audio file "
-                          f"(formats: {', '.join(sorted(AUDIO_EXTENSIONS))}).")
+        raise CorpusListError(f"{source} {list(map(str, entries))} holds no readable audio file "
+                              f"(formats: {', '.join(sorted(AUDIO_EXTENSIONS))})")
     return files
 
 

@@ -38,6 +38,8 @@ from encodecmae_s3prl.upstream.model import build_model
 from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
 from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
 
+DATARC_KEY = "pretrain_expert.datarc"  # where the runner config holds PretrainDataConfig (errors name it)
+
 
 @dataclass(frozen=True)
 class PretrainDataConfig:
@@ -70,12 +72,12 @@ class PretrainDataConfig:
             (self.codec_init_clips >= 1, "codec_init_clips", self.codec_init_clips, ">= 1"),
             (self.max_nonfinite_steps >= 1, "max_nonfinite_steps", self.max_nonfinite_steps, ">= 1"),
         ]
-        check_rules(rules, "pretrain_expert.datarc", ConfigError)
+        check_rules(rules, DATARC_KEY, ConfigError)
 
     @classmethod
     def from_dict(cls, values: dict) -> "PretrainDataConfig":
         """From the YAML's dict; unknown keys are an error that lists the valid ones."""
-        return from_dict_strict(cls, values, "pretrain_expert.datarc", ConfigError)
+        return from_dict_strict(cls, values, DATARC_KEY, ConfigError)
 
 
 _STREAM_LOSSES = "_stream_losses"  # records key: per-stream losses, logged as masked_loss_q0, ...
@@ -116,7 +118,7 @@ class UpstreamPretrainExpert(nn.Module):
         self.upstream_config = dict(upstream_config)
         self.model_config = model_config_from_yaml(self.upstream_config)
 
-        files = load_corpus(list(data.corpus), progress=self.rank == 0)
+        files = load_corpus(list(data.corpus), progress=self.rank == 0, source=f"{DATARC_KEY}.corpus")
         self.seed = data.seed
         self.targets = None
         if data.target_store:

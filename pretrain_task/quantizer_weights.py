@@ -16,10 +16,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from encodecmae_s3prl.errors import ConfigError, user_errors
 from encodecmae_s3prl.pretrain_task.corpus import CropSampler, load_corpus
 from encodecmae_s3prl.settings import encodec_weights
 from encodecmae_s3prl.upstream.atomic import atomic_write_text
-from encodecmae_s3prl.upstream.codec import EncodecWeightsError, build_encodec
+from encodecmae_s3prl.upstream.codec import build_encodec
 from encodecmae_s3prl.upstream.loading import model_config_from_yaml
 
 
@@ -44,21 +45,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    spec = yaml.safe_load(Path(args.model_config).read_text()) or {}
-    config = model_config_from_yaml(spec)
-    try:
+    from encodecmae_s3prl.cli import corpus_option_fixes
+
+    with user_errors(fixes=corpus_option_fixes()):
+        spec = yaml.safe_load(Path(args.model_config).read_text()) or {}
+        config = model_config_from_yaml(spec)
         codec = build_encodec(config.encodec_source, num_codebooks=config.num_codebooks, weights=encodec_weights())
-    except EncodecWeightsError as err:
-        raise SystemExit(f"error: {err}") from None
-    if codec.needs_corpus_init():
-        raise SystemExit("error: the model config uses a random-init EnCodec whose codebooks are fitted to a corpus "
-                         "during pretraining; γ_q only means something for the real EnCodec (encodec_source: "
-                         "pretrained or a weights file).")
-    sampler = CropSampler(load_corpus(args.corpus), batch_size=1, seed=args.seed)
-    weights = codebook_weights(codec, sampler, args.clips)
-    spec["codebook_weights"] = [round(w, 8) for w in weights]
-    atomic_write_text(args.out, f"# codebook_weights (γ_q) from {args.clips} random clips of {' '.join(args.corpus)}\n"
-                        + yaml.safe_dump(spec, sort_keys=False))
+        if codec.needs_corpus_init():
+            raise ConfigError(f"{args.model_config}: the model config uses a random-init EnCodec whose codebooks are "
+                              f"fitted to a corpus during pretraining; γ_q only means something for the real EnCodec "
+                              f"(encodec_source: pretrained or a weights file)")
+        sampler = CropSampler(load_corpus(args.corpus), batch_size=1, seed=args.seed)
+        weights = codebook_weights(codec, sampler, args.clips)
+        spec["codebook_weights"] = [round(w, 8) for w in weights]
+        atomic_write_text(args.out, f"# codebook_weights (γ_q) from {args.clips} random clips of "
+                                    f"{' '.join(args.corpus)}\n" + yaml.safe_dump(spec, sort_keys=False))
     print(f"wrote {args.out}: γ_q = {', '.join(f'{w:.4f}' for w in weights)}")
 
 

@@ -432,16 +432,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_trust_flag(parser)
     args = parser.parse_args(argv)
-    from encodecmae_s3prl.cli import TRUST_FIXES
+    from encodecmae_s3prl.cli import TRUST_FIXES, corpus_option_fixes
 
-    with user_errors(fixes=TRUST_FIXES):
-        try:
-            run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed,
-                teacher=args.teacher, recipe=args.recipe, kmeans_frames=args.kmeans_frames, labels=args.labels,
-                crop_seconds=args.crop_seconds, trust=trust_checkpoint(args.trust_checkpoint))
-        except TooFewPointsError as err:  # k-means knows the counts; the options that set them are known here
-            raise UserError(f"{err} (more frames: raise --num-clips or --kmeans-frames; a smaller k: lower "
-                            f"--clusters, now {args.k})") from None
+    # k-means knows the counts; the options that set them are known here
+    too_few = {TooFewPointsError: f"more frames: raise --num-clips or --kmeans-frames; a smaller k: lower --clusters, "
+                                  f"now {args.k}"}
+    with user_errors(extra_types=(TooFewPointsError,), fixes={**TRUST_FIXES, **corpus_option_fixes(), **too_few}):
+        run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed,
+            teacher=args.teacher, recipe=args.recipe, kmeans_frames=args.kmeans_frames, labels=args.labels,
+            crop_seconds=args.crop_seconds, trust=trust_checkpoint(args.trust_checkpoint))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ def test_downstream_missing_dataset_root_names_the_key(tmp_path, recipe, key):
     proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", recipe, "-n", "x",
                  "-o", overrides], tmp_path)
     line = _user_error(proc, missing, key.replace("config.", "", 1))
+    if recipe == "esc50":  # the probe names the key, the command adds its option
+        assert line.endswith(f"(or with -o {ESC50_ROOT}=/path/to/dataset)"), line
     if recipe == "emotion":
         assert "encodecmae_s3prl.iemocap_preprocess" in line
     assert not (tmp_path / "result").exists()
@@ -161,7 +163,8 @@ def test_pretrain_start_errors_are_one_line_and_leave_no_folder(tmp_path, files,
     missing = tmp_path / "no_such_corpus"
     (tmp_path / "empty_run").mkdir()
     args, names = {
-        "missing_corpus": (_pretrain_args(missing), [missing, "pretrain_expert.datarc.corpus"]),
+        "missing_corpus": (_pretrain_args(missing), [missing, "pretrain_expert.datarc.corpus", "neither a folder",
+                                                     "-o \"config.pretrain_expert.datarc.corpus="]),
         "manifest_columns": (_pretrain_args(files["bad.tsv"]), [f"{files['bad.tsv']}:2", "num_frames"]),
         "steps_equal": (_pretrain_args(files["corpus"], steps=4, save=4),
                         ["config.runner.total_steps = 4", "config.runner.save_step = 4"]),
@@ -232,6 +235,44 @@ def test_user_errors_exits_2_with_one_line(capsys):
     with pytest.raises(KeyError):
         with errors.user_errors():
             raise KeyError("a bug")
+
+
+def _library_errors():
+    """Each library error whose fix is a value a command sets with an option: (the error, the command's fixes,
+    the option the command's line must name)."""
+    from encodecmae_s3prl import cli
+    from encodecmae_s3prl.downstream_probes.expert import DownstreamExpert
+    from encodecmae_s3prl.downstream_probes.task import fold_splits
+    from encodecmae_s3prl.pretrain_task.corpus import load_corpus
+    from encodecmae_s3prl.upstream.loading import load_model_for_inference
+    from encodecmae_s3prl.upstream.published import published_checkpoint
+
+    def raised(call, *args, **kwargs) -> errors.UserError:
+        with pytest.raises(errors.UserError) as caught:
+            call(*args, **kwargs)
+        return caught.value
+
+    no_checkpoint = raised(load_model_for_inference, None, None, "local")
+    no_root = raised(DownstreamExpert, 8, {"datarc": {"root": "/no/such/dataset"}}, "/tmp", "esc50")
+    return [
+        (no_checkpoint, cli.upstream_fixes(), "-k /path/to/checkpoint"),
+        (no_checkpoint, cli.downstream_fixes(), "-k /path/to/checkpoint"),
+        (raised(published_checkpoint, "base", ckpt="/no/such/model.pt"), cli.upstream_fixes(), "-k /path/to/model.pt"),
+        (no_root, cli.downstream_fixes(), "-o config.downstream_expert.datarc.root=/path/to/dataset"),
+        (raised(fold_splits, {"fold1": [1], "fold2": [2]}, "fold9"), cli.downstream_fixes(),
+         "-o config.downstream_expert.datarc.test_fold=NAME"),
+        (raised(load_corpus, [], source="pretrain_expert.datarc.corpus"), cli.pretrain_fixes(),
+         "-o \"config.pretrain_expert.datarc.corpus=['/path/to/audio']\""),
+        (raised(load_corpus, ["/no/such/corpus"], progress=False), cli.corpus_option_fixes(), "fix --corpus"),
+    ]
+
+
+def test_library_errors_name_the_value_and_commands_add_their_option():
+    for error, fixes, option in _library_errors():
+        library = str(error)
+        assert not re.search(r"(^|[ (\"'])--?[a-z]", library), library  # the library names no command-line option
+        line = errors.user_error_message(error, fixes=fixes)
+        assert line.startswith(library) and line.endswith(f"{option})"), line
 
 
 @pytest.mark.parametrize("value, traceback", [("off", False), ("No", False), ("", False), ("1", True), ("yes", True)])

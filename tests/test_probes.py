@@ -236,7 +236,7 @@ def test_malformed_metadata_names_file_and_fix(tmp_path):
         _expert("nsynth_pitch", nsynth, tmp_path)
 
     gtzan = write_gtzan(tmp_path / "gtzan", per_genre=10)
-    with pytest.raises(ProbeDataError, match="test_fold 'fold11'.*datarc.test_fold"):
+    with pytest.raises(ProbeDataError, match="datarc.test_fold 'fold11' is not one of the dataset's folds.*fold10"):
         hear_protocol.load_task("gtzan_genre", gtzan, "fold11")
     for path in sorted((gtzan / "genres" / "metal").iterdir())[:3]:
         path.unlink()

@@ -89,6 +89,35 @@ def test_self_training_and_codec_cache_load_an_untrusted_checkpoint_only_with_th
     assert (out / "meta.json").is_file() and list(out.glob("shard-*"))
 
 
+def _command_error_line(capsys, main, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_info.value.code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_wrong_corpus_entry_is_named_and_the_command_adds_its_option(tmp_path, tiny_ckpt, capsys):
+    from encodecmae_s3prl.pretrain_task import codec_cache
+
+    missing = tmp_path / "no_such_corpus"
+    line = _command_error_line(capsys, codec_cache.main, ["-k", str(tiny_ckpt), "--corpus", str(missing), "--out",
+                                                          str(tmp_path / "cache"), "--device", "cpu"])
+    assert line == f"error: the corpus: entry {missing} is neither a folder nor a manifest file; give audio folders " \
+                   f"and/or manifest .tsv files (fix --corpus)"
+
+
+def test_quantizer_weights_of_a_random_codec_is_one_line(clip, tmp_path, capsys):
+    from encodecmae_s3prl.pretrain_task import quantizer_weights
+
+    config = tmp_path / "random_codec.yaml"
+    config.write_text("model: tiny\nencodec_source: random\n")
+    line = _command_error_line(capsys, quantizer_weights.main, ["--corpus", str(clip.parent), "-g", str(config),
+                                                                "--out", str(tmp_path / "out.yaml")])
+    assert line.startswith(f"error: {config}: the model config uses a random-init EnCodec") and "pretrained" in line
+    assert not (tmp_path / "out.yaml").exists()
+
+
 def _script(name: str, cwd, *args, timeout: int = 300):
     import subprocess
     import sys

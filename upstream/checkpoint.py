@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from encodecmae_s3prl.errors import UserError
+from encodecmae_s3prl.errors import ConfigError, UserError
 from encodecmae_s3prl.settings import TRUST_ENV
 from encodecmae_s3prl.upstream.atomic import atomic_write
 
@@ -30,6 +30,10 @@ class CheckpointError(UserError, RuntimeError):
 
 class UntrustedCheckpointError(CheckpointError):
     """A checkpoint that needs classes outside the safe allow-list, loaded without ``trust``."""
+
+
+class CheckpointNotGivenError(ConfigError):
+    """An upstream that loads a checkpoint was given no path; the command adds its option for one."""
 
 
 def register_safe_globals() -> None:

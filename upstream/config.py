@@ -11,6 +11,7 @@ from typing import Dict, Optional, Tuple
 
 from encodecmae_s3prl.errors import ConfigError
 from encodecmae_s3prl.upstream.codec import CODEBOOK_SIZE, FRAME_RATE
+from encodecmae_s3prl.upstream.inference import CHUNK_SECONDS
 from encodecmae_s3prl.upstream.masking import RECIPES
 from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
 
@@ -94,7 +95,7 @@ class EncodecMAEConfig:
     encodec_source: str = "pretrained"
     standardise_features: bool = False
     # inference
-    chunk_seconds: float = 4.0
+    chunk_seconds: float = CHUNK_SECONDS
 
     def __post_init__(self):
         object.__setattr__(self, "codebook_weights", tuple(float(w) for w in self.codebook_weights))

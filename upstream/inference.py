@@ -17,6 +17,9 @@ from encodecmae_s3prl.upstream.audio import resample_span, resampled_length
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
 from encodecmae_s3prl.upstream.masking import padding_mask
 
+# the encoder sees long audio as separate clips of this length (300 frames), the length of its pretraining crops
+CHUNK_SECONDS = 4.0
+
 # 4 s chunks per pass (bounds memory for audio of any length). A GPU wants large batches; on a CPU
 # more chunks per pass only add activations (the speed per chunk is the same), so fewer (EnCodec's convolutions,
 # ~60 MB of activations per chunk, take them one at a time there: FrozenEncodec.features)
@@ -198,7 +201,7 @@ class EncodecFeatures(ChunkedInference):
     """The paper's EC baseline: the frozen EnCodec encoder's output (128-dim, 75 Hz), standardised with
     the codec's corpus statistics (identity for the real codec). One hidden state."""
 
-    def __init__(self, codec: FrozenEncodec, chunk_seconds: float = 4.0):
+    def __init__(self, codec: FrozenEncodec, chunk_seconds: float = CHUNK_SECONDS):
         super().__init__()
         self.codec = codec
         self.chunk_frames = int(round(chunk_seconds * FRAME_RATE))

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from encodecmae_s3prl.errors import ConfigError
-from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
+from encodecmae_s3prl.upstream.checkpoint import CheckpointError, CheckpointNotGivenError, safe_load
 from encodecmae_s3prl.upstream.config import EncodecMAEConfig, get_config
 from encodecmae_s3prl.upstream.inference import EncodecFeatures
 from encodecmae_s3prl.upstream.model import EncodecMAE, build_codec, build_model
@@ -77,7 +77,8 @@ def load_model_for_inference(ckpt: str | None, model_config: str | None, variant
         overrides = {k: v for k, v in spec.items() if k != "model"}
     if variant in (None, "local"):
         if not ckpt:
-            raise ConfigError("encodecmae_local needs a checkpoint: pass -k /path/to/states-N.ckpt or model.pt")
+            raise CheckpointNotGivenError("encodecmae_local needs a checkpoint: a states-N.ckpt of a pretraining run "
+                                          "or a published model.pt")
         return load_checkpoint(ckpt, overrides if model_config else None, trust=trust)
     if variant in ("random", "encodec_features"):
         if ckpt:  # a checkpoint lends its codec (weights, fitted codebooks, standardisation) and sizes

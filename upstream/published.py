@@ -18,6 +18,11 @@ class PublishedCheckpointError(UserError, RuntimeError):
     pass
 
 
+class PublishedCheckpointUnavailableError(PublishedCheckpointError):
+    """The published weights are not at hand (no such local file; the hub unreachable and nothing cached): a
+    local model.pt fixes it, given with the option the command names."""
+
+
 def hub_repository(variant: str) -> str:
     if variant not in VARIANTS:
         raise PublishedCheckpointError(f"unknown EnCodecMAE variant {variant!r}; published: {', '.join(VARIANTS)}")
@@ -38,8 +43,8 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
         if path.is_dir():
             path = path / "model.pt"
         if not path.is_file():
-            raise PublishedCheckpointError(
-                f"-k {ckpt}: no such checkpoint. Give the model.pt of {repository} (config.gin beside it).")
+            raise PublishedCheckpointUnavailableError(
+                f"{ckpt}: no such checkpoint; give the path of the model.pt of {repository} (config.gin beside it)")
         return str(path)
     try:
         from huggingface_hub import hf_hub_download
@@ -47,18 +52,18 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
         if online is None:
             online = hub_reachable()
         if refresh and not online:
-            raise PublishedCheckpointError("refresh needs the Hugging Face hub, which does not answer; pass a local "
-                                           "model.pt with -k instead")
+            raise PublishedCheckpointUnavailableError("refresh needs the Hugging Face hub, which does not answer; "
+                                                      "give the path of a local model.pt instead")
         paths = [hf_hub_download(repository, name, force_download=refresh, local_files_only=not online)
                  for name in HUB_FILES]
     except PublishedCheckpointError:
         raise
     except Exception as err:  # offline, hub unreachable, or not cached
-        raise PublishedCheckpointError(
+        raise PublishedCheckpointUnavailableError(
             f"could not get {repository} from the Hugging Face hub ({type(err).__name__}: {err}). Either go "
             f"online once (it is cached afterwards), or download model.pt and config.gin of "
-            f"https://huggingface.co/{repository} elsewhere and pass the file with -k /path/to/model.pt "
-            f"(config.gin in the same folder)."
+            f"https://huggingface.co/{repository} elsewhere and give the path of that model.pt (config.gin in "
+            f"the same folder)"
         ) from None
     return paths[0]
 
