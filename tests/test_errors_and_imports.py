@@ -12,6 +12,8 @@ import site
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,73 +71,111 @@ def files(tmp_path_factory, tiny_ckpt):
 
 # --- run_downstream.py --------------------------------------------------------------------------------------
 ESC50_ROOT = "config.downstream_expert.datarc.root"
+BAD_UPSTREAM_CHECKPOINTS = {"missing": ["not found"],
+                            "truncated.ckpt": ["cannot read checkpoint", "truncated"],
+                            "foreign.ckpt": ["is not an EnCodecMAE checkpoint"],
+                            "unsafe.ckpt": ["refused to load", "--trust-checkpoint"]}
+MISSING_DATASET_KEYS = {"esc50": ESC50_ROOT,
+                        "speech_commands": "config.downstream_expert.datarc.speech_commands_root",
+                        "emotion": "config.downstream_expert.datarc.meta_data"}
+BAD_RESUME_CHECKPOINTS = {"missing": ["no such checkpoint"],
+                          "truncated.ckpt": ["cannot read checkpoint"],
+                          "unsafe.ckpt": ["refused to load", "--trust-checkpoint"]}
+
+
+@dataclass
+class Start:
+    """One run_downstream.py start, in a folder of its own, and what it printed."""
+
+    cwd: Path
+    path: Path  # the checkpoint or dataset it names
+    proc: subprocess.CompletedProcess | None = None
+
+
+@pytest.fixture(scope="module")
+def downstream_starts(tmp_path_factory, files) -> dict[tuple[str, str], Start]:
+    """Every run_downstream.py start the tests below check, each in a fresh interpreter, run two at a time: each
+    spends most of its ~7 s importing s3prl's hub on one core, and the machine has two."""
+    starts, commands = {}, {}
+
+    def add(kind, name, path_of, args_of, **env):
+        cwd = tmp_path_factory.mktemp(f"{kind}_{name}")
+        start = starts[(kind, name)] = Start(cwd, path_of(cwd))
+        commands[(kind, name)] = lambda: _run([REPO / "run_downstream.py", *args_of(start)], start.cwd, **env)
+
+    for which in BAD_UPSTREAM_CHECKPOINTS:
+        add("upstream", which, lambda cwd, w=which: cwd / "nowhere" / "model.ckpt" if w == "missing" else files[w],
+            lambda s: ["-m", "train", "-u", "encodecmae_local", "-k", s.path, "-d", "esc50", "-n", "x",
+                       "-o", f"{ESC50_ROOT}={s.cwd / 'esc50'}"])
+    add("debug", "missing", lambda cwd: cwd / "model.ckpt",
+        lambda s: ["-m", "train", "-u", "encodecmae_local", "-k", s.path, "-d", "esc50", "-n", "x"],
+        ENCODECMAE_DEBUG="1")
+    for recipe, key in MISSING_DATASET_KEYS.items():
+        overrides = {"esc50": "{ESC50_ROOT}={missing}",
+                     "speech_commands": "{key}={missing},,config.downstream_expert.datarc.speech_commands_test_root="
+                                        "{missing}_test",
+                     "emotion": "{ESC50_ROOT}={missing},,{key}={missing}/meta_data"}[recipe]
+        add("dataset", recipe, lambda cwd: cwd / "no_such_dataset",
+            lambda s, o=overrides, r=recipe, k=key: ["-m", "train", "-u", "fbank_no_cmvn", "-d", r, "-n", "x", "-o",
+                                                     o.format(ESC50_ROOT=ESC50_ROOT, key=k, missing=s.path)])
+    for which in BAD_RESUME_CHECKPOINTS:
+        add("resume", which, lambda cwd, w=which: cwd / "states-4.ckpt" if w == "missing" else files[w],
+            lambda s: ["-e", s.path, "-m", "evaluate"])
+    add("help", "-h", lambda cwd: cwd, lambda s: ["-h"])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = {case: pool.submit(command) for case, command in commands.items()}
+        for case, future in done.items():
+            starts[case].proc = future.result()
+    return starts
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which, words", [
-    ("missing", ["not found"]),
-    ("truncated.ckpt", ["cannot read checkpoint", "truncated"]),
-    ("foreign.ckpt", ["is not an EnCodecMAE checkpoint"]),
-    ("unsafe.ckpt", ["refused to load", "--trust-checkpoint"]),
-])
-def test_downstream_bad_upstream_checkpoint_is_one_line(tmp_path, files, which, words):
-    ckpt = tmp_path / "nowhere" / "model.ckpt" if which == "missing" else files[which]
-    proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "encodecmae_local", "-k", ckpt, "-d", "esc50",
-                 "-n", "x", "-o", f"{ESC50_ROOT}={tmp_path / 'esc50'}"], tmp_path)
-    _user_error(proc, ckpt, *words)
-    assert not (tmp_path / "result").exists()  # the failed start left no experiment folder
+@pytest.mark.parametrize("which", BAD_UPSTREAM_CHECKPOINTS)
+def test_downstream_bad_upstream_checkpoint_is_one_line(downstream_starts, which):
+    start = downstream_starts[("upstream", which)]
+    _user_error(start.proc, start.path, *BAD_UPSTREAM_CHECKPOINTS[which])
+    assert not (start.cwd / "result").exists()  # the failed start left no experiment folder
 
 
 @pytest.mark.slow
-def test_debug_env_shows_the_traceback(tmp_path):
-    ckpt = tmp_path / "model.ckpt"
-    proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "encodecmae_local", "-k", ckpt, "-d", "esc50",
-                 "-n", "x"], tmp_path, ENCODECMAE_DEBUG="1")
+def test_debug_env_shows_the_traceback(downstream_starts):
+    proc = downstream_starts[("debug", "missing")].proc
     assert proc.returncode not in (0, 2) and "Traceback" in proc.stderr and "CheckpointError" in proc.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, key", [
-    ("esc50", ESC50_ROOT),
-    ("speech_commands", "config.downstream_expert.datarc.speech_commands_root"),
-    ("emotion", "config.downstream_expert.datarc.meta_data"),
-])
-def test_downstream_missing_dataset_root_names_the_key(tmp_path, recipe, key):
-    missing = tmp_path / "no_such_dataset"
-    overrides = {"esc50": f"{ESC50_ROOT}={missing}",
-                 "speech_commands": f"{key}={missing},,config.downstream_expert.datarc.speech_commands_test_root="
-                                    f"{missing}_test",
-                 "emotion": f"{ESC50_ROOT}={missing},,{key}={missing}/meta_data"}[recipe]
-    proc = _run([REPO / "run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", recipe, "-n", "x",
-                 "-o", overrides], tmp_path)
-    line = _user_error(proc, missing, key.replace("config.", "", 1))
+@pytest.mark.parametrize("recipe", MISSING_DATASET_KEYS)
+def test_downstream_missing_dataset_root_names_the_key(downstream_starts, recipe):
+    start = downstream_starts[("dataset", recipe)]
+    line = _user_error(start.proc, start.path, MISSING_DATASET_KEYS[recipe].replace("config.", "", 1))
     if recipe == "esc50":  # the probe names the key, the command adds its option
         assert line.endswith(f"(or with -o {ESC50_ROOT}=/path/to/dataset)"), line
     if recipe == "emotion":
         assert "encodecmae_s3prl.iemocap_preprocess" in line
-    assert not (tmp_path / "result").exists()
+    assert not (start.cwd / "result").exists()
 
 
 # run_pretrain.py refuses a bad checkpoint before it imports s3prl's runner (~2 s); run_downstream.py after (~7 s)
-@pytest.mark.parametrize("script", [pytest.param("run_downstream.py", marks=pytest.mark.slow), "run_pretrain.py"])
-@pytest.mark.parametrize("which, words", [
-    ("missing", ["no such checkpoint"]),
-    ("truncated.ckpt", ["cannot read checkpoint"]),
-    ("unsafe.ckpt", ["refused to load", "--trust-checkpoint"]),
-])
-def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, files, script, which, words):
+@pytest.mark.parametrize("which", BAD_RESUME_CHECKPOINTS)
+def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, files, which):
     ckpt = tmp_path / "states-4.ckpt" if which == "missing" else files[which]
-    args = [REPO / script, "-e", ckpt] + (["-m", "evaluate"] if script == "run_downstream.py" else [])
-    _user_error(_run(args, tmp_path), ckpt, *words)
+    _user_error(_run([REPO / "run_pretrain.py", "-e", ckpt], tmp_path), ckpt, *BAD_RESUME_CHECKPOINTS[which])
 
 
 @pytest.mark.slow
-def test_trust_checkpoint_flag_loads_what_the_allow_list_refuses(tmp_path, files):
+@pytest.mark.parametrize("which", BAD_RESUME_CHECKPOINTS)
+def test_downstream_resume_from_a_bad_checkpoint_is_one_line(downstream_starts, which):
+    start = downstream_starts[("resume", which)]
+    _user_error(start.proc, start.path, *BAD_RESUME_CHECKPOINTS[which])
+
+
+@pytest.mark.slow
+def test_trust_checkpoint_flag_loads_what_the_allow_list_refuses(tmp_path, files, downstream_starts):
     # trusted, the file loads, and is then reported for what it is: not a checkpoint of s3prl's runner
     proc = _run([REPO / "run_pretrain.py", "-e", files["unsafe.ckpt"], "--trust-checkpoint"], tmp_path)
     line = _user_error(proc, files["unsafe.ckpt"], "not a checkpoint of s3prl's runner")
     assert "refused" not in line
-    assert "--trust-checkpoint" in _run([REPO / "run_downstream.py", "-h"], tmp_path).stdout
+    assert "--trust-checkpoint" in downstream_starts[("help", "-h")].proc.stdout
 
 
 @pytest.mark.slow
