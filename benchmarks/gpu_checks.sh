@@ -31,8 +31,9 @@ check() {
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } 2>&1 | tee -a "$log"
-# Limits from the H200 run of 2026-11-26 (benchmarks/README.md; the whole ALL=1 set took 135 s): a step at batch 128
-# is a fraction of a second, so each call is mostly start-up, model builds, cache builds and compilation.
+# Limits sized from the H200 run of 2026-11-26 (benchmarks/README.md): its whole check set took 135 s, and small from
+# the cache at batch 64 ran 11,386 audio-s/s (0.02 s a step), so each call here is mostly start-up, model and cache
+# builds and compilation, not the timed steps.
 check 120 "$py" benchmarks/codec_cache_rate.py --device cuda --files 48 --seconds 60 --batch-sizes 1,32,64
 # --- the step from the cache at the paper's batch, the loader alone, and the plan (issue 21 items 2-4) ---
 # PEAK_TFLOPS: the GPU's dense bf16 peak for the MFU column (989 for an H200 SXM; set it for another GPU);
