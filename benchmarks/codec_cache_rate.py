@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from limits import device_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic_data: the test-data writers
 
@@ -66,7 +67,7 @@ def main() -> None:
     files = load_corpus([str(work / "audio")], progress=False)
     audio_seconds = sum(f.seconds for f in files)
     cuda = args.device.startswith("cuda")
-    name = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}"
+    name = device_name(torch.device(args.device))
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rates = {}
     for batch_size in sizes:

@@ -6,7 +6,7 @@
 #
 # The codec cache build (one window at a time against batched), the loader alone per worker process, the training
 # step from the cache with and without torch.compile (native ISA in bf16, then capped to AVX2 in fp32, as an
-# AVX2-only machine runs it), and vs_reference.py's line. The log goes to RESULTS_DIR/cpu_checks.log.
+# AVX2-only machine runs it) and fed by the training loader (its data wait per step), and vs_reference.py's line. The log goes to RESULTS_DIR/cpu_checks.log.
 set -uo pipefail
 results=${1:-cpu_results}
 mkdir -p "$results"
@@ -28,6 +28,8 @@ check 300 "$py" benchmarks/codec_cache_rate.py --device cpu --files 8 --seconds 
 check 200 "$py" benchmarks/loader_rate.py --workers 0,1,2 --batch 8 --batches 30
 check 300 "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 5 --warmup 2 --sync-check
 check 400 "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 5 --warmup 2 --compile
+check 300 "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 3 --warmup 1 \
+    --loader-workers 1
 check 300 "${avx2[@]}" "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 3 --warmup 1 \
     --precision fp32
 check 400 "${avx2[@]}" "$py" benchmarks/train_throughput.py --from-cache --sizes small --batch 8 --steps 3 --warmup 1 \

@@ -24,6 +24,13 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def device_name(device: torch.device) -> str:
+    """The device as a figure names it: the GPU's model, or the CPU with its torch threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} x{torch.get_num_threads()}"
+
+
 def count_gflop(fn) -> float:
     """GFLOP of one call of ``fn()`` (forward, and backward if ``fn`` runs it)."""
     with FlopCounterMode(display=False) as counter:

@@ -32,14 +32,16 @@ def write_corpus(folder: Path, files: int, seconds: float) -> None:
         write_wav(folder / f"f{i:03d}.wav", harmonic_tone(100 + 10 * i, seconds, rate, rng), rate)
 
 
-def expert_with_cache(corpus: Path, cache: Path, batch: int, crop_seconds: float):
-    """The pretraining task over ``corpus``, its codec cache built at start (tiny model: the loader does not care;
-    recipe v1, the named sizes' masks, which the loader draws)."""
+def expert_with_cache(corpus: Path, cache: Path, batch: int, crop_seconds: float, size: str = "tiny",
+                      workers: int = 0, device: str = "cpu", precision: str = "fp32"):
+    """The pretraining task over ``corpus``, its codec cache built at start on ``device`` (recipe v1, the named
+    sizes' masks, which the loader draws). The tiny model by default: the loader alone does not care; a named size
+    and ``workers`` for a step fed as training feeds it (``get_train_dataloader``; train_throughput.py)."""
     from encodecmae_s3prl.pretrain_task.pretrain_expert import UpstreamPretrainExpert
 
-    datarc = {"corpus": [str(corpus)], "train_batch_size": batch, "crop_seconds": crop_seconds, "num_workers": 0,
-              "codec_cache": str(cache), "codec_init_clips": 8, "precision": "fp32"}
-    return UpstreamPretrainExpert(datarc, {"model": "tiny", "recipe": "v1", **RANDOM_CODEC}, device="cpu")
+    datarc = {"corpus": [str(corpus)], "train_batch_size": batch, "crop_seconds": crop_seconds,
+              "num_workers": workers, "codec_cache": str(cache), "codec_init_clips": 8, "precision": precision}
+    return UpstreamPretrainExpert(datarc, {"model": size, "recipe": "v1", **RANDOM_CODEC}, device=device)
 
 
 def time_loader(sampler, masks, workers: int, batches: int, pin: bool, device: str) -> tuple[float, float]:
@@ -77,14 +79,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each corpus file")
     parser.add_argument("--audio", action="store_true", help="also time crops read from the audio (no cache)")
     parser.add_argument("--pin", action="store_true", help="pinned batches (with --device cuda)")
-    parser.add_argument("--device", default="cpu", help="where batches are copied to (cuda: the copy is timed)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the codec cache is built and batches are copied to (cuda: the copy is timed)")
     parser.add_argument("--work", type=Path, help="folder for the corpus and cache (default: a temporary one)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp())
     corpus = work / "corpus"
     if not corpus.is_dir():
         write_corpus(corpus, args.files, args.seconds)
-    expert = expert_with_cache(corpus, work / "cache", args.batch, args.crop_seconds)
+    expert = expert_with_cache(corpus, work / "cache", args.batch, args.crop_seconds, device=args.device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     audio_per_batch = args.batch * args.crop_seconds
     print(f"loader alone: batch {args.batch} x {args.crop_seconds:g} s, {args.batches} batches, {cores} cores, "

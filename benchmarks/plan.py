@@ -59,6 +59,14 @@ def rate_line(rates: list[dict], what: str, device: str, size: str | None, batch
     return None, f"measured here only for {measured}"
 
 
+def runner_run(runner_config: Path = RUNNER_CONFIG) -> tuple[int, int, float]:
+    """(optimizer steps, global batch, crop seconds) of a runner config: the paper's run for the shipped one."""
+    runner = yaml.safe_load(Path(runner_config).read_text())
+    datarc = runner["pretrain_expert"]["datarc"]
+    batch = datarc["train_batch_size"] * runner["runner"].get("gradient_accumulate_steps", 1)
+    return runner["runner"]["total_steps"], batch, datarc["crop_seconds"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
@@ -73,11 +81,8 @@ def main() -> None:
     parser.add_argument("--rates", type=Path, default=RATES)
     args = parser.parse_args()
 
-    runner = yaml.safe_load(args.runner_config.read_text())
-    datarc = runner["pretrain_expert"]["datarc"]
-    steps = args.steps or runner["runner"]["total_steps"]
-    batch = args.batch or datarc["train_batch_size"] * runner["runner"].get("gradient_accumulate_steps", 1)
-    crop = args.crop_seconds or datarc["crop_seconds"]
+    steps, batch, crop = runner_run(args.runner_config)
+    steps, batch, crop = args.steps or steps, args.batch or batch, args.crop_seconds or crop
     size = args.model_config if not Path(args.model_config).is_file() else None
     seconds = args.hours * 3600 if args.hours is not None else corpus_seconds(args.corpus)
     q = num_codebooks(args.model_config)
