@@ -40,10 +40,12 @@ def pretrain_overrides(corpus, *, steps: int, save: int, extra: str = "") -> str
     return f"{override},,{extra}" if extra else override
 
 
-def run_script(script: str, *args: str, cwd: Path, timeout: int = 600) -> str:
-    """Run one of the repository's root scripts as a user would, from ``cwd``; return its output."""
+def run_script(script: str, *args: str, cwd: Path, timeout: int = 600, threads: int | None = None) -> str:
+    """Run one of the repository's root scripts as a user would, from ``cwd``; return its output. ``threads``: its
+    torch threads (OMP_NUM_THREADS), for runs side by side on the two cores."""
+    env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed with {proc.returncode}:\n{output[-4000:]}")

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -273,29 +274,43 @@ def test_hear_api_for_ours_hubert_and_fbank(tmp_path, tiny_ckpt):
         hear_api.get_scene_embeddings(torch.zeros(16000), models["ours"][0])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["speech_commands", "emotion"])
-def test_our_upstream_in_s3prl_recipes_through_run_downstream(tmp_path, tiny_ckpt, recipe):
-    """``run_downstream.py -u encodecmae_local -k CKPT -d speech_commands|emotion``: train a few steps with the
-    weighted sum of our layers, evaluating at the last one, then ``-m evaluate -e`` in a fresh process rebuilds our
-    upstream from the args stored in s3prl's checkpoint and reports the same test accuracy."""
+def _train_ours_then_evaluate(folder, checkpoint, recipe: str) -> list[str]:
+    """``run_downstream.py -u encodecmae_local -k CKPT -d recipe``: 6 steps with the weighted sum of our layers,
+    evaluating at the last one, then ``-m evaluate -e`` in a fresh process; both outputs."""
     from conftest import run_script
 
     if recipe == "speech_commands":
-        train_root, test_root = write_speech_commands(tmp_path / "sc", per_word=6, test_per_word=1)
+        train_root, test_root = write_speech_commands(folder / "sc", per_word=6, test_per_word=1)
         data = (f"config.downstream_expert.datarc.speech_commands_root={train_root},,"
                 f"config.downstream_expert.datarc.speech_commands_test_root={test_root},,"
                 "config.downstream_expert.datarc.batch_size=8")
     else:
-        root, meta = write_iemocap(tmp_path / "IEMOCAP", per_emotion=2)
+        root, meta = write_iemocap(folder / "IEMOCAP", per_emotion=2)
         data = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
                 "config.downstream_expert.datarc.train_batch_size=8,,config.runner.gradient_accumulate_steps=1")
     overrides = (f"{data},,config.downstream_expert.datarc.num_workers=0,,config.runner.total_steps=6,,"
                  "config.runner.log_step=3,,config.runner.eval_step=6,,config.runner.save_step=6")
-    exp = tmp_path / "exp"
-    runs = [run_script("run_downstream.py", "-m", "train", "-u", "encodecmae_local", "-k", str(tiny_ckpt), "-d",
-                       recipe, "-p", str(exp), "-o", overrides, cwd=tmp_path),
-            run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-6.ckpt"), cwd=tmp_path)]
+    exp = folder / "exp"
+    return [run_script("run_downstream.py", "-m", "train", "-u", "encodecmae_local", "-k", str(checkpoint), "-d",
+                       recipe, "-p", str(exp), "-o", overrides, cwd=folder, threads=1),
+            run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-6.ckpt"), cwd=folder,
+                       threads=1)]
+
+
+@pytest.fixture(scope="module")
+def our_recipe_runs(tmp_path_factory, tiny_ckpt) -> dict[str, list[str]]:
+    """Both recipes with our upstream, side by side on one core each."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {recipe: pool.submit(_train_ours_then_evaluate, tmp_path_factory.mktemp(recipe), tiny_ckpt, recipe)
+                for recipe in ("speech_commands", "emotion")}
+        return {recipe: run.result() for recipe, run in runs.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["speech_commands", "emotion"])
+def test_our_upstream_in_s3prl_recipes_through_run_downstream(our_recipe_runs, recipe):
+    """Our upstream trains in s3prl's recipes, and ``-m evaluate -e`` in a fresh process rebuilds it from the args
+    stored in s3prl's checkpoint and reports the test accuracy the trained model had."""
+    runs = our_recipe_runs[recipe]
     accuracies = [[float(v) for v in re.findall(r"^test acc: ([0-9.]+)", out, flags=re.M)] for out in runs]
-    # our upstream rebuilt from the args s3prl stored, in a fresh process: the test accuracy of the trained model
     assert len(accuracies[0]) == len(accuracies[1]) == 1 and accuracies[0] == accuracies[1], runs[1][-2000:]

@@ -2,6 +2,8 @@
 above chance with fbank_no_cmvn and with encodec_features; metrics against scikit-learn / by hand; bad input."""
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,25 +44,45 @@ def _metric(output: str, split: str, name: str) -> float:
     return float(values[-1])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("probe", sorted(PROBES))
-def test_probe_learns_through_run_downstream(tmp_path, probe):
-    """s3prl's own runner and Featurizer on fbank_no_cmvn; the train run evaluates dev and test at its end."""
-    writer, metric, chance = PROBES[probe]
-    root = writer(tmp_path / "data")
-    exp = tmp_path / "exp"
+def _train_through_run_downstream(folder: Path, probe: str) -> tuple[Path, Path, str]:
+    """``run_downstream.py -m train`` on fbank_no_cmvn for ``probe``'s synthetic data in ``folder``; nsynth_pitch
+    then once through ``-m evaluate`` in a fresh process (args restored from the checkpoint), from another folder,
+    by absolute path. Returns the data root, the experiment folder and the output that reports the test split."""
+    writer = PROBES[probe][0]
+    root = writer(folder / "data")
+    exp = folder / "exp"
     overrides = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.num_workers=0,,"
                  "config.downstream_expert.datarc.train_batch_size=8,,config.runner.total_steps=150,,"
                  "config.runner.log_step=50,,config.runner.eval_step=150,,config.runner.save_step=150")
     where = ["-n", "ns"] if probe == "nsynth_pitch" else ["-p", str(exp)]  # -n: an experiment folder relative to cwd
     out = run_script("run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", probe, *where, "-o",
-                     overrides, cwd=tmp_path)
-    if probe == "nsynth_pitch":  # and once through -m evaluate in a fresh process (args restored from the ckpt),
-        exp = tmp_path / "result" / "downstream" / "ns"  # from another folder, by absolute path
-        (tmp_path / "elsewhere").mkdir()
+                     overrides, cwd=folder, threads=1)
+    if probe == "nsynth_pitch":
+        exp = folder / "result" / "downstream" / "ns"
+        (folder / "elsewhere").mkdir()
         out = run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-150.ckpt"),
-                         cwd=tmp_path / "elsewhere")
-        assert not any((tmp_path / "elsewhere").iterdir())  # the evaluation went next to its checkpoint
+                         cwd=folder / "elsewhere", threads=1)
+    return root, exp, out
+
+
+@pytest.fixture(scope="module")
+def probe_runs(tmp_path_factory) -> dict[str, tuple[Path, Path, Path, str]]:
+    """Every probe trained through run_downstream.py, two at a time on one core each (fresh interpreters that
+    spend a good part of their time importing s3prl)."""
+    folders = {probe: tmp_path_factory.mktemp(probe) for probe in sorted(PROBES)}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {probe: pool.submit(_train_through_run_downstream, folder, probe) for probe, folder in folders.items()}
+        return {probe: (folders[probe], *run.result()) for probe, run in runs.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("probe", sorted(PROBES))
+def test_probe_learns_through_run_downstream(probe_runs, probe):
+    """s3prl's own runner and Featurizer on fbank_no_cmvn; the train run evaluates dev and test at its end."""
+    folder, root, exp, out = probe_runs[probe]
+    _, metric, chance = PROBES[probe]
+    if probe == "nsynth_pitch":
+        assert not any((folder / "elsewhere").iterdir())  # the evaluation went next to its checkpoint
         assert "step 150 test" in (exp / "log.log").read_text().splitlines()[-1]  # at the checkpoint's step
     value = _metric(out, "test", metric)
     if chance is None:

@@ -1,5 +1,6 @@
 """The plugin on s3prl 0.4.18 + torch/torchaudio 2.9: registration, shims, and the reused recipes end to end."""
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -115,33 +116,47 @@ def test_scripts_help_lists_s3prl_and_our_names(tmp_path):
     assert "encodecmae" in out and "mockingjay" in out
 
 
-@pytest.mark.slow
-def test_speech_commands_recipe_trains_and_evaluates(tmp_path):
-    train_root, test_root = write_speech_commands(tmp_path / "data")
-    exp = tmp_path / "exp"
-    overrides = (f"config.downstream_expert.datarc.speech_commands_root={train_root},,"
-                 f"config.downstream_expert.datarc.speech_commands_test_root={test_root},,"
-                 "config.downstream_expert.datarc.num_workers=0,,config.runner.total_steps=40,,"
+def _train_then_evaluate(folder, recipe: str) -> str:
+    """``run_downstream.py -m train`` on fbank_no_cmvn for 40 steps of ``recipe`` on its synthetic data, then
+    ``-m evaluate`` in a fresh process, resuming args from the checkpoint (weights_only load with the allow-list);
+    returns what the evaluation printed."""
+    if recipe == "speech_commands":
+        train_root, test_root = write_speech_commands(folder / "data")
+        data = (f"config.downstream_expert.datarc.speech_commands_root={train_root},,"
+                f"config.downstream_expert.datarc.speech_commands_test_root={test_root}")
+    else:
+        root, meta = write_iemocap(folder / "IEMOCAP")
+        data = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
+                "config.runner.gradient_accumulate_steps=1")
+    exp = folder / "exp"
+    overrides = (f"{data},,config.downstream_expert.datarc.num_workers=0,,config.runner.total_steps=40,,"
                  "config.runner.log_step=20,,config.runner.eval_step=40,,config.runner.save_step=20,,"
                  "config.optimizer.lr=1.0e-3")
-    run_script("run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", "speech_commands", "-p", str(exp),
-               "-o", overrides, cwd=tmp_path)
-    # evaluate in a fresh process, resuming args from the checkpoint (weights_only load with the allow-list)
-    out = run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-40.ckpt"), cwd=tmp_path)
+    run_script("run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", recipe, "-p", str(exp),
+               "-o", overrides, cwd=folder, threads=1)
+    return run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-40.ckpt"), cwd=folder,
+                      threads=1)
+
+
+@pytest.fixture(scope="module")
+def recipe_evaluations(tmp_path_factory) -> dict[str, str]:
+    """Both recipes trained and evaluated side by side, one core each."""
+    recipes = ("speech_commands", "emotion")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {recipe: pool.submit(_train_then_evaluate, tmp_path_factory.mktemp(recipe), recipe)
+                for recipe in recipes}
+        return {recipe: run.result() for recipe, run in runs.items()}
+
+
+@pytest.mark.slow
+def test_speech_commands_recipe_trains_and_evaluates(recipe_evaluations):
+    out = recipe_evaluations["speech_commands"]
     accuracy = _accuracies(out, "test")
     assert accuracy and accuracy[-1] > 3 / 12, out[-2000:]  # 12 classes: well above chance
 
 
 @pytest.mark.slow
-def test_emotion_recipe_trains_and_evaluates(tmp_path):
-    root, meta = write_iemocap(tmp_path / "IEMOCAP")
-    exp = tmp_path / "exp"
-    overrides = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
-                 "config.downstream_expert.datarc.num_workers=0,,config.runner.total_steps=40,,"
-                 "config.runner.gradient_accumulate_steps=1,,config.runner.log_step=20,,"
-                 "config.runner.eval_step=40,,config.runner.save_step=20,,config.optimizer.lr=1.0e-3")
-    run_script("run_downstream.py", "-m", "train", "-u", "fbank_no_cmvn", "-d", "emotion", "-p", str(exp),
-               "-o", overrides, cwd=tmp_path)
-    out = run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-40.ckpt"), cwd=tmp_path)
+def test_emotion_recipe_trains_and_evaluates(recipe_evaluations):
+    out = recipe_evaluations["emotion"]
     accuracy = _accuracies(out, "test")
     assert accuracy and accuracy[-1] > 0.5, out[-2000:]  # 4 classes
