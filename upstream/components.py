@@ -188,22 +188,17 @@ class TransformerStack(nn.Module):
              for _ in range(layers)])
         self.final_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, drop_empty_mask: bool = True
-                ) -> Tuple[Tensor, List[Tensor]]:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
         """
         Args:
             x: (B, T, D), positions already added.
-            padding_mask: (B, T) bool, True = padding.
-            drop_empty_mask: a mask with no padding at all is dropped, which reads it (a device->host sync); a
-                training step knows on the host whether there is padding, passes None when there is none, and
-                False here.
+            padding_mask: (B, T) bool, True = padding; None when nothing is padded. Callers know that on the host
+                and pass None then: SDPA takes its fastest kernels without a mask, and the stack never reads the
+                device to find out.
         Returns:
             output: (B, T, D) = a + LN_final(b) after the last layer.
             per_layer: the ``a`` stream after each layer, N tensors (B, T, D) (v1's hidden states).
         """
-        if drop_empty_mask and padding_mask is not None and not bool(padding_mask.any()):
-            # no padding: attention without a mask, so SDPA can take its flash kernel (CUDA and CPU)
-            padding_mask = None
         a = b = x
         per_layer = []
         for layer in self.layers:

@@ -85,7 +85,7 @@ class ChunkedInference(nn.Module):
 
         EnCodec runs on each segment at its own length (zero padding would change the frames near
         its end), batching the segments of equal length together.
-        Returns features (N, F, 128) float32 zero-padded, frames (N,).
+        Returns features (N, F, 128) float32 zero-padded, frames (N,) on the CPU.
         """
         lengths = torch.tensor([len(segment) for segment in segments])
         frames = self.frame_lengths(lengths)
@@ -94,7 +94,7 @@ class ChunkedInference(nn.Module):
             group = (lengths == size).nonzero().squeeze(1)
             features = self.codec.features(torch.stack([segments[i] for i in group.tolist()]))
             out[group.to(out.device), : features.shape[1]] = features
-        return out, frames.to(out.device)
+        return out, frames
 
     # --- inference ---------------------------------------------------------------------------
     def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, layers: Optional[Sequence[int]] = None,
@@ -144,8 +144,9 @@ class ChunkedInference(nn.Module):
         """How many hidden states ``encode`` gives."""
         raise NotImplementedError
 
-    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
-        """Hidden states (hidden_count() tensors (N, F, D)) of N chunks' features (N, F, 128), frames (N,)."""
+    def chunk_hidden(self, features: Tensor, frames: Optional[Tensor]) -> List[Tensor]:
+        """Hidden states (hidden_count() tensors (N, F, D)) of N chunks' features (N, F, 128) and valid frames
+        (N,) on features' device, None when every chunk fills the F frames (nothing padded)."""
         raise NotImplementedError
 
     def encode_blocks(self, clips: Sequence[Tensor], rate: int, output_index: Tensor, output_valid: Tensor,
@@ -189,7 +190,8 @@ class ChunkedInference(nn.Module):
             end = min(begin + chunks_per_step, len(table))
             segments = [resample_span(clips[c], rate, SAMPLE_RATE, low, high) for c, low, high in table[begin:end]]
             features, frames = self._codec_features(segments)
-            hidden = self.chunk_hidden(features, frames)
+            padded = bool((frames < features.shape[1]).any())  # on the host
+            hidden = self.chunk_hidden(features, frames.to(features.device) if padded else None)
             rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
             chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
             values = [hidden[i][chunk, frame] for i in keep]

@@ -113,10 +113,10 @@ class EncodecMAE(ChunkedInference):
     def hidden_count(self) -> int:
         return self.config.encoder_layers + 2
 
-    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
+    def chunk_hidden(self, features: Tensor, frames: Optional[Tensor]) -> List[Tensor]:
         """The embedding, the ``a`` stream after each layer, and the output a + LN(b) of N chunks."""
         x = self.embed(features, frames)
-        output, per_layer = self.encoder(x, padding_mask(frames, features.shape[1]))
+        output, per_layer = self.encoder(x, None if frames is None else padding_mask(frames, features.shape[1]))
         return [x, *per_layer, output]
 
     def _stream_weights(self) -> Tensor:
@@ -192,8 +192,9 @@ class EncodecMAE(ChunkedInference):
             extra_targets: (B, T') long self-training codes in [0, extra_targets), IGNORE (-100)
                 where unknown; cropped or padded to T. Required iff config.extra_targets > 0.
             generator: randomness of the span mask.
-            mask: instead of drawing one, a (B, T) bool tensor (True = masked; padding is ignored) or a
-                ``HostMask``: drawn on the host with its shapes, the step then never reads the device (no sync).
+            mask: instead of drawing one, a (B, T) bool tensor (True = masked; padding is ignored), whose
+                shapes are then read once (a device->host sync), or a ``HostMask``: drawn on the host with its
+                shapes, the step then never reads the device.
             validate_targets: check that ``extra_targets`` lie in range, which reads them (a device->host sync);
                 False where they were checked where they were read (the training loader: ``TargetStore.slice``).
         Returns:
@@ -240,31 +241,25 @@ class EncodecMAE(ChunkedInference):
                              f", got {tuple(codes.shape)}")
         targets = codes.to(features.device, torch.long, non_blocking=True).masked_fill(padding[:, :, None], IGNORE)
 
-        host: Optional[HostMask] = None
-        if isinstance(mask, HostMask):
-            host, given = mask, mask.mask
-        elif mask is None:
-            given = span_mask(frame_lengths, frames, config.mask_prop, config.mask_span, generator,
-                              recipe=config.resolved_mask_layout)
-        else:
-            given = mask
+        if mask is None:
+            mask = span_mask(frame_lengths, frames, config.mask_prop, config.mask_span, generator,
+                             recipe=config.resolved_mask_layout)
+        given = mask.mask if isinstance(mask, HostMask) else mask
         if given.shape != (batch, frames):
             raise ValueError(f"mask must be (batch, frames) = {(batch, frames)}, got {tuple(given.shape)}")
-        masked = given.to(features.device, torch.bool, non_blocking=True) & ~padding
-        # without a HostMask the stacks look for padding themselves (a sync); with one the host said if there is any
-        decoder_padding = padding if host is None or host.padded else None
+        # the shapes that follow from the mask, known on the host: drawn there by the loader, or read once here
+        host = mask if isinstance(mask, HostMask) else HostMask.of(given, frame_lengths)
+        masked = host.mask.to(features.device, torch.bool, non_blocking=True) & ~padding
 
         # encoder: visible frames only (MAE: dropped frames never reach it)
         x = self.embed(features, frame_lengths)
-        visible, visible_padding, visible_index = gather_visible(x, masked, frame_lengths,
-                                                                 host.visible_width if host is not None else None)
-        encoder_padding = visible_padding if host is None or host.visible_padded else None
-        encoded, _ = self.encoder(visible, encoder_padding, drop_empty_mask=host is None)
+        visible, visible_padding, visible_index = gather_visible(x, masked, frame_lengths, host.visible_width)
+        encoded, _ = self.encoder(visible, visible_padding if host.visible_padded else None)
 
         # decoder: every frame, mask token (or zeros) where dropped, positions added again
         decoder_in = scatter_back(self.decoder_projection(encoded), visible_index, visible_padding, frames,
                                   self.mask_token)
-        decoded, _ = self.decoder(self.positions(decoder_in), decoder_padding, drop_empty_mask=host is None)
+        decoded, _ = self.decoder(self.positions(decoder_in), padding if host.padded else None)
         logits = self.head(decoded).view(batch, frames, config.num_codebooks, config.codebook_size)
 
         ce, valid = frame_cross_entropy(logits, targets)
