@@ -19,6 +19,7 @@ from encodecmae_s3prl.downstream_probes.clips import ClipDataset
 from encodecmae_s3prl.downstream_probes.metrics import METRICS
 from encodecmae_s3prl.downstream_probes.mlp import PooledMLP
 from encodecmae_s3prl.downstream_probes.task import ProbeDataError, ProbeRootError, ProbeTask, load_probe_task
+from encodecmae_s3prl.errors import quiet_when_main_leaves
 
 
 class PooledProbeExpert(nn.Module):
@@ -47,7 +48,8 @@ class PooledProbeExpert(nn.Module):
         train = split == "train"
         return DataLoader(dataset, batch_size=self.datarc.get("train_batch_size" if train else "eval_batch_size", 16),
                           shuffle=train, drop_last=train and len(dataset) > self.datarc.get("train_batch_size", 16),
-                          num_workers=self.datarc.get("num_workers", 0), collate_fn=dataset.collate_fn)
+                          num_workers=self.datarc.get("num_workers", 0), collate_fn=dataset.collate_fn,
+                          worker_init_fn=quiet_when_main_leaves)
 
     def forward(self, split, features, targets, names, records, **kwargs):
         lengths = torch.tensor([len(f) for f in features], device=features[0].device)

@@ -131,3 +131,18 @@ def user_errors(extra_types: Iterable[type] = (), path_keys: Mapping[str, str] |
         sys.stdout.flush()
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None
+
+
+def quiet_when_main_leaves(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of our DataLoaders. A worker hands each batch's shared memory to the main process over
+    a connection served by a background thread, which prints a traceback when the main process drops it midway:
+    what a Ctrl-C during that hand-over does. The main process says what happened in its one line, so in the
+    worker a dropped connection (EOFError, ConnectionError) is not reported; any other error keeps its traceback.
+    """
+    report = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, traceback) -> None:
+        if not issubclass(kind, (EOFError, ConnectionError)):
+            report(kind, value, traceback)
+
+    sys.excepthook = hook

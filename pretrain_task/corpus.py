@@ -27,7 +27,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from encodecmae_s3prl.errors import UserError
+from encodecmae_s3prl.errors import UserError, quiet_when_main_leaves
 from encodecmae_s3prl.upstream.atomic import atomic_write_text
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
@@ -387,12 +387,12 @@ class CropLoader:
             batch.mask = self.masks.for_batch(batch)
         return batch
 
-    def _torch_batches(self) -> Iterator[CropBatch]:
-        loader = torch.utils.data.DataLoader(
+    def _torch_loader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
             _CropIndex(self.dataset), batch_sampler=_Batches(self.start_batch, self.dataset.batch_size),
             num_workers=self.num_workers, collate_fn=self._collate, pin_memory=self.pin_memory,
-            prefetch_factor=self.prefetch if self.num_workers else None, persistent_workers=False)
-        return iter(loader)
+            prefetch_factor=self.prefetch if self.num_workers else None, persistent_workers=False,
+            worker_init_fn=quiet_when_main_leaves)
 
     def _fairseq2_batches(self) -> Iterator[CropBatch]:
         from fairseq2.data.data_pipeline import DataPipeline  # late: fairseq2 needs the system libsndfile
@@ -408,7 +408,7 @@ class CropLoader:
         )
 
     def __iter__(self) -> Iterator[CropBatch]:
-        batches = self._torch_batches() if self.backend == "torch" else self._fairseq2_batches()
+        batches = iter(self._torch_loader()) if self.backend == "torch" else self._fairseq2_batches()
         for batch in batches:
             self.start_batch = batch.batch_index + 1  # a new iteration continues, never repeats
             yield batch

@@ -5,6 +5,7 @@ import soundfile
 import torch
 
 from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
+from encodecmae_s3prl.errors import quiet_when_main_leaves
 from encodecmae_s3prl.pretrain_task import corpus as corpus_module
 from encodecmae_s3prl.pretrain_task.corpus import CorpusError, CropLoader, CropSampler, load_corpus, read_manifest
 from encodecmae_s3prl.upstream.kmeans import TooFewPointsError, assign, kmeans
@@ -71,6 +72,7 @@ def test_loader_streams_the_same_batches_as_the_sampler_and_resumes(mixed_corpus
     files = load_corpus([str(mixed_corpus)], progress=False)
     sampler = CropSampler(files, batch_size=4, seed=1)
     loader = CropLoader(sampler, start_batch=0, num_workers=2)
+    assert loader._torch_loader().worker_init_fn is quiet_when_main_leaves  # Ctrl-C: no worker traceback
     stream = iter(loader)
     first = [next(stream) for _ in range(3)]
     assert [b.batch_index for b in first] == [0, 1, 2]

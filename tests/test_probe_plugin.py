@@ -16,6 +16,7 @@ import yaml
 from encodecmae_s3prl import cli, registry
 from encodecmae_s3prl.demo_data import write_esc50
 from encodecmae_s3prl.downstream_probes.task import ProbeDataError
+from encodecmae_s3prl.errors import quiet_when_main_leaves
 from encodecmae_s3prl.evaluation import hear_protocol
 
 from conftest import run_script
@@ -92,7 +93,9 @@ def test_it_is_s3prls_downstream_through_the_shared_expert(plugin, data, tmp_pat
     expert = expert_module.DownstreamExpert(upstream_dim=8, upstream_rate=160, **config, downstream=NAME,
                                             expdir=str(tmp_path), mode="train")
     assert expert.task.name == NAME and len(expert.task.classes) == 4
-    wavs, targets, names = next(iter(expert.get_dataloader("train")))
+    loader = expert.get_dataloader("train")
+    assert loader.worker_init_fn is quiet_when_main_leaves  # Ctrl-C: no worker traceback under the one line
+    wavs, targets, names = next(iter(loader))
     assert len(wavs) == 4 and targets.dtype == torch.long
     records = defaultdict(list)
     features = [torch.randn(int(np.ceil(len(w) / 160)), 8) for w in wavs]

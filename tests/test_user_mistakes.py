@@ -206,6 +206,46 @@ def test_ctrl_c_in_pretraining_is_one_line_and_exit_130(tmp_path):
     assert "Traceback" not in err
 
 
+# A loader worker hands a batch over a connection; the main process drops it midway, as a Ctrl-C there does.
+_DROPPED_HAND_OVER = """
+import os, sys, time
+from multiprocessing import current_process, resource_sharer
+from multiprocessing.connection import Client
+import torch
+from encodecmae_s3prl.errors import quiet_when_main_leaves
+
+class HandOver(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):  # what torch does with a batch's shared memory: the fd waits in the worker
+        return resource_sharer.DupFd(os.dup(0))._id
+
+init = quiet_when_main_leaves if sys.argv[1] == "ours" else None
+loader = torch.utils.data.DataLoader(HandOver(), batch_size=None, num_workers=1, worker_init_fn=init)
+for address, _ in loader:
+    Client(address, authkey=current_process().authkey).close()
+    time.sleep(1.0)  # the worker's serving thread meets the dropped connection
+print("done")
+"""
+
+
+@pytest.mark.parametrize("init", ["ours", "none"])
+def test_a_hand_over_dropped_by_the_main_process_prints_no_worker_traceback(init):
+    """The cause of a rare traceback under Ctrl-C's one line: the worker's resource-sharing thread reported the
+    connection the interrupted main process dropped. Without our worker_init_fn it does (the check can fail)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _DROPPED_HAND_OVER, init], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+    if init == "ours":
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    else:
+        assert "Traceback" in proc.stderr and "EOFError" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_empty_file_is_called_empty_and_no_espnet_noise(tmp_path, clip):
     import subprocess
     import sys
