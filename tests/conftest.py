@@ -9,7 +9,10 @@ The independent v1 reference (the authors' modules, re-derived) lives in ``v1_re
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 # keep the 2-core machine responsive and results repeatable; set before torch is imported by any test module
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -50,6 +53,19 @@ def run_script(script: str, *args: str, cwd: Path, timeout: int = 600, threads: 
     if proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed with {proc.returncode}:\n{output[-4000:]}")
     return output
+
+
+Case = TypeVar("Case")
+Result = TypeVar("Result")
+
+
+def side_by_side(run: Callable[[Case], Result], cases: Iterable[Case]) -> dict[Case, Result]:
+    """``{case: run(case)}``, two cases at a time: for independent fresh-interpreter commands started with one torch
+    thread each (``run_script(threads=1)``), which spend much of their time importing, so two share the machine's
+    two cores better than one uses both. A case's error is raised (in case order) after every case has run."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case: pool.submit(run, case) for case in cases}
+        return {case: future.result() for case, future in futures.items()}
 
 
 def tone(seconds: float, freq: float = 220.0, seed: int = 0, *, rate: int = 16000) -> torch.Tensor:

@@ -5,7 +5,6 @@ import json
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from encodecmae_s3prl import compare
 from encodecmae_s3prl.demo_data import write_esc50, write_nsynth
 from encodecmae_s3prl.evaluation import hear_protocol
 
+from conftest import run_script, side_by_side
 from fakes import write_tiny_hubert_checkpoint, write_tiny_wav2vec2_checkpoint
 from synthetic_data import write_iemocap, write_speech_commands
 
@@ -277,8 +277,6 @@ def test_hear_api_for_ours_hubert_and_fbank(tmp_path, tiny_ckpt):
 def _train_ours_then_evaluate(folder, checkpoint, recipe: str) -> list[str]:
     """``run_downstream.py -u encodecmae_local -k CKPT -d recipe``: 6 steps with the weighted sum of our layers,
     evaluating at the last one, then ``-m evaluate -e`` in a fresh process; both outputs."""
-    from conftest import run_script
-
     if recipe == "speech_commands":
         train_root, test_root = write_speech_commands(folder / "sc", per_word=6, test_per_word=1)
         data = (f"config.downstream_expert.datarc.speech_commands_root={train_root},,"
@@ -300,10 +298,8 @@ def _train_ours_then_evaluate(folder, checkpoint, recipe: str) -> list[str]:
 @pytest.fixture(scope="module")
 def our_recipe_runs(tmp_path_factory, tiny_ckpt) -> dict[str, list[str]]:
     """Both recipes with our upstream, side by side on one core each."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {recipe: pool.submit(_train_ours_then_evaluate, tmp_path_factory.mktemp(recipe), tiny_ckpt, recipe)
-                for recipe in ("speech_commands", "emotion")}
-        return {recipe: run.result() for recipe, run in runs.items()}
+    return side_by_side(lambda recipe: _train_ours_then_evaluate(tmp_path_factory.mktemp(recipe), tiny_ckpt, recipe),
+                        ("speech_commands", "emotion"))
 
 
 @pytest.mark.slow

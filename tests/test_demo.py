@@ -5,7 +5,6 @@ import re
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from encodecmae_s3prl.settings import UpstreamSettings, encodec_weights
 from encodecmae_s3prl.upstream.checkpoint import CheckpointError
 from encodecmae_s3prl.upstream.codec import ENCODEC_FILE, build_encodec
 
-from conftest import REPO, pretrain_overrides, write_tone_corpus
+from conftest import REPO, pretrain_overrides, side_by_side, write_tone_corpus
 
 
 @pytest.mark.slow
@@ -162,8 +161,7 @@ def test_demo_pretraining_and_probes_give_the_same_numbers_twice(tmp_path):
         return demo.pretrain(corpus, tmp_path / run / "pretrain", "tiny", 2, env, cwd=tmp_path,
                              overrides=["config.pretrain_expert.datarc.codec_init_clips=4"])
 
-    with ThreadPoolExecutor(2) as pool:  # the two runs side by side: one core each
-        checkpoints = list(pool.map(pretrain, ["a", "b"]))
+    checkpoints = list(side_by_side(pretrain, ["a", "b"]).values())  # one core each
     tables, states = [], []
     for run, checkpoint in zip(["a", "b"], checkpoints, strict=True):
         states.append(safe_load(checkpoint))

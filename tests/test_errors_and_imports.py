@@ -12,7 +12,6 @@ import site
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from encodecmae_s3prl import errors
 from encodecmae_s3prl.demo_data import write_wav
 
-from conftest import REPO, pretrain_overrides, write_tone_corpus
+from conftest import REPO, pretrain_overrides, side_by_side, write_tone_corpus
 from synthetic_data import write_iemocap
 
 PY = sys.executable
@@ -122,10 +121,8 @@ def downstream_starts(tmp_path_factory, files) -> dict[tuple[str, str], Start]:
         add("resume", which, lambda cwd, w=which: cwd / "states-4.ckpt" if w == "missing" else files[w],
             lambda s: ["-e", s.path, "-m", "evaluate"])
     add("help", "-h", lambda cwd: cwd, lambda s: ["-h"])
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = {case: pool.submit(command) for case, command in commands.items()}
-        for case, future in done.items():
-            starts[case].proc = future.result()
+    for case, proc in side_by_side(lambda case: commands[case](), commands).items():
+        starts[case].proc = proc
     return starts
 
 

@@ -14,7 +14,7 @@ import torch
 from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
 from encodecmae_s3prl.upstream.checkpoint import safe_load
 
-from conftest import REPO, pretrain_overrides, run_script
+from conftest import REPO, pretrain_overrides, run_script, side_by_side
 
 # tiny model, 1 s crops (conftest.FAST): a step costs ~0.3 s on 2 CPU cores
 
@@ -38,10 +38,44 @@ def corpus(tmp_path_factory):
     return root
 
 
-def _pretrain(tmp_path, name, corpus, *extra, steps=20, save=10, overrides=""):
+def _pretrain(tmp_path, name, corpus, *extra, steps=20, save=10, overrides="", threads=None):
     override = pretrain_overrides(corpus, steps=steps, save=save, extra=overrides)
     return run_script("run_pretrain.py", "-u", "encodecmae", "-g", "tiny", "-n", name, "-o", override, *extra,
-                      cwd=tmp_path)
+                      cwd=tmp_path, threads=threads)
+
+
+def _killed_then_resumed(folder, corpus) -> tuple[Path, str]:
+    """A 16-step run (checkpoint every 8) SIGKILLed right after writing states-8.ckpt, then continued with -e; its
+    experiment folder and the resumed run's output."""
+    override = pretrain_overrides(corpus, steps=16, save=8)
+    cut = folder / "result/pretrain/cut"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", "tiny",
+                             "-n", "cut", "-o", override], cwd=folder, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 300
+    while not (cut / "states-8.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (cut / "states-8.ckpt").exists() and not (cut / "states-16.ckpt").exists()
+    return cut, run_script("run_pretrain.py", "-e", str(cut / "states-8.ckpt"), cwd=folder, threads=1)
+
+
+@pytest.fixture(scope="module")
+def pretrain_runs(tmp_path_factory, corpus) -> dict[str, tuple[Path, str]]:
+    """The tests' run_pretrain.py runs, independent of each other, two at a time on one core each: {name: (its
+    experiment folder, its output)}. "tiny": 50 steps (checkpoints at 25 and 50); "full": 16 steps uninterrupted;
+    "cut": the same killed after step 8 and resumed; "stage1": 6 steps (checkpoints at 3 and 6), the first stage of
+    the self-training test."""
+    folder = tmp_path_factory.mktemp("pretrain")
+
+    def run(name: str) -> tuple[Path, str]:
+        if name == "cut":
+            return _killed_then_resumed(folder, corpus)
+        steps, save = {"tiny": (50, 25), "full": (16, 8), "stage1": (6, 3)}[name]
+        return folder / "result/pretrain" / name, _pretrain(folder, name, corpus, steps=steps, save=save, threads=1)
+
+    return side_by_side(run, ["tiny", "cut", "full", "stage1"])  # the longest two first
 
 
 def _scalars(events_path, tag):
@@ -54,9 +88,8 @@ def _scalars(events_path, tag):
 
 
 @pytest.mark.slow
-def test_tiny_pretraining_lowers_masked_loss_and_loads_upstream(tmp_path, corpus):
-    out = _pretrain(tmp_path, "run", corpus, steps=50, save=25)
-    expdir = tmp_path / "result" / "pretrain" / "run"
+def test_tiny_pretraining_lowers_masked_loss_and_loads_upstream(pretrain_runs):
+    expdir, out = pretrain_runs["tiny"]
     assert "skipped 2 unreadable" in out  # corrupt + empty, reported once at scan time
     masked = _scalars(expdir, "encodecmae/train-masked_loss")
     first, last = np.mean([masked[s] for s in range(1, 6)]), np.mean([masked[s] for s in range(46, 51)])
@@ -80,23 +113,10 @@ def test_tiny_pretraining_lowers_masked_loss_and_loads_upstream(tmp_path, corpus
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_exactly(tmp_path, corpus):
+def test_killed_run_resumes_exactly(pretrain_runs):
     """SIGKILL right after the step-8 checkpoint; -e continues with the same losses as an uninterrupted run."""
-    _pretrain(tmp_path, "full", corpus, steps=16, save=8)
-    full = _scalars(tmp_path / "result/pretrain/full", "encodecmae/train-loss")
-
-    override = pretrain_overrides(corpus, steps=16, save=8)
-    cut = tmp_path / "result/pretrain/cut"
-    proc = subprocess.Popen([sys.executable, str(REPO / "run_pretrain.py"), "-u", "encodecmae", "-g", "tiny",
-                             "-n", "cut", "-o", override], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (cut / "states-8.ckpt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (cut / "states-8.ckpt").exists() and not (cut / "states-16.ckpt").exists()
-    run_script("run_pretrain.py", "-e", str(cut / "states-8.ckpt"), cwd=tmp_path)
+    full = _scalars(pretrain_runs["full"][0], "encodecmae/train-loss")
+    cut = pretrain_runs["cut"][0]
     latest = max(cut.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)  # the resumed run's
     resumed = _scalars(latest, "encodecmae/train-loss")
     assert sorted(resumed) == list(range(9, 17))
@@ -113,14 +133,13 @@ def test_bad_config_keys_and_empty_corpus_are_clear(tmp_path, corpus):  # both f
 
 
 @pytest.mark.slow
-def test_self_training_stage_end_to_end(tmp_path, corpus):
+def test_self_training_stage_end_to_end(tmp_path, corpus, pretrain_runs):
     """Stage 1 -> k-means over last-layer embeddings -> target store -> stage 2 with Q+1 target streams."""
     from encodecmae_s3prl.pretrain_task.corpus import load_corpus
     from encodecmae_s3prl.pretrain_task.self_training import TargetStore, TargetStoreError
     from encodecmae_s3prl.pretrain_task.self_training import main as st_main
 
-    _pretrain(tmp_path, "stage1", corpus, steps=6, save=3)
-    stage1 = tmp_path / "result/pretrain/stage1/states-6.ckpt"
+    stage1 = pretrain_runs["stage1"][0] / "states-6.ckpt"
     store_dir = tmp_path / "st"
     st_main(["-k", str(stage1), "--corpus", str(corpus), "--out", str(store_dir), "--num-clips", "16",
              "--clusters", "8", "--iterations", "5"])

@@ -2,7 +2,6 @@
 above chance with fbank_no_cmvn and with encodec_features; metrics against scikit-learn / by hand; bad input."""
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from encodecmae_s3prl.downstream_probes.metrics import chroma_accuracy, mean_ave
 from encodecmae_s3prl.downstream_probes.task import ProbeDataError, fold_splits
 from encodecmae_s3prl.evaluation import hear_protocol
 
-from conftest import run_script
+from conftest import run_script, side_by_side
 from synthetic_data import write_fsd50k, write_gtzan, write_hear_task, write_tiny_encodecmae_checkpoint
 
 
@@ -70,9 +69,8 @@ def probe_runs(tmp_path_factory) -> dict[str, tuple[Path, Path, Path, str]]:
     """Every probe trained through run_downstream.py, two at a time on one core each (fresh interpreters that
     spend a good part of their time importing s3prl)."""
     folders = {probe: tmp_path_factory.mktemp(probe) for probe in sorted(PROBES)}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {probe: pool.submit(_train_through_run_downstream, folder, probe) for probe, folder in folders.items()}
-        return {probe: (folders[probe], *run.result()) for probe, run in runs.items()}
+    runs = side_by_side(lambda probe: _train_through_run_downstream(folders[probe], probe), folders)
+    return {probe: (folders[probe], *run) for probe, run in runs.items()}
 
 
 @pytest.mark.slow

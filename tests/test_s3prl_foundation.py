@@ -1,6 +1,5 @@
 """The plugin on s3prl 0.4.18 + torch/torchaudio 2.9: registration, shims, and the reused recipes end to end."""
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from encodecmae_s3prl import cli, compat, registry
 
-from conftest import run_script
+from conftest import run_script, side_by_side
 from synthetic_data import write_iemocap, write_speech_commands
 
 OUR_ENTRIES = ["encodecmae", "encodecmae_local", "encodecmae_small", "encodecmae_base", "encodecmae_base_st",
@@ -141,11 +140,8 @@ def _train_then_evaluate(folder, recipe: str) -> str:
 @pytest.fixture(scope="module")
 def recipe_evaluations(tmp_path_factory) -> dict[str, str]:
     """Both recipes trained and evaluated side by side, one core each."""
-    recipes = ("speech_commands", "emotion")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {recipe: pool.submit(_train_then_evaluate, tmp_path_factory.mktemp(recipe), recipe)
-                for recipe in recipes}
-        return {recipe: run.result() for recipe, run in runs.items()}
+    return side_by_side(lambda recipe: _train_then_evaluate(tmp_path_factory.mktemp(recipe), recipe),
+                        ("speech_commands", "emotion"))
 
 
 @pytest.mark.slow
