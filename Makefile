@@ -13,10 +13,10 @@ lint: setup  # both checks run, then it fails if either found something
 	@status=0; .venv/bin/ruff check . || status=1; bash scripts/typecheck.sh || status=1; exit $$status
 
 test: setup lint
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2 --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PY) -m pytest tests -q -m "not slow" -n 2 --dist loadfile
 
 demo: setup
 	$(PY) -m encodecmae_s3prl.demo

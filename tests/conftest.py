@@ -14,8 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-# keep the 2-core machine responsive and results repeatable; set before torch is imported by any test module
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# keep the 2-core machine responsive and results repeatable; set before torch is imported by any test module.
+# `make test` runs two test processes (pytest-xdist), one core each: two torch jobs of 2 threads each on two cores
+# slow each other several times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np
 import pytest

@@ -20,7 +20,8 @@ from conftest import REPO, pretrain_overrides, side_by_side, write_tone_corpus
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_reports_where_everything_is(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "encodecmae_s3prl.demo", "--out", str(tmp_path / "demo"),
-                           "--steps", "12", "--grid-size", "1", "--max-epochs", "20", "--threads", "2"],
+                           "--steps", "12", "--grid-size", "1", "--max-epochs", "20",
+                           "--threads", str(torch.get_num_threads())],  # 1 beside another test process
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

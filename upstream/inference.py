@@ -211,7 +211,7 @@ class EncodecFeatures(ChunkedInference):
     def hidden_count(self) -> int:
         return 1
 
-    def chunk_hidden(self, features: Tensor, frames: Tensor) -> List[Tensor]:
+    def chunk_hidden(self, features: Tensor, frames: Optional[Tensor]) -> List[Tensor]:
         return [self.codec.standardise(features)]
 
 
