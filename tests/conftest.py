@@ -3,7 +3,8 @@ for the whole session, synthetic tones, and the settings that make a pretraining
 
 ``make test`` runs everything (CI); ``make test-fast`` leaves out the tests marked ``slow``: end-to-end runs of
 run_pretrain.py / run_downstream.py / the demo / commands that load s3prl's runner, in fresh interpreters, and
-the 10-minute-audio run (5 s to minutes each on 2 cores).
+the 10-minute-audio run (5 s to minutes each on 2 cores). Both run two test processes (pytest-xdist, each file
+whole in one), one torch thread each.
 The independent v1 reference (the authors' modules, re-derived) lives in ``v1_reference.py`` beside this file.
 """
 import os
