@@ -197,7 +197,8 @@ class HostMask:
 
     @classmethod
     def of(cls, mask: Tensor, lengths: Tensor) -> "HostMask":
-        """From a (B, T) bool mask and (B,) valid frames, both on the CPU; the mask is cleared at padding."""
+        """From a (B, T) bool mask and (B,) valid frames; the mask is cleared at padding. Read on the host: free
+        for CPU tensors, one wait on the device for tensors there (``forward`` given a tensor mask)."""
         mask, lengths = mask.cpu().bool(), lengths.cpu().long()
         padding = padding_mask(lengths, mask.shape[1])
         mask = mask & ~padding
