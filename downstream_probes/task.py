@@ -67,6 +67,11 @@ class ProbeTask:
     metrics: tuple = ("acc",)  # names in METRICS; the first one selects the model on dev
     layout: str = "the layout its publisher distributes"  # the dataset's layout, quoted in error messages
     kit_ordered: bool = False  # clips already in the HEAR kit's training order (HEAR tasks): not reordered
+    # HEAR tasks: every clip's key, one group per split in the order the kit's embedding runner reads them
+    # (metadata split order, file order), and the clips' duration in seconds; the HEAR protocol embeds in the kit's
+    # batches, since a clip's embedding depends on its batch at float32 rounding (padding, kernel shapes)
+    kit_embedding_groups: tuple = ()
+    sample_duration: float | None = None
 
 
 class TaskSource(NamedTuple):

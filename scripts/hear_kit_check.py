@@ -1,17 +1,20 @@
 """Our HEAR protocol against the organisers' own kit (heareval 2021.1.3), each side running on its own.
 
-Builds three small synthetic HEAR scene tasks as hear-preprocess lays them out, audio at 48000 Hz only (as HEAR
-distributes them): a 5-fold ``new_split_kfold`` multiclass task, a ``trainvaltest`` multilabel one with a class
-absent from its test split, and a ``trainvaltest`` multiclass pitch task (MIDI pitch labels, ``pitch_acc`` /
-``chroma_acc``, the layout of NSynth pitch). Then per upstream:
+Builds four small synthetic HEAR scene tasks as hear-preprocess lays them out, audio at 48000 Hz only (as HEAR
+distributes them): two 5-fold ``new_split_kfold`` multiclass tasks (1 s clips; 5 s clips, longer than the 4 s
+inference chunk as ESC-50's, on which a tiny EnCodecMAE scores well between chance and 1), a ``trainvaltest``
+multilabel one with a class absent from its test split, and a ``trainvaltest`` multiclass pitch task (MIDI pitch
+labels, ``pitch_acc`` / ``chroma_acc``, the layout of NSynth pitch). Then per upstream:
 
 1. the kit's ``heareval.embeddings.runner`` embeds every task through ``encodecmae_s3prl.hear_api`` (48000 Hz
    declared, resampled inside), and our cache (``hear_protocol.embed_splits``) embeds it on its own; the two are
    compared row by row (same order, same labels, values);
 2. the kit's ``heareval.predictions.runner`` trains and tests on the kit's own embeddings, and
    ``compare.evaluate`` on ours, from an empty cache (nothing is copied from one side to the other);
-3. both sides' selected configuration, per-grid-point validation scores, best epochs and test scores are
-   printed side by side and written to ``WORK/agreement.json`` and ``WORK/agreement.md``;
+3. both sides' selected configuration, per-grid-point validation scores, every fold's validation score, best
+   epoch and test scores are printed side by side and written to ``WORK/agreement.json`` and ``WORK/agreement.md``;
+   ours is also trained on the kit's own embeddings (its memmaps, folds as its ``data_splits_from_folds``), which
+   checks the training rules apart from the embeddings;
 4. the stock ``hear-validator`` runs on ``fbank_no_cmvn``, the tiny checkpoint and ``encodecmae_random`` on
    that checkpoint's fitted codec.
 
@@ -79,12 +82,14 @@ def write_stubs(stubs: Path) -> None:
 
 # --- the synthetic tasks ---------------------------------------------------------------------------------
 
-def _clip(labels, seconds: float, rng: np.random.Generator, rate: int = 48_000) -> np.ndarray:
-    """A mixture of the labels' sound classes in loud noise, so that scores are neither chance nor perfect."""
+def _clip(labels, seconds: float, rng: np.random.Generator, rate: int = 48_000,
+          noise: tuple = (0.3, 0.9)) -> np.ndarray:
+    """A mixture of the labels' sound classes in loud noise (std drawn from ``noise``), so that scores are neither
+    chance nor perfect."""
     from encodecmae_s3prl.demo_data import sound_class
 
     wav = sum(sound_class(c, seconds, rate, rng) * rng.uniform(0.3, 1.0) for c in labels)
-    wav = wav / (np.abs(wav).max() + 1e-9) + rng.normal(0, rng.uniform(0.3, 0.9), wav.shape)
+    wav = wav / (np.abs(wav).max() + 1e-9) + rng.normal(0, rng.uniform(*noise), wav.shape)
     return (0.5 * wav / np.abs(wav).max()).astype(np.float32)
 
 
@@ -101,7 +106,8 @@ def _pitch_clip(pitch: int, seconds: float, rng: np.random.Generator) -> np.ndar
 
 
 def write_task(root: Path, name: str, split_mode: str, prediction_type: str, counts: dict, classes: int,
-               seed: int, absent_from_test: tuple = (), pitches: tuple = ()) -> Path:
+               seed: int, absent_from_test: tuple = (), pitches: tuple = (), seconds: float = 1.0,
+               noise: tuple = (0.3, 0.9)) -> Path:
     """One HEAR scene task: task_metadata.json, labelvocabulary.csv, <split>.json and 48000/<split>/<file>.wav.
     ``pitches``: a pitch task (labels MIDI numbers as NSynth's, ints in the json; pitch_acc, chroma_acc)."""
     from encodecmae_s3prl.demo_data import write_wav
@@ -115,7 +121,7 @@ def write_task(root: Path, name: str, split_mode: str, prediction_type: str, cou
             file = f"{split}_{n:03d}.wav"
             if pitches:
                 pitch = int(rng.choice(pitches[len(pitches) // 4: 3 * len(pitches) // 4]))  # some never occur
-                write_wav(task / str(RATE) / split / file, _pitch_clip(pitch, 1.0, rng), RATE)
+                write_wav(task / str(RATE) / split / file, _pitch_clip(pitch, seconds, rng), RATE)
                 labels[file] = [pitch]
                 continue
             if prediction_type == "multilabel":
@@ -123,7 +129,7 @@ def write_task(root: Path, name: str, split_mode: str, prediction_type: str, cou
                 chosen = sorted(rng.choice(allowed, size=int(rng.integers(1, 3)), replace=False).tolist())
             else:
                 chosen = [int(rng.integers(0, classes))]
-            write_wav(task / str(RATE) / split / file, _clip(chosen, 1.0, rng, RATE), RATE)
+            write_wav(task / str(RATE) / split / file, _clip(chosen, seconds, rng, RATE, noise), RATE)
             labels[file] = [f"class{c}" for c in chosen]
         (task / f"{split}.json").write_text(json.dumps(labels, indent=1))
     (task / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},{v}\n" for i, v in enumerate(vocabulary)))
@@ -131,7 +137,7 @@ def write_task(root: Path, name: str, split_mode: str, prediction_type: str, cou
                   else ["top1_acc"])
     (task / "task_metadata.json").write_text(json.dumps({
         "task_name": name, "version": "kitcheck", "embedding_type": "scene", "prediction_type": prediction_type,
-        "split_mode": split_mode, "splits": list(counts), "sample_duration": 1.0, "evaluation": evaluation},
+        "split_mode": split_mode, "splits": list(counts), "sample_duration": seconds, "evaluation": evaluation},
         indent=1))
     return task
 
@@ -139,6 +145,9 @@ def write_task(root: Path, name: str, split_mode: str, prediction_type: str, cou
 def write_tasks(root: Path) -> list[Path]:
     return [write_task(root, "kfold_scenes", "new_split_kfold", "multiclass",
                        {f"fold{k:02d}": 40 for k in range(5)}, classes=5, seed=1),
+            # 5 s clips (longer than the 4 s inference chunk, as ESC-50's), scores well between chance and 1
+            write_task(root, "kfold_5s", "new_split_kfold", "multiclass",
+                       {f"fold{k:02d}": 12 for k in range(5)}, classes=5, seed=4, seconds=5.0, noise=(0.05, 0.4)),
             write_task(root, "tvt_multilabel", "trainvaltest", "multilabel",
                        {"train": 120, "valid": 40, "test": 40}, classes=5, seed=2, absent_from_test=(4,)),
             write_task(root, "tvt_pitch", "trainvaltest", "multiclass", {"train": 240, "valid": 24, "test": 24},
@@ -198,6 +207,49 @@ def kit_targets(kit_dir: Path, split: str) -> np.ndarray:
     for row, values in enumerate(labels):
         rows[row, [vocabulary[str(v)] for v in values]] = 1
     return rows
+
+
+def ours_on_kit_embeddings(kit_dir: Path, task_root: Path, grid_points: int, max_epochs: int) -> dict:
+    """Our HEAR-protocol training (``hear_protocol.evaluate_folds``) on the kit's own embedding memmaps, split as the
+    kit's ``get_splits_from_metadata`` splits them: {"valid", "epoch", "test": {metric: {fold: value}}}."""
+    from encodecmae_s3prl.evaluation import hear_protocol
+
+    meta = json.loads((kit_dir / "task_metadata.json").read_text())
+
+    def part(split: str):
+        shape = tuple(json.loads((kit_dir / f"{split}.embedding-dimensions.json").read_text()))
+        x = np.array(np.memmap(kit_dir / f"{split}.embeddings.npy", dtype=np.float32, mode="r", shape=shape))
+        y = kit_targets(kit_dir, split)
+        return {"x": x[:, None], "y": y if meta["prediction_type"] == "multilabel" else y.argmax(1)}
+
+    def load(fold):
+        if fold is None:
+            splits = {"train": ["train"], "dev": ["valid"], "test": ["test"]}
+        else:  # heareval's data_splits_from_folds: sorted folds, the next one validates, the rest train in order
+            folds = sorted(meta["splits"])
+            valid = folds[(folds.index(fold) + 1) % len(folds)]
+            splits = {"train": [f for f in folds if f not in (fold, valid)], "dev": [valid], "test": [fold]}
+        data = {}
+        for name, parts in splits.items():
+            pieces = [part(p) for p in parts]
+            data[name] = {k: np.concatenate([p[k] for p in pieces]) for k in ("x", "y")}
+        return hear_protocol.load_task("hear", task_root, fold), data
+
+    folds = hear_protocol.task_folds("hear", task_root)
+    result = hear_protocol.evaluate_folds(folds, load, grid_size=grid_points, max_epochs=max_epochs)
+    names = [f["fold"] or "test" for f in result["folds"]]
+    metrics = [m for m in meta["evaluation"] if m in KIT_METRIC]
+    return {"valid": {n: f["valid"] for n, f in zip(names, result["folds"], strict=True)},
+            "epoch": {n: f["epoch"] for n, f in zip(names, result["folds"], strict=True)},
+            "test": {m: {n: f["test"][KIT_METRIC[m]] for n, f in zip(names, result["folds"], strict=True)}
+                     for m in metrics}}
+
+
+def same_folds(a: dict, b: dict) -> bool:
+    """Every fold's validation score, best epoch and test scores equal (scores to float32 logging, 1e-6)."""
+    return (a["epoch"] == b["epoch"] and a["valid"].keys() == b["valid"].keys()
+            and all(abs(a["valid"][f] - b["valid"][f]) < 1e-6 for f in a["valid"])
+            and all(abs(a["test"][m][f] - b["test"][m][f]) < 1e-6 for m in a["test"] for f in a["test"][m]))
 
 
 def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: list[Path], work: Path, env: dict,
@@ -269,17 +321,21 @@ def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: lis
             ours_y = data["y"] if data["y"].ndim == 2 else np.eye(targets.shape[1], dtype=np.float32)[data["y"]]
             same_targets &= bool(np.array_equal(targets, ours_y))
             del kit
+        on_kit = ours_on_kit_embeddings(kit_dir, task_root, grid_points, max_epochs)
         results[task_root.name] = {"metric": metric, "embedding_rel_diff": max(diffs), "same_targets": same_targets,
                                    "rate": upstream_rate(upstream()), "kit": kit_result,
-                                   "ours": our_result}
+                                   "ours": our_result, "ours_on_kit_embeddings": on_kit,
+                                   "same_folds": same_folds(kit_result, our_result),
+                                   "same_folds_on_kit_embeddings": same_folds(kit_result, on_kit)}
         print(json.dumps(results[task_root.name], indent=1, default=str)[:3000])
     return results
 
 
 def table(results: dict) -> str:
     lines = ["| upstream | task | metric | selected (kit) | selected (ours) | every grid point: same validation score "
-             "and best epoch | kit mean ± std | ours mean ± std | max abs test diff (every fold, every metric) | "
-             "embeddings kit vs ours (rel.) | same targets |", "|" + "---|" * 11]
+             "and best epoch | every fold: same validation score, best epoch and test scores (ours; ours on the "
+             "kit's embeddings) | kit mean ± std | ours mean ± std | max abs test diff (every fold, every metric) | "
+             "embeddings kit vs ours (rel.) | same targets |", "|" + "---|" * 12]
 
     def show(p):
         return f"{p['hidden_layers']}x1024, {p['init'].replace('xavier_', '')}, lr {p['lr']:g}"
@@ -293,7 +349,9 @@ def table(results: dict) -> str:
             diff = max(abs(kit["test"][m][f] - ours["test"][m][f]) for m in kit["test"] for f in kit["test"][m])
             metric = "/".join(kit["test"])
             lines.append(f"| {label} | {task} | {metric} | {show(kit['params'])} | {show(ours['params'])} | "
-                         f"{'yes' if same_grid else 'no'} ({len(kit['grid'])} points) | {kit['mean']:.4f} ± "
+                         f"{'yes' if same_grid else 'no'} ({len(kit['grid'])} points) | "
+                         f"{'yes' if r['same_folds'] else 'no'}; {'yes' if r['same_folds_on_kit_embeddings'] else 'no'}"
+                         f" ({len(kit['epoch'])} fold{'s' if len(kit['epoch']) > 1 else ''}) | {kit['mean']:.4f} ± "
                          f"{kit['std']:.4f} | {ours['mean']:.4f} ± {ours['std']:.4f} | {diff:.1e} | "
                          f"{r['embedding_rel_diff']:.1e} | {'yes' if r['same_targets'] else 'no'} |")
     return "\n".join(lines)
@@ -331,7 +389,8 @@ def main(argv=None) -> dict:
                              "sitecustomize.py (default WORK/stubs)")
     parser.add_argument("--upstreams", default="fbank_no_cmvn,tiny",
                         help="fbank_no_cmvn and/or tiny (a tiny random EnCodecMAE checkpoint, 24 kHz)")
-    parser.add_argument("--tasks", default="kfold_scenes,tvt_multilabel,tvt_pitch", help="which of the three tasks")
+    parser.add_argument("--tasks", default="kfold_scenes,kfold_5s,tvt_multilabel,tvt_pitch",
+                        help="which of the four tasks")
     parser.add_argument("--grid-points", type=int, default=8)
     args = parser.parse_args(argv)
 

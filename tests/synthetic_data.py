@@ -127,10 +127,10 @@ def write_fsd50k(root: Path, labels=("Bark", "Siren", "Rain"), per_split=(24, 8,
 
 def write_hear_task(root: Path, classes: int = 4, per_split=(16, 6, 6), seed: int = 0,
                     task_name: str = "synthetic_sounds", prediction_type: str = "multiclass",
-                    folds: int = 0) -> Path:
+                    folds: int = 0, seconds: float = 1.0, rate: int = 16000) -> Path:
     """A HEAR 2021 scene task as hear-preprocess writes it: multiclass (one sound class per clip) or
     multilabel (a mixture of one or two classes), ``trainvaltest`` or, with ``folds`` > 0,
-    ``presplit_kfold`` with ``fold00``.. each holding ``per_split[0]`` clips."""
+    ``presplit_kfold`` with ``fold00``.. each holding ``per_split[0]`` clips; clips of ``seconds`` in ``<rate>/``."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     if folds:
@@ -142,18 +142,18 @@ def write_hear_task(root: Path, classes: int = 4, per_split=(16, 6, 6), seed: in
         for n in range(count):
             if prediction_type == "multilabel":
                 chosen = sorted(rng.choice(classes, size=int(rng.integers(1, 3)), replace=False).tolist())
-                wav = np.clip(sum(sound_class(2 * c + 1, 1.0, 16000, rng) for c in chosen), -1, 1)
+                wav = np.clip(sum(sound_class(2 * c + 1, seconds, rate, rng) for c in chosen), -1, 1)
             else:
                 chosen = [n % classes]
-                wav = sound_class(chosen[0], 1.0, 16000, rng)
+                wav = sound_class(chosen[0], seconds, rate, rng)
             name = f"{split}_{n:03d}.wav"
-            write_wav(root / "16000" / split / name, wav, 16000)
+            write_wav(root / str(rate) / split / name, wav, rate)
             labels[name] = [f"class{c}" for c in chosen]
         (root / f"{split}.json").write_text(json.dumps(labels))
     (root / "labelvocabulary.csv").write_text("idx,label\n" + "".join(f"{i},class{i}\n" for i in range(classes)))
     (root / "task_metadata.json").write_text(json.dumps({
         "task_name": task_name, "version": "synthetic", "embedding_type": "scene",
-        "prediction_type": prediction_type, "split_mode": mode, "splits": splits, "sample_duration": 1.0,
+        "prediction_type": prediction_type, "split_mode": mode, "splits": splits, "sample_duration": seconds,
         "evaluation": ["mAP", "d_prime"] if prediction_type == "multilabel" else ["top1_acc"]}))
     return root
 

@@ -1,6 +1,10 @@
 """Rules of the organisers' kit (heareval 2021.1.3) that only showed when the kit and ours ran independently
 (scripts/hear_kit_check.py): the kit embeds in another process, before its training stream is seeded, so
-nothing our side does to get the embeddings may draw from that stream."""
+nothing our side does to get the embeddings may draw from that stream; and it embeds in batches of its own, which
+decide a clip's embedding at float32 rounding, so ours embeds a HEAR task in the same batches."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +84,62 @@ def test_hear_api_declares_48k_for_ours_resamples_inside_and_takes_a_layer(tmp_p
     for bad in (len(hidden), "last", 1.5):
         with pytest.raises(ValueError, match="layer"):
             hear_api.load_model(str(ckpt), device="cpu", layer=bad)
+
+
+def test_kit_batch_size_is_the_embedding_runners():
+    """heareval.embeddings.task_embeddings: max(1, int(0.7 * 120 / sample_duration * 16000 / rate)) clips a batch,
+    1 when the task has no fixed duration."""
+    assert hear_protocol.kit_batch_size(1.0, 48_000) == 28  # Speech Commands at HEAR's 48 kHz
+    assert hear_protocol.kit_batch_size(5.0, 48_000) == 5  # ESC-50
+    assert hear_protocol.kit_batch_size(4.0, 16_000) == 21  # NSynth read at 16 kHz
+    assert hear_protocol.kit_batch_size(30.0, 48_000) == 1  # GTZAN: int(0.7) = 0, at least 1
+    assert hear_protocol.kit_batch_size(None, 48_000) == 1
+
+
+def test_a_hear_task_is_embedded_in_the_kits_batches_bit_for_bit(tmp_path, monkeypatch):
+    """A clip's embedding depends on the batch it is computed in at float32 rounding (a 5 s clip is a 4 s chunk and
+    a padded 1 s one, sharing passes with other clips' chunks): ~1e-6 relative, enough on a k-fold task near chance
+    to move the kit's early-stopping epochs from the second fold on (the first fold happened to agree). So a HEAR
+    task is embedded as the kit's runner embeds it through ``hear_api``: split by split in file order,
+    ``kit_batch_size`` clips a batch, the copy at 48000 Hz resampled inside; the cache's last layer then equals the
+    kit's scene embeddings exactly, on every fold."""
+    import soundfile
+    from s3prl import hub
+
+    import encodecmae_s3prl  # noqa: F401
+    from encodecmae_s3prl import hear_api
+
+    from synthetic_data import write_hear_task, write_tiny_encodecmae_checkpoint
+
+    ckpt = write_tiny_encodecmae_checkpoint(tmp_path / "ckpt" / "states-1.ckpt")
+    upstream = hub.encodecmae_local(ckpt=str(ckpt)).eval()
+    root = write_hear_task(tmp_path / "task", classes=3, per_split=(7,), folds=3, seconds=5.0, rate=48_000)
+    meta = json.loads((root / "task_metadata.json").read_text())
+    size = hear_protocol.kit_batch_size(meta["sample_duration"], 48_000)
+    assert size == 5  # two batches per fold (5 + 2): none of them the cache's default of 8 by length
+
+    # what the kit's embedding runner does: hear_api at its default 48000 Hz, per split, file order, `size` a batch
+    model, kit = hear_api.HearModel(upstream), {}
+    for split in meta["splits"]:
+        names = list(json.loads((root / f"{split}.json").read_text()))
+        audio = [soundfile.read(root / "48000" / split / name, dtype="float32")[0] for name in names]
+        for start in range(0, len(names), size):
+            batch = torch.from_numpy(np.stack(audio[start:start + size]))
+            kit.update(zip(names[start:start + size], hear_api.get_scene_embeddings(batch, model).numpy(),
+                           strict=True))
+
+    seen = []
+    real = hear_protocol.encode_native
+
+    def counting(up, wavs):
+        seen.append(len(wavs))
+        return real(up, wavs)
+
+    monkeypatch.setattr(hear_protocol, "encode_native", counting)
+    for fold in hear_protocol.task_folds("hear", root):
+        task = hear_protocol.load_task("hear", root, fold)
+        data = hear_protocol.embed_splits(lambda: upstream, "tiny", task, tmp_path / "cache")
+        for split, clips in task.splits.items():
+            expected = np.stack([kit[Path(c.path).name] for c in clips])
+            np.testing.assert_array_equal(data[split]["x"][:, -1], expected, err_msg=f"{fold} {split}")
+    assert seen == [5, 2] * 3  # built once, in the kit's batches; every fold reads the same cache

@@ -102,13 +102,15 @@ def load_task(root: Path, test_fold: str | None = None) -> ProbeTask:
     names = list(meta.get("splits") or [])
     if meta["split_mode"] == "trainvaltest":
         names += [s for s in ("train", "valid", "test") if s not in names]
-    by_split = {}
+    by_split, groups = {}, []
     for split in names:
         by_split[split] = split_clips(split)
+        groups.append(tuple(clip.key for clip in by_split[split]))  # the embedding runner's order
         kit_order.shuffle(by_split[split])
     if meta["split_mode"] == "trainvaltest":
         splits = {"train": by_split["train"], "dev": by_split["valid"], "test": by_split["test"]}
     else:
         splits = fold_splits(by_split, test_fold)
     return ProbeTask("hear", splits, classes, multilabel=meta["prediction_type"] == "multilabel",
-                     metrics=metrics(meta), layout=LAYOUT, kit_ordered=True)
+                     metrics=metrics(meta), layout=LAYOUT, kit_ordered=True, kit_embedding_groups=tuple(groups),
+                     sample_duration=meta.get("sample_duration"))

@@ -54,7 +54,8 @@ from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
 from encodecmae_s3prl.upstream.atomic import atomic_write
 
 MIN_SECONDS = 0.1  # shorter clips are zero-padded to 0.1 s (convolutional front ends need ~25 ms)
-CACHE_FORMAT = "native-rate-1"  # part of every cache name: caches from 16 kHz-only embedding are not reused
+# part of every cache name: caches from 16 kHz-only embedding, or from batches other than the kit's, are not reused
+CACHE_FORMAT = "native-rate-kit-batches-2"
 
 # heareval 2021.1.3, predictions/task_predictions.py: PARAM_GRID and task_predictions / task_predictions_train
 KIT_SEED = 42  # seed_everything(42) once per task (its default --deterministic True)
@@ -143,23 +144,64 @@ def copy_at_rate(path: str, rate: int) -> str:
     return str(task / str(min(above) if above else max(present)) / p.parent.name / p.name)
 
 
+def kit_batch_size(sample_duration, rate: int) -> int:
+    """The batch the kit's embedding runner reads a task in (``heareval.embeddings.task_embeddings``):
+    ``max(1, int(0.7 * 120 / sample_duration * 16000 / rate))`` clips at the rate it reads, 1 without a duration."""
+    if not isinstance(sample_duration, (int, float)) or isinstance(sample_duration, bool) or sample_duration <= 0:
+        return 1
+    return max(1, int(0.7 * (120 / sample_duration) * (16000 / rate)))
+
+
+def length_batches(clips: Sequence[Clip], batch_size: int) -> List[List[int]]:
+    """Indices of ``clips`` in batches of ``batch_size``, longest first, so that padding is small."""
+    order = sorted(range(len(clips)), key=lambda i: -_clip_seconds(clips[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def embedding_batches(task: ProbeTask, clips: Sequence[Clip], rate: int, batch_size: int) -> List[List[int]]:
+    """Indices of ``clips`` in the batches they are embedded in. A clip's embedding depends on the batch it is
+    computed in at float32 rounding (padding, kernel shapes; ~1e-6 relative), and on k-fold tasks near chance such
+    differences change early-stopping epochs; so a HEAR task is embedded exactly as the kit's runner embeds it:
+    split by split in file order, ``kit_batch_size`` clips of the copy read (``copy_at_rate`` for ``rate``) at a
+    time. Other probes: ``length_batches``."""
+    if not task.kit_embedding_groups:
+        return length_batches(clips, batch_size)
+    row = {clip.key: i for i, clip in enumerate(clips)}
+    size = kit_batch_size(task.sample_duration, _folder_rate(clips[0].path, rate))
+    batches = []
+    for group in task.kit_embedding_groups:
+        index = [row[key] for key in group]
+        batches += [index[i:i + size] for i in range(0, len(index), size)]
+    return batches
+
+
+def _folder_rate(path: str, rate: int) -> int:
+    """The rate of the copy of ``path`` read for an upstream at ``rate`` (its ``<rate>/`` folder; ``rate`` itself
+    outside the HEAR layout)."""
+    folder = Path(copy_at_rate(path, rate)).parent.parent.name
+    return int(folder) if folder.isdigit() else rate
+
+
 @torch.no_grad()
 def embed_clips(upstream, clips: Sequence[Clip], device: str = "cpu", batch_size: int = 8,
-                desc: str = "embed", progress: tqdm | None = None) -> np.ndarray:
+                desc: str = "embed", progress: tqdm | None = None,
+                batches: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """(N, layers, dim) float32: the time-mean of every hidden state of each clip (its own frames only).
 
     Each clip is read once at its own rate and resampled straight to the upstream's native rate (``upstream_rate``:
     24 kHz into our ``model.encode``, 16 kHz for other s3prl upstreams), from the task's copy nearest that rate.
-    Clips are read batch by batch (a corpus never sits in memory) in order of length, so padding is small; an
-    unreadable clip is embedded as 1 s of silence and named on stderr. ``progress`` (a tqdm in audio seconds) is
-    advanced batch by batch; without it a bar of its own is shown."""
+    Clips are read batch by batch (a corpus never sits in memory): ``batches`` (indices into ``clips``, each index
+    once), by default ``length_batches`` of ``batch_size``; an unreadable clip is embedded as 1 s of silence and
+    named on stderr. ``progress`` (a tqdm in audio seconds) is advanced batch by batch; without it a bar of its own
+    is shown."""
     rate = upstream_rate(upstream)
     min_samples = int(rate * MIN_SECONDS)
-    order = sorted(range(len(clips)), key=lambda i: -_clip_seconds(clips[i]))
+    batches = length_batches(clips, batch_size) if batches is None else batches
+    if sorted(i for index in batches for i in index) != list(range(len(clips))):
+        raise ValueError(f"batches must hold each of the {len(clips)} clips' indices once")
     pooled, bad = [None] * len(clips), []
-    bar = progress if progress is not None else tqdm(total=len(order), desc=desc, dynamic_ncols=True, leave=False)
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+    bar = progress if progress is not None else tqdm(total=len(clips), desc=desc, dynamic_ncols=True, leave=False)
+    for index in batches:
         batch = []
         for i in index:
             wav = read_clip(copy_at_rate(clips[i].path, rate), clips[i].start, clips[i].duration, rate)
@@ -213,15 +255,27 @@ def _open_cache(cache: Path, clips: int) -> np.ndarray | None:
     return None
 
 
-def _build_cache(get_upstream: Callable[[], nn.Module], clips: Sequence[Clip], cache: Path, device: str,
-                 batch_size: int, desc: str) -> None:
-    """Embed ``clips`` into ``cache`` block by block: each block of CACHE_BLOCK clips (in order of length) is kept
-    in ``<cache>.parts/`` as it finishes, so a rerun after a kill embeds only the blocks that were missing; the
-    blocks are then gathered, in the clips' order, into the cache (written whole or not at all)."""
+def _blocks(batches: Sequence[Sequence[int]]) -> List[List[List[int]]]:
+    """Consecutive whole batches, up to CACHE_BLOCK clips a block (one batch at least)."""
+    blocks: List[List[List[int]]] = []
+    for batch in batches:
+        if not blocks or sum(map(len, blocks[-1])) + len(batch) > CACHE_BLOCK:
+            blocks.append([])
+        blocks[-1].append(list(batch))
+    return blocks
+
+
+def _build_cache(get_upstream: Callable[[], nn.Module], task: ProbeTask, clips: Sequence[Clip], cache: Path,
+                 device: str, batch_size: int, desc: str) -> None:
+    """Embed ``clips`` into ``cache`` block by block, in ``embedding_batches``: each block of up to CACHE_BLOCK
+    clips (whole batches) is kept in ``<cache>.parts/`` as it finishes, so a rerun after a kill embeds only the
+    blocks that were missing; the blocks are then gathered, in the clips' order, into the cache (written whole or
+    not at all)."""
     if not clips:
         raise ProbeDataError(f"{desc}: the task has no clips to embed")
-    order = sorted(range(len(clips)), key=lambda i: -_clip_seconds(clips[i]))
-    blocks = [order[i:i + CACHE_BLOCK] for i in range(0, len(order), CACHE_BLOCK)]
+    upstream = get_upstream()
+    batched = _blocks(embedding_batches(task, clips, upstream_rate(upstream), batch_size))
+    blocks = [[i for batch in block for i in batch] for block in batched]
     parts = cache.with_name(cache.stem + ".parts")
     seconds = [sum(max(_clip_seconds(clips[i]), MIN_SECONDS) for i in block) for block in blocks]
     done = [parts / f"{b:05d}.npy" for b in range(len(blocks))]
@@ -237,7 +291,9 @@ def _build_cache(get_upstream: Callable[[], nn.Module], clips: Sequence[Clip], c
               unit="audio-s", dynamic_ncols=True, leave=False) as bar:
         for b, block in enumerate(blocks):
             if not have[b]:
-                x = embed_clips(get_upstream(), [clips[i] for i in block], device, batch_size, progress=bar)
+                local = {i: n for n, i in enumerate(block)}  # clip index -> row of this block
+                x = embed_clips(upstream, [clips[i] for i in block], device, progress=bar,
+                                batches=[[local[i] for i in batch] for batch in batched[b]])
                 atomic_write(done[b], lambda handle, x=x: np.save(handle, x))
     first = np.load(done[0], mmap_mode="r")
     shape = (len(clips), *first.shape[1:])
@@ -259,8 +315,8 @@ def _build_cache(get_upstream: Callable[[], nn.Module], clips: Sequence[Clip], c
 def embed_splits(get_upstream: Callable[[], nn.Module], upstream_key: str, task: ProbeTask, cache_dir: Path,
                  device: str = "cpu", batch_size: int = 8, layers: str = "all") -> Dict[str, dict]:
     """{split: {"x": (N, layers, dim), "y": targets}}. The cache holds every layer of every clip of the task once,
-    so every fold of a k-fold task, every mode and every rerun reuses it; ``get_upstream`` is only called on a cache
-    miss. ``layers="last"`` reads only the last layer from the (memory-mapped) cache: x is (N, 1, dim)."""
+    so every fold of a k-fold task, every mode and every rerun reuses it; ``get_upstream`` is called once, on a cache
+    miss only. ``layers="last"`` reads only the last layer from the (memory-mapped) cache: x is (N, 1, dim)."""
     if layers not in ("all", "last"):
         raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
     keys = clip_keys(task)
@@ -268,7 +324,7 @@ def embed_splits(get_upstream: Callable[[], nn.Module], upstream_key: str, task:
     x = _open_cache(cache, len(keys)) if cache.is_file() else None
     if x is None:
         by_key = {clip.key: clip for clips in task.splits.values() for clip in clips}
-        _build_cache(get_upstream, [by_key[k] for k in keys], cache, device, batch_size,
+        _build_cache(get_upstream, task, [by_key[k] for k in keys], cache, device, batch_size,
                      desc=f"embed {upstream_key.split('|')[0]} {task.name}")
         x = np.load(cache, mmap_mode="r")
     source = x[:, -1:] if layers == "last" else x
