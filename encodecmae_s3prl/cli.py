@@ -215,7 +215,9 @@ def config_paths(config: dict, prefix: str = "config") -> dict[str, str]:
 
 
 def _uses_published_download(argv: Sequence[str]) -> bool:
-    return _peek(argv, "-u", "--upstream") in PUBLISHED_ENTRIES and not _peek(argv, "-k", "--upstream_ckpt")
+    """A published checkpoint is to be fetched: no -k, or (encodecmae_v2) a -k that names a model, not a file."""
+    entry, ckpt = _peek(argv, "-u", "--upstream"), _peek(argv, "-k", "--upstream_ckpt")
+    return entry in PUBLISHED_ENTRIES and (not ckpt or (entry == "encodecmae_v2" and not os.path.isfile(ckpt)))
 
 
 def _resume_checkpoint(argv: Sequence[str], kind: str) -> Path | None:

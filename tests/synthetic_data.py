@@ -246,3 +246,127 @@ def write_hear_table1_tasks(root: Path, clips: int = 24, classes: int = 4, secon
             "task_name": name, "version": folder.split("-")[1], "embedding_type": "scene", "prediction_type": kind,
             "split_mode": mode, "splits": splits, "sample_duration": duration, "evaluation": evaluation}))
     return root
+
+
+# --- the authors' v2 file format ----------------------------------------------------------------------------
+# our key -> v2's (the inverse of upstream/import_v2.py's rules, written out here so that a slip there shows)
+V2_KEYS = [
+    (r"codec\.encoder\.(.+)",
+     {"encodec": r"wav_encoder.encoder.model.\1", "mel256": r"target_encoder.encodec_encoder.\1"}),
+    (r"codec\.quantizer\.(.+)", r"target_encoder.model.\1"),
+    (r"feature_projection\.(.+)", r"wav_encoder.post_net.\1"),
+    (r"positions\.scale", r"masker.positional_encoder.scale"),
+    (r"decoder_positions\.scale", r"decoder.positional_encoder.scale"),
+    (r"decoder_projection\.(.+)", r"visible_encoder.post_net.\1"),
+    (r"encoder\.layers\.(\d+)\.attention\.(w[qkvo])\.weight", r"visible_encoder.encoder_layers.\1.att_layer.\2.weight"),
+    (r"decoder\.layers\.(\d+)\.attention\.(w[qkvo])\.weight", r"decoder.encoder_layers.\1.att_layer.\2.weight"),
+    (r"encoder\.layers\.(\d+)\.feed_forward\.(.+)", r"visible_encoder.encoder_layers.\1.ff_layer.\2"),
+    (r"decoder\.layers\.(\d+)\.feed_forward\.(.+)", r"decoder.encoder_layers.\1.ff_layer.\2"),
+    (r"encoder\.layers\.(\d+)\.(norm[12])\.(.+)", r"visible_encoder.encoder_layers.\1.\2.\3"),
+    (r"decoder\.layers\.(\d+)\.(norm[12])\.(.+)", r"decoder.encoder_layers.\1.\2.\3"),
+    (r"encoder\.final_norm\.(.+)", r"visible_encoder.final_norm.\1"),
+    (r"decoder\.final_norm\.(.+)", r"decoder.final_norm.\1"),
+    (r"(?:extra_)?head\.(.+)", r"head.layer.\1"),
+]
+V2_IMPORTS = "encodecmae.models.encoders: encodecmae.models.encoders\nencodecmae.models: encodecmae.models\n"
+
+
+def v2_gin(dim: int, layers: int, heads: int, ff_dim: int, input: str, self_trained: bool, extra: str = "") -> str:
+    """A v2 config string as ``gin.config_str()`` prints the authors' composed gin files (macros first, a
+    '\\'-continued list, short configurable names)."""
+    mel = input == "mel256"
+    return "\n".join([
+        "# Macros:", "# " + "=" * 78,
+        "MASK_GAP_SIZE = 15", "MASK_PROP = 0.5", "MASKED_LOSS_WEIGHT = 0.9", "MAX_AUDIO_DURATION = 4",
+        f"MODEL_DIM = {dim}", f"NUM_DECODER_HEADS = {heads}", "NUM_DECODER_LAYERS = 2", "NUM_ENCODEC_TARGETS = 8",
+        f"NUM_ENCODER_HEADS = {heads}", f"NUM_ENCODER_LAYERS = {layers}", "NUM_TARGET_TOKENS = 1024",
+        f"NUM_TOTAL_TARGETS = {1 if self_trained else 8}", *(["NUM_MEL_BINS = 256"] if mel else []),
+        "QUANTIZER_WEIGHTS = \\", "    [0.22407463,", "     0.1759858,", "     0.14499009,", "     0.12150037,",
+        "     0.10315603,", "     0.08831368,", "     0.07608274,", "     0.06589669]", "",
+        "# Parameters for EncodecMAE:", "# " + "=" * 78,
+        "EncodecMAE.decoder = @decoder/TransformerEncoder", "EncodecMAE.head = @FrameLevelClassificationHead",
+        "EncodecMAE.loss = @EnCodecMAEClassificationLoss", "EncodecMAE.masker = @PatchoutMask",
+        "EncodecMAE.optimizer = @torch.optim.AdamW",
+        f"EncodecMAE.target_encoder = @{'IdentityTarget' if self_trained else 'EncodecQuantizer'}",
+        "EncodecMAE.visible_encoder = @encoder/TransformerEncoder", "EncodecMAE.wav_encoder = @WavEncoder", "",
+        "EnCodecMAEClassificationLoss.masked_weight = %MASKED_LOSS_WEIGHT",
+        f"EnCodecMAEClassificationLoss.quantizer_weights = {'[1.0]' if self_trained else '%QUANTIZER_WEIGHTS'}",
+        *([] if self_trained else ["EncodecQuantizer.n = %NUM_ENCODEC_TARGETS",
+                                   f"EncodecQuantizer.use_encodec_encoder = {mel}"]),
+        "FrameLevelClassificationHead.model_dim = %MODEL_DIM", "FrameLevelClassificationHead.num_streams = "
+        "%NUM_TOTAL_TARGETS", "FrameLevelClassificationHead.num_tokens = %NUM_TARGET_TOKENS",
+        "PatchoutMask.masker = @TimeGapMask", "PatchoutMask.positional_encoder = @SinusoidalPositionalEmbeddings",
+        "ReadAudioProcessor.max_length = %MAX_AUDIO_DURATION",
+        "SinusoidalPositionalEmbeddings.embedding_dim = %MODEL_DIM",
+        "TimeGapMask.gap_size = %MASK_GAP_SIZE", "TimeGapMask.p_mask = %MASK_PROP",
+        "decoder/MultiHeadAttention.model_dim = %MODEL_DIM",
+        "decoder/MultiHeadAttention.num_heads = %NUM_DECODER_HEADS",
+        "decoder/TransformerEncoder.attention_layer = @decoder/MultiHeadAttention",
+        "decoder/TransformerEncoder.compile = False", f"decoder/TransformerEncoder.ff_dim = {ff_dim}",
+        "decoder/TransformerEncoder.model_dim = %MODEL_DIM",
+        "decoder/TransformerEncoder.num_layers = %NUM_DECODER_LAYERS",
+        "decoder/TransformerEncoder.positional_encoder = @SinusoidalPositionalEmbeddings",
+        "encoder/MultiHeadAttention.model_dim = %MODEL_DIM",
+        "encoder/MultiHeadAttention.num_heads = %NUM_ENCODER_HEADS",
+        "encoder/TransformerEncoder.attention_layer = @encoder/MultiHeadAttention",
+        "encoder/TransformerEncoder.compile = False", f"encoder/TransformerEncoder.ff_dim = {ff_dim}",
+        "encoder/TransformerEncoder.model_dim = %MODEL_DIM",
+        "encoder/TransformerEncoder.num_layers = %NUM_ENCODER_LAYERS",
+        "encoder/TransformerEncoder.post_net = @decoder_proj/torch.nn.Linear",
+        "get_model.model = @EncodecMAE", "get_model.processor = @SequentialProcessor",
+        *(["MelspectrogramProcessor.dither = 0.0", "MelspectrogramProcessor.frame_length = 26.56",
+           "MelspectrogramProcessor.frame_shift = 13.28", "MelspectrogramProcessor.htk_compat = True",
+           "MelspectrogramProcessor.norm_stats = [-6.12, 4.82]", "MelspectrogramProcessor.num_mel_bins = %NUM_MEL_BINS",
+           "MelspectrogramProcessor.sample_frequency = 24000", "MelspectrogramProcessor.use_energy = False",
+           "MelspectrogramProcessor.window_type = 'hanning'",
+           "SequentialProcessor.processors = [@ReadAudioProcessor, @MelspectrogramProcessor]",
+           "WavEncoder.encoder = @torch.nn.Identity", "WavEncoder.fs = 24000", "WavEncoder.hop_length = 320",
+           "WavEncoder.key_in = 'wav_features'"] if mel else
+          ["SequentialProcessor.processors = [@ReadAudioProcessor]",
+           "WavEncoder.encoder = @EncodecEncoder"]),
+        "WavEncoder.post_net = @wav_encoder_proj/torch.nn.Linear",
+        "decoder_proj/torch.nn.Linear.in_features = %MODEL_DIM",
+        "decoder_proj/torch.nn.Linear.out_features = %MODEL_DIM",
+        f"wav_encoder_proj/torch.nn.Linear.in_features = {256 if mel else 128}",
+        "wav_encoder_proj/torch.nn.Linear.out_features = %MODEL_DIM", extra, ""])
+
+
+def write_v2_checkpoint(path: Path, input: str = "encodec", self_trained: bool = False, seed: int = 0,
+                        extra_gin: str = "") -> tuple[Path, object]:
+    """A small random v2 model in the authors' file format ({'imports', 'config', 'state_dict'}, v2's key names and
+    gin config); returns (path, the EncodecMAE it was written from). ``input``: 'encodec' (ec-ec) or 'mel256'
+    (mel256-ec); ``self_trained``: an _st model (one k-means head, and no EnCodec in the file for mel)."""
+    import re
+    from dataclasses import replace
+
+    import torch
+
+    from encodecmae_s3prl.upstream.config import get_config
+    from encodecmae_s3prl.upstream.model import build_model
+
+    config = replace(get_config("tiny"), input=input, decoder_positions="own", recipe="v1", mask_token="zeros",
+                     standardise_features=False, interleaved_heads=True, shared_feed_forward=True,
+                     **({"codec_targets": False, "extra_targets": 1024, "extra_target_weight": 1.0}
+                        if self_trained else {}))
+    model = build_model(config, seed=seed).eval()
+    with torch.no_grad():  # the scales are 1 at init: make a slip between the two position modules show
+        model.positions.scale.fill_(0.7)
+        model.decoder_positions.scale.fill_(1.3)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key in ("codec.feature_mean", "codec.feature_std", "codec.random_weights", "codec.corpus_initialised"):
+            continue
+        if self_trained and input == "mel256" and key.startswith("codec."):
+            continue  # v2's mel _st files hold no EnCodec: IdentityTarget reads stored k-means codes
+        for pattern, template in V2_KEYS:
+            match = re.fullmatch(pattern, key)
+            if match:
+                state[match.expand(template[input] if isinstance(template, dict) else template)] = value.clone()
+                break
+        else:
+            raise KeyError(f"no v2 name for {key}")
+    text = v2_gin(config.dim, config.encoder_layers, config.heads, config.ff_dim, input, self_trained, extra_gin)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"imports": V2_IMPORTS, "config": text, "state_dict": state}, path)
+    return path, model

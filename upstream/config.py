@@ -19,6 +19,8 @@ from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_stric
 V1_CODEBOOK_WEIGHTS = (0.22407463, 0.1759858, 0.14499009, 0.12150037, 0.10315603, 0.08831368, 0.07608274,
                        0.06589669)
 MASK_TOKENS = ("learned", "zeros")
+INPUTS = ("encodec", "mel256")  # what the encoder reads: EnCodec's 128-dim output (v1, v2 ec-ec) or v2's log-mel
+DECODER_POSITIONS = ("shared", "own")  # v1: one positions module (one scale) for both inputs; v2: the decoder's own
 # what each recipe sets, row by row (each row also a config field of its own, for ablations):
 # 'v1' = the authors' code at tag v.1.0.0, which trained the published models; 'paper' = the paper's text
 RECIPE_ROWS: Dict[str, Dict[str, str]] = {
@@ -42,6 +44,10 @@ class EncodecMAEConfig:
         shared_feed_forward: one feed-forward module per stack, tied across its layers, as v1 trained
             the published models (Table 1); False = one per layer.
         dropout: attention and feed-forward dropout.
+        input: what the encoder reads: 'encodec' (the frozen EnCodec's 128-dim output, v1 and v2's ec-ec
+            models) or 'mel256' (v2's 256-bin log-mel, ``mel.MelFrontEnd``); the targets are EnCodec's codes in both.
+        decoder_positions: 'shared' (v1: the encoder's positions module, one scale) or 'own' (v2: the decoder
+            has its own).
 
     Targets:
         num_codebooks: Q, the first RVQ stages predicted (8 = 6 kbps); also the codec's stages.
@@ -49,6 +55,8 @@ class EncodecMAEConfig:
         codebook_weights: γ_q, the loss weight of each codebook (Q of them).
         extra_targets: k of an extra self-training target stream (k-means classes); 0 = none.
         extra_target_weight: that stream's loss weight; None = sum(codebook_weights), as the paper.
+        codec_targets: whether the codebooks are targets; False = the extra stream alone (v2's self-trained
+            models: one k-means stream of weight 1, no codebook head).
 
     Training:
         mask_prop: proportion of each clip's frames masked.
@@ -78,12 +86,15 @@ class EncodecMAEConfig:
     interleaved_heads: bool = True
     shared_feed_forward: bool = True
     dropout: float = 0.0
+    input: str = "encodec"
+    decoder_positions: str = "shared"
     # targets
     num_codebooks: int = 8
     codebook_size: int = CODEBOOK_SIZE
     codebook_weights: Tuple[float, ...] = V1_CODEBOOK_WEIGHTS
     extra_targets: int = 0
     extra_target_weight: Optional[float] = None
+    codec_targets: bool = True
     # training
     mask_prop: float = 0.5
     mask_span: int = 15
@@ -124,6 +135,11 @@ class EncodecMAEConfig:
             (round(self.chunk_seconds * FRAME_RATE) >= 1, "chunk_seconds", self.chunk_seconds,
              f">= 1 frame (1/{FRAME_RATE} s)"),
             (0.0 <= self.dropout < 1.0, "dropout", self.dropout, "in [0, 1)"),
+            (self.input in INPUTS, "input", self.input, f"one of {INPUTS}"),
+            (self.decoder_positions in DECODER_POSITIONS, "decoder_positions", self.decoder_positions,
+             f"one of {DECODER_POSITIONS}"),
+            (self.codec_targets or self.extra_targets > 0, "codec_targets", self.codec_targets,
+             "True, or False with an extra stream (extra_targets > 0): a model needs a target"),
         ]
         check_rules(rules, "EncodecMAEConfig")
 

@@ -118,8 +118,9 @@ class UnfittedCodecError(UserError, ValueError):
 
 def _fitted(model: ChunkedInference) -> ChunkedInference:
     """Refuse inference on a random codec that was never fitted: its output is ~99 % a constant
-    offset, so every clip would give (almost) the same embedding without a word."""
-    if model.codec.needs_corpus_init():
+    offset, so every clip would give (almost) the same embedding without a word. A mel-input model never reads
+    its codec at inference (the codec only makes its training targets)."""
+    if getattr(model, "mel", None) is None and model.codec.needs_corpus_init():
         raise UnfittedCodecError(
             "this upstream runs on a random-init EnCodec whose codebooks "
             "and feature statistics were never fitted to a corpus, so every clip would embed (almost) the same. "

@@ -1,7 +1,8 @@
 """s3prl entry points for EnCodecMAE (``-u NAME``), one small function each.
 
-``encodecmae_local`` takes ``-k`` (our pretraining checkpoint or a published v1 ``model.pt``);
-the published ones download and cache when online, or take ``-k`` a local copy.
+``encodecmae_local`` takes ``-k`` (our pretraining checkpoint, a published v1 ``model.pt`` or a v2 ``.pt``);
+the published ones download and cache when online, or take ``-k`` a local copy; ``encodecmae_v2`` takes ``-k`` the
+name of one of the authors' v2 models (``mel256-ec-base_st``, ``ec-ec-small``...) or a local v2 ``.pt``.
 
 Besides s3prl's ``ckpt``, ``model_config`` and ``refresh``, every entry takes the settings a command read at
 its edge (``settings.UpstreamSettings``): ``trust`` (``--trust-checkpoint``) and ``encodec_weights``
@@ -19,10 +20,11 @@ ENTRIES = (
     "encodecmae_large_st",
     "encodec_features",
     "encodecmae_random",
+    "encodecmae_v2",
 )
 # the entries that download a published checkpoint when no ckpt is given: they take ``online``
 PUBLISHED_ENTRIES = ("encodecmae", "encodecmae_small", "encodecmae_base", "encodecmae_base_st", "encodecmae_large",
-                     "encodecmae_large_st")
+                     "encodecmae_large_st", "encodecmae_v2")
 
 
 def _expert(ckpt=None, model_config=None, variant=None, trust=False, encodec_weights=None, **kwargs):
@@ -79,3 +81,11 @@ def encodec_features(ckpt=None, model_config=None, **kwargs):
 def encodecmae_random(ckpt=None, model_config=None, **kwargs):
     """The paper's ECMAE-R baseline: a random-init base EnCodecMAE (seeded) on the frozen EnCodec."""
     return _expert(ckpt, model_config, variant="random", **kwargs)
+
+
+def encodecmae_v2(ckpt=None, refresh=False, online=None, **kwargs):
+    """-k: a v2 model name of lpepino/encodecmae-v2 (default mel256-ec-base_st, the authors' first example) or a
+    local v2 .pt file."""
+    from encodecmae_s3prl.upstream.published import v2_checkpoint
+
+    return _expert(v2_checkpoint(ckpt, refresh=refresh, online=online), **kwargs)

@@ -140,6 +140,10 @@ class ChunkedInference(nn.Module):
             raise ValueError("no block: nothing to encode")
         return out
 
+    def input_features(self, segments: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        """What ``chunk_hidden`` reads of N 1-D 24 kHz segments, and each one's valid frames; EnCodec's output."""
+        return self._codec_features(segments)
+
     def hidden_count(self) -> int:
         """How many hidden states ``encode`` gives."""
         raise NotImplementedError
@@ -189,7 +193,7 @@ class ChunkedInference(nn.Module):
         for begin in range(0, len(table), chunks_per_step):
             end = min(begin + chunks_per_step, len(table))
             segments = [resample_span(clips[c], rate, SAMPLE_RATE, low, high) for c, low, high in table[begin:end]]
-            features, frames = self._codec_features(segments)
+            features, frames = self.input_features(segments)
             padded = bool((frames < features.shape[1]).any())  # on the host
             hidden = self.chunk_hidden(features, frames.to(features.device) if padded else None)
             rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)

@@ -45,7 +45,8 @@ def _is_v1(checkpoint: dict) -> bool:
 
 
 def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None, trust: bool = False) -> EncodecMAE:
-    """Our ``states-N.ckpt`` or a published v1 ``model.pt`` (``config.gin`` beside it) -> EncodecMAE.
+    """Our ``states-N.ckpt``, a published v1 ``model.pt`` (``config.gin`` beside it) or a v2 ``<name>.pt`` ->
+    EncodecMAE.
     ``trust``: load a file that needs classes outside the safe allow-list (``checkpoint.safe_load``)."""
     checkpoint = safe_load(path, trust=trust)
     if isinstance(checkpoint, dict) and CHECKPOINT_KEY in checkpoint:
@@ -54,6 +55,10 @@ def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None, trus
         if overrides:
             config = replace(config, **overrides)
         return EncodecMAE.from_state_dict(config, entry["state_dict"])  # the codec comes from the file
+    from encodecmae_s3prl.upstream.import_v2 import is_v2, load_v2
+
+    if is_v2(checkpoint):
+        return load_v2(path, checkpoint=checkpoint)
     if _is_v1(checkpoint):
         from encodecmae_s3prl.upstream.import_v1 import load_v1
 
@@ -62,8 +67,8 @@ def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None, trus
     keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
     raise CheckpointError(
         f"{path} is not an EnCodecMAE checkpoint (top-level keys: {keys}). Accepted: a states-N.ckpt written by "
-        f"run_pretrain.py -u encodecmae (key {CHECKPOINT_KEY!r}), or a published v1 model.pt "
-        f"({{'state_dict': {{'visible_encoder.*', ...}}}})."
+        f"run_pretrain.py -u encodecmae (key {CHECKPOINT_KEY!r}), a published v1 model.pt "
+        f"({{'state_dict': {{'visible_encoder.*', ...}}}}), or a v2 <name>.pt ({{'imports', 'config', 'state_dict'}})."
     )
 
 

@@ -27,6 +27,7 @@ from encodecmae_s3prl.upstream.config import EncodecMAEConfig
 from encodecmae_s3prl.upstream.inference import ChunkedInference
 from encodecmae_s3prl.upstream.loss import IGNORE, frame_cross_entropy, masked_prediction_loss
 from encodecmae_s3prl.upstream.masking import HostMask, gather_visible, padding_mask, scatter_back, span_mask
+from encodecmae_s3prl.upstream.mel import MelFrontEnd
 
 
 def build_codec(config: EncodecMAEConfig, encodec_weights: str | None = None) -> FrozenEncodec:
@@ -93,8 +94,10 @@ class EncodecMAE(ChunkedInference):
         self.codec = codec
         self.chunk_frames = config.chunk_frames
         dim = config.dim
-        self.feature_projection = nn.Linear(FEATURE_DIM, dim)
-        self.positions = SinusoidalPositions(dim)  # one module, one scale: encoder and decoder inputs
+        self.mel = MelFrontEnd() if config.input == "mel256" else None
+        self.feature_projection = nn.Linear(self.mel.dim if self.mel is not None else FEATURE_DIM, dim)
+        self.positions = SinusoidalPositions(dim)  # v1: one module, one scale for encoder and decoder inputs
+        self.decoder_positions = SinusoidalPositions(dim) if config.decoder_positions == "own" else None
         self.encoder = TransformerStack(config.encoder_layers, dim, config.heads, config.ff_dim,
                                         config.interleaved_heads, config.dropout, config.shared_feed_forward)
         self.decoder_projection = nn.Linear(dim, dim)
@@ -105,7 +108,7 @@ class EncodecMAE(ChunkedInference):
         self.decoder = TransformerStack(config.decoder_layers, dim, config.decoder_heads or config.heads,
                                         config.ff_dim, config.interleaved_heads, config.dropout,
                                         config.shared_feed_forward)
-        self.head = nn.Linear(dim, config.num_codebooks * config.codebook_size)
+        self.head = nn.Linear(dim, config.num_codebooks * config.codebook_size) if config.codec_targets else None
         self.extra_head = nn.Linear(dim, config.extra_targets) if config.extra_targets else None
         self.register_buffer("stream_weights", self._stream_weights(), persistent=False)
         self._init_weights()
@@ -122,7 +125,8 @@ class EncodecMAE(ChunkedInference):
     def _stream_weights(self) -> Tensor:
         """(S,) loss weight of each target stream: the γ_q, then the extra stream's."""
         config = self.config
-        weights = list(config.codebook_weights) + ([config.extra_weight] if config.extra_targets else [])
+        weights = (list(config.codebook_weights) if config.codec_targets else []) + \
+            ([config.extra_weight] if config.extra_targets else [])
         return torch.tensor(weights, device="cpu")
 
     def _init_weights(self) -> None:
@@ -169,9 +173,17 @@ class EncodecMAE(ChunkedInference):
                         f"build the model with shared_feed_forward=False to load it")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def input_features(self, segments) -> tuple[Tensor, Tensor]:
+        """What the encoder reads of N 1-D 24 kHz segments: (N, F, 128) EnCodec features or (N, F, 256) log-mel
+        frames, zero-padded, and each one's valid frames (N,) on the CPU (for mel, those read as keys)."""
+        return self.mel.features(segments) if self.mel is not None else self._codec_features(segments)
+
     def embed(self, features: Tensor, frame_lengths: Optional[Tensor] = None) -> Tensor:
-        """Raw features (B, T, 128) -> standardise -> projection -> + positions: (B, T, D).
-        Frames at or past ``frame_lengths`` are zeroed."""
+        """Raw features (B, T, 128 or 256) -> standardise (EnCodec's) -> projection -> + positions: (B, T, D).
+        EnCodec frames at or past ``frame_lengths`` are zeroed; mel frames past them are real frames that v2 reads
+        as queries only (``mel``), so they stay."""
+        if self.mel is not None:
+            return self.positions(self.feature_projection(features))
         x = self.positions(self.feature_projection(self.codec.standardise(features)))
         if frame_lengths is not None:
             x = x.masked_fill(padding_mask(frame_lengths, x.shape[1])[:, :, None], 0.0)
@@ -210,9 +222,12 @@ class EncodecMAE(ChunkedInference):
         if wav is None:
             raise ValueError("give wav (and wav_lengths), or features, frame_lengths and codes")
         wav, lengths = self._check_audio(wav, wav_lengths)
-        # one codec pass feeds both the input and the targets
-        features, frame_lengths = self._codec_features([wav[i, :length] for i, length in enumerate(lengths.tolist())])
+        # one codec pass feeds both the input and the targets (mel256: the targets only)
+        segments = [wav[i, :length] for i, length in enumerate(lengths.tolist())]
+        features, frame_lengths = self._codec_features(segments)
         codes = self.codec.codes(features, self.config.num_codebooks).transpose(1, 2)  # (B, T, Q)
+        if self.mel is not None:
+            features = self.mel.features(segments)[0].to(features.device)  # the same grid: ceil(samples / 320)
         return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask, validate_targets)
 
     def forward_features(self, features: Tensor, frame_lengths: Tensor, codes: Tensor,
@@ -259,10 +274,12 @@ class EncodecMAE(ChunkedInference):
         # decoder: every frame, mask token (or zeros) where dropped, positions added again
         decoder_in = scatter_back(self.decoder_projection(encoded), visible_index, visible_padding, frames,
                                   self.mask_token)
-        decoded, _ = self.decoder(self.positions(decoder_in), padding if host.padded else None)
-        logits = self.head(decoded).view(batch, frames, config.num_codebooks, config.codebook_size)
+        decoder_positions = self.decoder_positions if self.decoder_positions is not None else self.positions
+        decoded, _ = self.decoder(decoder_positions(decoder_in), padding if host.padded else None)
+        logits = (self.head(decoded).view(batch, frames, config.num_codebooks, config.codebook_size)
+                  if self.head is not None else decoded.new_zeros(batch, frames, 0, config.codebook_size))
 
-        ce, valid = frame_cross_entropy(logits, targets)
+        ce, valid = frame_cross_entropy(logits, targets[:, :, :logits.shape[2]])
         if self.extra_head is not None:
             if extra_targets is None:
                 raise ValueError(f"this model predicts an extra target stream (extra_targets={config.extra_targets}):"

@@ -5,6 +5,7 @@ beside it, ``config.gin`` (sizes and head count, which the weights alone cannot 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from encodecmae_s3prl.errors import UserError
@@ -67,3 +68,42 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
         ) from None
     return paths[0]
 
+
+
+# --- the authors' v2 models --------------------------------------------------------------------------------
+V2_REPOSITORY = "lpepino/encodecmae-v2"
+V2_DEFAULT = "mel256-ec-base_st"  # the first example of the authors' README
+# run_pretraining.sh of the authors' main branch trains these (and their _st self-trained versions)
+V2_FAMILY = ("ec-ec-small", "ec-ec-base", "ec-ec-large", "mel256-ec-small", "mel256-ec-base", "mel256-ec-large",
+             "mel256-ec-base-as", "mel256-ec-base-ll", "mel256-ec-base-fma", "mel256-ec-large-as")
+
+
+def v2_checkpoint(model: str | None = None, refresh: bool = False, online: bool | None = None) -> str:
+    """Path of a v2 file: ``model`` a local ``.pt`` when it is one, else a model name of the v2 hub repository
+    (``mel256-ec-base_st``...), downloaded once into the Hugging Face cache (again with ``refresh``). Offline, a
+    name not in the cache is an error saying so at once."""
+    model = model or V2_DEFAULT
+    path = Path(model).expanduser()
+    if path.is_file():
+        return str(path)
+    if model.endswith(".pt") or model.startswith((".", "~", os.sep)):  # meant as a file (names may hold a '/')
+        raise PublishedCheckpointUnavailableError(f"{model}: no such file; give the path of a v2 .pt file or the "
+                                                  f"name of a model of {V2_REPOSITORY} (e.g. {V2_DEFAULT})")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        if online is None:
+            online = hub_reachable()
+        if refresh and not online:
+            raise PublishedCheckpointUnavailableError("refresh needs the Hugging Face hub, which does not answer; "
+                                                      "give the path of a local v2 .pt file instead")
+        return hf_hub_download(V2_REPOSITORY, f"{model}.pt", force_download=refresh, local_files_only=not online)
+    except PublishedCheckpointError:
+        raise
+    except Exception as err:  # offline and not cached, hub unreachable, or no such model
+        where = ("is not in the Hugging Face cache and the hub does not answer" if not online else
+                 f"could not be fetched ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        raise PublishedCheckpointUnavailableError(
+            f"v2 model {model!r} of {V2_REPOSITORY} {where}. Either go online once (it is cached afterwards), or "
+            f"download {model}.pt from https://huggingface.co/{V2_REPOSITORY} elsewhere and give the path of that "
+            f"local .pt file in place of the name") from None
