@@ -34,7 +34,8 @@ from encodecmae_s3prl.upstream.checkpoint import CheckpointNotGivenError, Untrus
 from encodecmae_s3prl.upstream.hubconf import PUBLISHED_ENTRIES
 from encodecmae_s3prl.upstream.published import PublishedCheckpointUnavailableError
 
-PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large")
+PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large",  # v1's; then the authors' v2 family (config_model_*.yaml)
+                        *(f"{kind}-{size}" for kind in ("ec-ec", "mel256-ec") for size in ("small", "base", "large")))
 RUNNER_PRESETS = ("cpu",)  # -c cpu: config_runner_cpu.yaml
 OUR_PRETRAIN_EXPERT = "encodecmae_s3prl.pretrain_task.pretrain_expert"  # what s3prl's runner builds for -u encodecmae
 HELP_EPILOG = (f"\nencodecmae-s3prl adds:\n  {TRUST_FLAG}    load checkpoints (-k, -e) that need classes outside the "

@@ -33,6 +33,7 @@ from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.codec import FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
 from encodecmae_s3prl.upstream.config import EncodecMAEConfig
 from encodecmae_s3prl.upstream.masking import HostMask
+from encodecmae_s3prl.upstream.mel import MelFrontEnd
 
 AUDIO_EXTENSIONS = {f".{ext.lower()}" for ext in soundfile.available_formats()} | {".mp3", ".opus"}
 # the authors' training crop (EnCodecMAE v1 and the paper pretrain on 4 s random crops): the default of
@@ -251,6 +252,7 @@ class CropSampler:
         self.probabilities = seconds / seconds.sum()
         self.bad_files: set[str] = set()
         self.cache = cache  # a codec_cache.CodecCache: crops of features and codes instead of audio
+        self.mel: MelFrontEnd | None = None  # with a cache: the model reads log-mel frames of the crops' audio
         self.items: list[tuple[AudioFile, int]] = []  # fixed crops (file, start frame) to draw from, if any
 
     def use_items(self, items: Sequence[tuple[str, int]]) -> None:
@@ -263,12 +265,28 @@ class CropSampler:
             raise CorpusError("none of the stored self-training crops belongs to a corpus file: the target store "
                               "was built from another corpus")
 
-    def use_cache(self, cache, files: Sequence[AudioFile]) -> None:
-        """From now on, crops of ``cache`` (features and codes) drawn over ``files`` (those it holds)."""
+    def use_cache(self, cache, files: Sequence[AudioFile], mel: bool = False) -> None:
+        """From now on, crops of ``cache`` (features and codes) drawn over ``files`` (those it holds). ``mel``: the
+        model reads v2's log-mel, not EnCodec's output: each crop's audio is read too and its mel frames
+        (``upstream.mel``, computed in the loader's workers beside the step) replace the cached features; the
+        cached codes stay the targets."""
         self.files = list(files)
         seconds = np.array([f.seconds for f in self.files], dtype=np.float64)
         self.probabilities = seconds / seconds.sum()
         self.cache = cache
+        self.mel = MelFrontEnd() if mel else None
+
+    def _mel_crop(self, file: AudioFile, start_frame: int, cached):
+        """The cached crop with its features replaced by the mel frames of the same samples (None: unreadable)."""
+        from encodecmae_s3prl.pretrain_task.codec_cache import CachedCrop
+
+        wav = read_crop_at(file, self.crop_seconds, start_frame)
+        if wav is None or wav.numel() == 0:
+            return None
+        frames = cached.codes.shape[0]
+        mel, _ = self.mel.chunk(wav[: frames * HOP])
+        mel = torch.nn.functional.pad(mel, (0, 0, 0, max(0, frames - mel.shape[0])))[:frames]
+        return CachedCrop(mel, cached.codes)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -291,7 +309,11 @@ class CropSampler:
                 continue
             if self.cache is not None:  # the same draws as from audio: same files, same start frames
                 frames = int(round(self.crop_seconds * FRAME_RATE))
-                return Crop(None, file.path, start_frame, self.cache.crop(file.path, start_frame, frames))
+                cached = self.cache.crop(file.path, start_frame, frames)
+                if self.mel is not None:
+                    cached = self._mel_crop(file, start_frame, cached)
+                if cached is not None:
+                    return Crop(None, file.path, start_frame, cached)
             wav = read_crop_at(file, self.crop_seconds, start_frame)
             if wav is not None and wav.numel() > 0:
                 return Crop(wav, file.path, start_frame)

@@ -167,7 +167,7 @@ class UpstreamPretrainExpert(nn.Module):
         if self.world_size > 1:
             torch.distributed.barrier()
         cache = CodecCache.open(folder)
-        self.sampler.use_cache(cache, cache.check(self.files, codec, q))
+        self.sampler.use_cache(cache, cache.check(self.files, codec, q), mel=self.model_config.input == "mel256")
 
     def _init_from(self, path: str) -> None:
         """Start from another run's weights (the self-training stage 2 starts from stage 1): every tensor
@@ -244,7 +244,8 @@ class UpstreamPretrainExpert(nn.Module):
         records["masked_loss"].append(output.masked_loss.sum())
         records["unmasked_loss"].append(output.unmasked_loss.sum())
         records[_STREAM_LOSSES].append(torch.stack([output.masked_loss, output.unmasked_loss]))
-        if global_step % max(1, log_step) == 0:  # an argmax over every logit: only on the steps s3prl logs
+        # an argmax over every logit: only on the steps s3prl logs, and for a model with a codebook head
+        if global_step % max(1, log_step) == 0 and output.logits.shape[2]:
             records["masked_accuracy"].append(output.masked_accuracy())
         return self.nonfinite.guard(output.loss), records
 

@@ -71,6 +71,14 @@ class TargetStoreError(UserError, ValueError):
 
 
 LABELS = ("crop", "file")
+# what stage 2 predicts: v1 (the paper) adds the k-means stream beside the codebooks; v2 (the authors' main branch,
+# configs/features/st.gin) predicts the k-means stream alone, weight 1 (NUM_TOTAL_TARGETS=1, quantizer_weights [1.])
+TARGETS: Dict[str, Dict[str, Any]] = {
+    "codec+kmeans": {"codec_targets": True},
+    "kmeans": {"codec_targets": False, "extra_target_weight": 1.0},
+}
+TARGET_NOTES = {"codec+kmeans": "the codebooks plus one extra stream weighted sum(gamma_q) of",
+                "kmeans": "no codebook head, one stream of weight 1 of"}
 VERSION = 2           # the store's layout: a frame store (1: index.json + codes.npy, no longer read)
 FILES_PER_SHARD = 256
 # both recipes: k-means with k = 1024 on the activations of 10,000 random training crops (the paper's "10k clips")
@@ -354,14 +362,19 @@ def sample_frames(points: torch.Tensor, count: int, seed: int) -> torch.Tensor:
 def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = KMEANS_CLIPS, k: int = KMEANS_CLUSTERS,
         iterations: Optional[int] = None, seed: int = 0, batch_size: int = 16, teacher: Optional[str] = None,
         recipe: Optional[str] = None, kmeans_frames: Optional[int] = None, labels: Optional[str] = None,
-        crop_seconds: float = CROP_SECONDS, trust: bool = False) -> Path:
+        crop_seconds: float = CROP_SECONDS, trust: bool = False, targets: Optional[str] = None) -> Path:
     """The whole stage: embed, fit, label, write the store and ``config_model_st.yaml``.
 
     ``checkpoint`` is the model stage 2 continues; ``teacher`` (default: the same) makes the labels. The
     settings left None take ``recipe``'s values (``ST_RECIPES``; default: the checkpoint's recipe). ``trust``:
-    load checkpoints that need classes outside the safe allow-list (``checkpoint.safe_load``).
+    load checkpoints that need classes outside the safe allow-list (``checkpoint.safe_load``). ``targets``: what
+    stage 2 predicts (``TARGETS``); None = 'kmeans' for a model built the v2 way (the decoder's own positions),
+    else 'codec+kmeans'.
     """
     student = load_checkpoint(checkpoint, trust=trust).eval()
+    targets = targets or ("kmeans" if student.config.decoder_positions == "own" else "codec+kmeans")
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {tuple(TARGETS)}, got {targets!r}")
     labeller = load_checkpoint(teacher, trust=trust).eval() if teacher else student
     recipe = recipe or student.config.recipe
     if recipe not in ST_RECIPES:
@@ -389,9 +402,10 @@ def run(checkpoint: str, corpus: Sequence[str], out: Path, num_clips: int = KMEA
                   "kmeans_frames": int(points.shape[0]), "iterations": iterations, "seed": seed}
     config = {"model": "base", **_config_fields(student.config), "extra_targets": k}
     config.pop("extra_target_weight", None)  # defaults to sum of codebook weights, as the paper
+    config.update(TARGETS[targets])
     written_with = {"config_model_st.yaml": (
-        "# Stage-2 (self-training) model config written by self_training.py: the stage-1 model plus one\n"
-        f"# extra target stream of k={k} k-means classes weighted sum(gamma_q); labels from {teacher or checkpoint}.\n"
+        f"# Stage-2 (self-training) model config written by self_training.py: the stage-1 model with {targets} "
+        f"targets:\n# {TARGET_NOTES[targets]} k={k} k-means classes; labels from {teacher or checkpoint}.\n"
         + yaml.safe_dump(config))}
     if labels == "crop":
         store = build_crop_store(labeller, files, centroids, out, crop_seconds, seed, batch_size, provenance,
@@ -430,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                          "stage 2 trains on them (v1); file: whole files (paper)")
     parser.add_argument("--crop-seconds", type=float, default=CROP_SECONDS, help="crop length (stage 2's crop_seconds)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--targets", choices=tuple(TARGETS), help="what stage 2 predicts: codec+kmeans (v1, the "
+                        "paper) or kmeans alone (v2); default: kmeans for a model built the v2 way (-g ec-ec-* or "
+                        "mel256-ec-*), else codec+kmeans")
     add_trust_flag(parser)
     args = parser.parse_args(argv)
     from encodecmae_s3prl.cli import TRUST_FIXES, corpus_option_fixes
@@ -440,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with user_errors(extra_types=(TooFewPointsError,), fixes={**TRUST_FIXES, **corpus_option_fixes(), **too_few}):
         run(args.ckpt, args.corpus, args.out, args.num_clips, args.k, args.iterations, args.seed,
             teacher=args.teacher, recipe=args.recipe, kmeans_frames=args.kmeans_frames, labels=args.labels,
-            crop_seconds=args.crop_seconds, trust=trust_checkpoint(args.trust_checkpoint))
+            crop_seconds=args.crop_seconds, trust=trust_checkpoint(args.trust_checkpoint), targets=args.targets)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,54 @@ def test_a_v2_name_offline_and_not_cached_is_one_line(tmp_path, monkeypatch, cap
     assert code == 2 and len(err) == 1, err
     assert "'mel256-ec-base_st'" in err[0] and "not in the Hugging Face cache" in err[0] and "-k" in err[0]
     assert json.dumps(err)  # one printable line
+
+
+def test_pretraining_the_v2_way_mel256_from_the_codec_cache_then_kmeans_only_self_training(tmp_path):
+    """-g mel256-ec-*: the loader computes each crop's log-mel from its audio beside the cached codes (the targets);
+    the loss falls; the checkpoint loads as an upstream; self-training a v2-built model writes a stage-2 config
+    that predicts the k-means stream alone at weight 1 (v2's st.gin), and stage 2 trains on it."""
+    from encodecmae_s3prl.pretrain_task import self_training
+    from encodecmae_s3prl.pretrain_task.corpus import load_corpus, read_crop_at
+    from encodecmae_s3prl.pretrain_task.pretrain_expert import UpstreamPretrainExpert
+    from encodecmae_s3prl.upstream.checkpoint import atomic_save
+
+    from conftest import write_tone_corpus
+
+    corpus = write_tone_corpus(tmp_path / "corpus", files=4, seconds=3.0)
+    datarc = {"corpus": [str(corpus)], "train_batch_size": 4, "crop_seconds": 1.0, "num_workers": 0, "seed": 1,
+              "precision": "fp32", "codec_cache": str(tmp_path / "cache"), "codec_init_clips": 4}
+    model_yaml = {"model": "tiny", "recipe": "v1", "input": "mel256", "decoder_positions": "own"}
+    expert = UpstreamPretrainExpert(datarc, model_yaml, device="cpu")
+    files = {f.path: f for f in load_corpus([str(corpus)], progress=False)}
+    crop = expert.sampler.example(0, 0)
+    batch = expert.sampler.batch(0)
+    assert batch.features.shape == (4, 75, 256) and batch.codes.shape == (4, 75, 8)
+    mel, _ = MelFrontEnd().chunk(read_crop_at(files[crop.path], 1.0, crop.start_frame))
+    torch.testing.assert_close(batch.features[0], mel)  # the crop's own audio, not EnCodec's output
+
+    optimizer = torch.optim.Adam(expert.model.trainable_parameters(), lr=1e-3)
+    losses = []
+    for step, batch in zip(range(30), expert.get_train_dataloader(), strict=False):
+        loss, _ = expert(batch, global_step=step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    ckpt = tmp_path / "states-30.ckpt"
+    atomic_save(expert.add_state_to_save({}), ckpt)
+    upstream = load_checkpoint(ckpt)
+    assert upstream.config.input == "mel256" and upstream.encode(torch.randn(1, 24_000) * 0.1).output.shape == \
+        (1, 75, 64)
+
+    store = self_training.run(str(ckpt), [str(corpus)], tmp_path / "st", num_clips=8, k=8, iterations=5,
+                              batch_size=4, labels="file", crop_seconds=1.0)
+    import yaml
+
+    stage2 = yaml.safe_load((store / "config_model_st.yaml").read_text())
+    assert (stage2["codec_targets"], stage2["extra_targets"], stage2["extra_target_weight"]) == (False, 8, 1.0)
+    expert2 = UpstreamPretrainExpert({**datarc, "target_store": str(store), "init_from": str(ckpt)}, stage2,
+                                     device="cpu")
+    assert expert2.model.head is None and expert2.model.stream_weights.tolist() == [1.0]
+    loss, _ = expert2(next(iter(expert2.get_train_dataloader())), global_step=0)
+    assert torch.isfinite(loss)

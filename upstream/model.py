@@ -279,7 +279,8 @@ class EncodecMAE(ChunkedInference):
         logits = (self.head(decoded).view(batch, frames, config.num_codebooks, config.codebook_size)
                   if self.head is not None else decoded.new_zeros(batch, frames, 0, config.codebook_size))
 
-        ce, valid = frame_cross_entropy(logits, targets[:, :, :logits.shape[2]])
+        targets = targets[:, :, :logits.shape[2]]  # the codebooks predicted (none for a k-means-only model)
+        ce, valid = frame_cross_entropy(logits, targets)
         if self.extra_head is not None:
             if extra_targets is None:
                 raise ValueError(f"this model predicts an extra target stream (extra_targets={config.extra_targets}):"
