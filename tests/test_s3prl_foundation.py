@@ -12,7 +12,7 @@ from conftest import run_script, side_by_side
 from synthetic_data import write_iemocap, write_speech_commands
 
 OUR_ENTRIES = ["encodecmae", "encodecmae_local", "encodecmae_small", "encodecmae_base", "encodecmae_base_st",
-               "encodecmae_large", "encodecmae_large_st", "encodec_features", "encodecmae_random"]
+               "encodecmae_large", "encodecmae_large_st", "encodec_features", "encodecmae_random", "encodecmae_v2"]
 
 
 def _accuracies(output: str, split: str) -> list[float]:

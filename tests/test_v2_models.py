@@ -205,3 +205,29 @@ def test_pretraining_the_v2_way_mel256_from_the_codec_cache_then_kmeans_only_sel
     assert expert2.model.head is None and expert2.model.stream_weights.tolist() == [1.0]
     loss, _ = expert2(next(iter(expert2.get_train_dataloader())), global_step=0)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_a_v2_file_in_s3prls_emotion_recipe_through_run_downstream(tmp_path):
+    """``run_downstream.py -m train -u encodecmae_v2 -k FILE -d emotion``: s3prl's runner, its Featurizer over our
+    hidden_states, the recipe's test accuracy; then ``-m evaluate -e`` in a fresh process rebuilds the upstream from
+    the args s3prl stored and reports the same accuracy."""
+    import re
+
+    from conftest import run_script
+    from synthetic_data import write_iemocap
+
+    path, _ = write_v2_checkpoint(tmp_path / "mel256-ec-tiny.pt", "mel256")
+    root, meta = write_iemocap(tmp_path / "IEMOCAP", per_emotion=2)
+    overrides = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
+                 "config.downstream_expert.datarc.train_batch_size=8,,config.runner.gradient_accumulate_steps=1,,"
+                 "config.downstream_expert.datarc.num_workers=0,,config.runner.total_steps=4,,"
+                 "config.runner.log_step=2,,config.runner.eval_step=4,,config.runner.save_step=4")
+    exp = tmp_path / "exp"
+    trained = run_script("run_downstream.py", "-m", "train", "-u", "encodecmae_v2", "-k", str(path), "-d", "emotion",
+                         "-p", str(exp), "-o", overrides, cwd=tmp_path, threads=1)
+    evaluated = run_script("run_downstream.py", "-m", "evaluate", "-e", str(exp / "states-4.ckpt"), cwd=tmp_path,
+                           threads=1)
+    accuracies = [[float(v) for v in re.findall(r"^test acc: ([0-9.]+)", out, flags=re.M)]
+                  for out in (trained, evaluated)]
+    assert len(accuracies[0]) == len(accuracies[1]) == 1 and accuracies[0] == accuracies[1], evaluated[-2000:]
