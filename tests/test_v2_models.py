@@ -79,6 +79,14 @@ def test_v2_through_s3prl_hear_api_extract_compare_and_table1_specs(v2_files, tm
         hidden = upstream(wavs)["hidden_states"]
     rate = upstream.get_downsample_rates("hidden_states")
     assert len(hidden) == 4 and abs(hidden[-1].shape[1] - len(wavs[0]) / rate) <= 1
+    # the Python API as s3prl users write it: S3PRLUpstream and its Featurizer
+    from s3prl.nn import Featurizer, S3PRLUpstream
+
+    wrapped = S3PRLUpstream("encodecmae_v2", path_or_url=str(path)).eval()
+    with torch.no_grad():
+        all_hs, all_hs_len = wrapped(torch.randn(2, 16_000 * 3) * 0.1, torch.LongTensor([48_000, 32_000]))
+        features, lengths = Featurizer(wrapped)(all_hs, all_hs_len)
+    assert features.shape == (2, 226, 64) and lengths.tolist() == [226, 151]
     # hear_api: ENTRY:FILE with sample_rate and layer, 24 kHz as the model runs
     model = hear_api.load_model(f"encodecmae_v2:{path}", sample_rate=24_000, layer=2, device="cpu")
     audio = torch.randn(2, 24_000) * 0.1
