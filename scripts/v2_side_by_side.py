@@ -38,7 +38,7 @@ def compare_model(path: Path, meta: dict, ref: np.lib.npyio.NpzFile, threads: in
     from encodecmae_s3prl import hear_api
 
     torch.set_num_threads(threads)
-    model = hear_api.load_model(f"encodecmae_v2:{path}", sample_rate=24_000, device="cpu")
+    model = hear_api.load_model(f"encodecmae_v2:{path}", sample_rate=24_000, device="cpu", precision="fp32")
     mae = model.upstream.model
     rows = []
     for clip, samples in meta["clips"].items():
