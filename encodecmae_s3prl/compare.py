@@ -44,7 +44,7 @@ from encodecmae_s3prl.evaluation.hear_protocol import (
     task_names,
 )
 from encodecmae_s3prl.registry import load_hub_upstream
-from encodecmae_s3prl.settings import UpstreamSettings, default_device
+from encodecmae_s3prl.settings import UpstreamSettings, add_precision_flag, default_device
 from encodecmae_s3prl.upstream.atomic import atomic_write, atomic_write_text
 
 PAPER_NAMES = {"encodec_features": "EC", "encodecmae_random": "ECMAE-R", "fbank_no_cmvn": "fbank (no CMVN)"}
@@ -70,15 +70,25 @@ def parse_upstream(spec: str) -> tuple[str, str, str | None]:
     return label, (label if hasattr(hub, label) else "encodecmae_local"), ckpt
 
 
-def upstream_key(label: str, entry: str, ckpt: str | None) -> str:
-    """What an embedding cache is valid for: the entry and the checkpoint file's identity (path, size, mtime),
-    so a retrained checkpoint under the same label never reuses stale embeddings."""
+def upstream_key(label: str, entry: str, ckpt: str | None, precision: str = "fp32") -> str:
+    """What an embedding cache is valid for: the entry, the checkpoint file's identity (path, size, mtime), so a
+    retrained checkpoint under the same label never reuses stale embeddings, and what the transformer ran as
+    (``ran_as``), so a rerun at another precision never mixes with this one."""
     key = f"{label}|{entry}"
     if ckpt:
         path = Path(ckpt).expanduser().resolve()
         stat = path.stat() if path.is_file() else None
         key += f"|{path}|{stat.st_size}|{stat.st_mtime_ns}" if stat else f"|{path}"
-    return key
+    return f"{key}|{precision}"
+
+
+def ran_as(entry: str, device: str, precision: str) -> str:
+    """What an entry's transformer runs as: our entries as ``precision`` resolves on ``device`` (bf16 or fp32),
+    s3prl's own upstreams float32 (as they are built)."""
+    from encodecmae_s3prl.registry import upstream_entries
+    from encodecmae_s3prl.upstream.precision import resolved_name
+
+    return resolved_name(device, precision) if entry in upstream_entries() else "fp32"
 
 
 class LazyUpstream:
@@ -100,7 +110,7 @@ class LazyUpstream:
         return self.model
 
 
-NOT_METRICS = ("folds", "layer_weights", "std", "params", "grid")  # what evaluate returns besides metrics
+NOT_METRICS = ("folds", "layer_weights", "std", "params", "grid", "precision")  # what a cell holds besides metrics
 
 
 def evaluate(get_upstream, key: str, probe: str, root: str, cache: Path, weighted: bool, grid_size: int,
@@ -122,7 +132,8 @@ def write_outputs(results: Dict[str, Dict[str, dict]], probes: Sequence[str], ou
     stem) in ``out``; returns the markdown file."""
     out.mkdir(parents=True, exist_ok=True)
     summary = {u: {p: ({**{k: v for k, v in r.items() if k not in NOT_METRICS},
-                        **{f"{k}_std": v for k, v in (r.get("std") or {}).items()}} if "error" not in r
+                        **{f"{k}_std": v for k, v in (r.get("std") or {}).items()},
+                        **({"precision": r["precision"]} if "precision" in r else {})} if "error" not in r
                        else {"error": r["error"]}) for p, r in row.items()} for u, row in results.items()}
     details = "details.json" if stem == "results" else f"{stem}.details.json"
     atomic_write_text(out / f"{stem}.json", json.dumps(summary, indent=2))
@@ -227,6 +238,7 @@ def main(argv: Sequence[str] | None = None, settings: UpstreamSettings | None = 
     parser.add_argument("--hidden-dim", type=int, default=HIDDEN_DIM,
                         help="MLP width; HEAR: 1024 (smaller: quick looks)")
     parser.add_argument("--device", default=default_device())
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
 
     if not 1 <= args.grid_size <= 16:
@@ -257,16 +269,18 @@ def main(argv: Sequence[str] | None = None, settings: UpstreamSettings | None = 
         parser.error(f"two upstreams share a label in {labels}: name them LABEL=ENTRY=CKPT")
     results: Dict[str, Dict[str, dict]] = {}
     if settings is None:
-        settings = UpstreamSettings.from_environment()
+        settings = UpstreamSettings.from_environment(precision=args.precision)
     for label, entry, ckpt in specs:
-        key = upstream_key(label, entry, ckpt)
+        precision = ran_as(entry, args.device, settings.precision)
+        print(f"compare: {label} runs in {precision} (precision {settings.precision})")
+        key = upstream_key(label, entry, ckpt, precision)
         upstream = LazyUpstream(entry, ckpt, args.device, settings)
         results[label] = {}
         for probe in probes:
             try:
-                results[label][probe] = evaluate(upstream, key, probe, data[probe], args.out / "cache",
-                                                 args.mode == "weighted", args.grid_size, args.max_epochs,
-                                                 args.device, args.hidden_dim)
+                results[label][probe] = {**evaluate(upstream, key, probe, data[probe], args.out / "cache",
+                                                    args.mode == "weighted", args.grid_size, args.max_epochs,
+                                                    args.device, args.hidden_dim), "precision": precision}
             except Exception as err:  # reported in the table; the other upstreams and probes still run
                 traceback.print_exc()
                 results[label][probe] = {"error": f"{type(err).__name__}: {err}"[:300]}

@@ -23,7 +23,7 @@ import numpy as np
 
 from encodecmae_s3prl.demo_data import espeak_word, harmonic_tone, sound_class, write_esc50, write_nsynth, write_wav
 from encodecmae_s3prl.errors import UserError, user_errors
-from encodecmae_s3prl.settings import ENCODEC_ENV, UpstreamSettings
+from encodecmae_s3prl.settings import ENCODEC_ENV, UpstreamSettings, add_precision_flag
 from encodecmae_s3prl.upstream.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
                              "sums, hence the table, depend on it. 1 by default: the same table on every machine of "
                              "the same CPU arithmetic, and no collapse when other jobs share the cores (the "
                              "pretraining's loader worker takes a second core)")
+    add_precision_flag(parser)
     parser.add_argument("--readme", type=Path, help="also put the table into this README, between its demo-table "
                                                     "markers (python -m encodecmae_s3prl.demo --readme README.md)")
     return parser
@@ -159,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
     with user_errors():
-        run(args, UpstreamSettings.from_environment())  # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT
+        # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT, --precision
+        run(args, UpstreamSettings.from_environment(precision=args.precision))
 
 
 # --- the table in the README is the one the demo printed ------------------------------------------------------
@@ -171,7 +173,7 @@ def settings_line(args, encodec: str, minutes: float, date: str) -> str:
     """What the table in ``demo_table.md`` came from: the command and its settings, the EnCodec, the arithmetic."""
     import torch
 
-    from encodecmae_s3prl.upstream.precision import cpu_has_fast_bf16
+    from encodecmae_s3prl.upstream.precision import cpu_has_fast_bf16, resolved_name
 
     defaults = parser().parse_args([])
     chosen = (args.steps, args.grid_size, args.max_epochs)
@@ -180,8 +182,10 @@ def settings_line(args, encodec: str, minutes: float, date: str) -> str:
                f"--max-epochs {args.max_epochs}`")
     return (f"Printed by {command} on {date} ({args.steps} pretraining steps, {args.grid_size} MLP configurations, "
             f"at most {args.max_epochs} epochs; torch threads: {args.threads}, "
-            f"{'bf16 autocast' if cpu_has_fast_bf16() else 'fp32'} on the CPU, torch {torch.__version__}, {encodec} "
-            f"EnCodec), {minutes:.1f} min in all:")
+            f"pretraining in {'bf16 autocast' if cpu_has_fast_bf16() else 'fp32'} on the CPU, extraction in "
+            f"{resolved_name('cpu', getattr(args, 'precision', 'fp32'))} (--precision "
+            f"{getattr(args, 'precision', 'fp32')}), torch {torch.__version__}, {encodec} EnCodec), "
+            f"{minutes:.1f} min in all:")
 
 
 def table_block(settings: str, table: str) -> str:

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from encodecmae_s3prl.cli import upstream_fixes
 from encodecmae_s3prl.errors import UserError, user_errors
+from encodecmae_s3prl.evaluation.native import upstream_precision
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
-from encodecmae_s3prl.settings import UpstreamSettings, add_trust_flag, default_device
+from encodecmae_s3prl.settings import UpstreamSettings, add_precision_flag, add_trust_flag, default_device
 from encodecmae_s3prl.upstream.atomic import atomic_write, remove_temporaries
 from encodecmae_s3prl.upstream.audio import AudioReadError, read_audio
 from encodecmae_s3prl.upstream.expert import INPUT_RATE, WaveformError  # s3prl: 16 kHz mono
@@ -169,6 +170,8 @@ def run(args, settings: UpstreamSettings | None = None) -> int:
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
 
     streams = isinstance(upstream, UpstreamExpert)
+    args.ran_as = upstream_precision(upstream)
+    print(f"extract: {args.upstream} runs in {args.ran_as} (precision {getattr(args, 'precision', 'fp32')})")
     args.out.mkdir(parents=True, exist_ok=True)
     remove_temporaries({args.out, *((args.out / out).parent for _, out in pairs)})  # a killed run's half-written files
     done: dict[Path, tuple] = _finished_earlier(args, pairs)
@@ -179,10 +182,10 @@ def run(args, settings: UpstreamSettings | None = None) -> int:
     try:
         return _extract(args, upstream, streams, pairs, pairs_left, done, failed)
     finally:
-        rows = [f"{path}\t{out}\t{'x'.join(map(str, shape))}" for path, (out, shape) in done.items()
+        rows = [f"{path}\t{out}\t{'x'.join(map(str, shape))}\t{args.ran_as}" for path, (out, shape) in done.items()
                 if (args.out / out).is_file()]
         atomic_write(args.out / "manifest.tsv", lambda handle: handle.write(
-            ("input\toutput\tshape\n" + "".join(row + "\n" for row in rows)).encode()))
+            ("input\toutput\tshape\tprecision\n" + "".join(row + "\n" for row in rows)).encode()))
 
 
 SETTINGS_FILE = ".extract-settings.json"  # what the outputs in a folder were extracted with
@@ -193,7 +196,7 @@ def _settings(args) -> dict:
     stat = ckpt.stat() if ckpt is not None and ckpt.is_file() else None
     return {"upstream": args.upstream, "ckpt": str(ckpt) if ckpt else None,
             "ckpt_identity": [stat.st_size, stat.st_mtime_ns] if stat else None, "model_config": args.model_config,
-            "layer": args.layer, "all_layers": bool(args.all_layers)}
+            "layer": args.layer, "all_layers": bool(args.all_layers), "precision": args.ran_as}
 
 
 def _finished_earlier(args, pairs) -> dict:
@@ -298,9 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--long-seconds", type=float, default=LONG_SECONDS,
                         help="files longer than this go alone (EnCodecMAE: streamed to disk)")
     parser.add_argument("--device", default=default_device())
+    add_precision_flag(parser)
     add_trust_flag(parser)
     args = parser.parse_args(argv)
-    settings = UpstreamSettings.from_environment(trust=args.trust_checkpoint)
+    settings = UpstreamSettings.from_environment(trust=args.trust_checkpoint, precision=args.precision)
     try:
         with user_errors(fixes=upstream_fixes()):
             return run(args, settings)

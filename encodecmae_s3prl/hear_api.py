@@ -25,8 +25,9 @@ Model options: ``upstream=ENTRY`` names the entry explicitly, ``model_file_path`
 Default: 48000 for ours (what HEAR distributes and the stock validator accepts: a 2:1 resampling to 24 kHz, nothing
 between 8 and 12 kHz lost), the native 16000 for the others; ``sample_rate=24000`` feeds ours without resampling
 (a ``24000/`` task folder). ``layer=N``: the hidden state used (s3prl's ``hidden_states`` index, negative from the
-end; default -1, the last layer, as the authors' HEAR module). Scene embeddings are that layer's time-mean (the
-paper's protocol); timestamp embeddings are its frames with their centre times in ms.
+end; default -1, the last layer, as the authors' HEAR module). ``precision=auto|bf16|fp32``: our transformer's
+autocast (default auto: bf16 where native, as ``compare`` and ``table1``). Scene embeddings are that layer's
+time-mean (the paper's protocol); timestamp embeddings are its frames with their centre times in ms.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
+from encodecmae_s3prl.evaluation.native import encode_native, upstream_precision, upstream_rate
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.settings import UpstreamSettings, default_device
 from encodecmae_s3prl.upstream.audio import resample
@@ -58,6 +59,7 @@ class HearModel(nn.Module):
         super().__init__()
         self.upstream = upstream.eval()
         self.native_rate = upstream_rate(upstream)
+        self.precision = upstream_precision(upstream)  # what the transformer runs as: bf16 or fp32
         default = HEAR_RATE if self.native_rate == SAMPLE_RATE else self.native_rate
         self.sample_rate = int(sample_rate or default)
         if self.sample_rate <= 0:
@@ -144,14 +146,15 @@ def resolve(model_file_path: str = "", upstream: str | None = None) -> tuple[str
 
 def load_model(model_file_path: str = "", upstream: str | None = None, device: str | None = None,
                sample_rate: int | None = None, layer: int = -1, settings: UpstreamSettings | None = None,
-               **kwargs) -> HearModel:
+               precision: str = "auto", **kwargs) -> HearModel:
     """The HEAR ``load_model``: ``model_file_path`` as ``--model`` passes it (see the module's docstring); the
     other arguments are ``--model-options``; ``kwargs`` go to the hub entry. ``settings``: trust and the EnCodec
     weights; None, as the HEAR kit's runners call it: this API's edge reads them from the environment
-    (``ENCODECMAE_TRUST_CHECKPOINT``, ``ENCODEC_CKPT``)."""
+    (``ENCODECMAE_TRUST_CHECKPOINT``, ``ENCODEC_CKPT``), with ``precision`` (``auto``: our transformer in bf16
+    where the device runs it natively, as ``compare`` and ``table1`` by default; ``fp32``; ``bf16``)."""
     entry, ckpt = resolve(model_file_path, upstream)
     if settings is None:
-        settings = UpstreamSettings.from_environment()
+        settings = UpstreamSettings.from_environment(precision=precision)
     return HearModel(load_hub_upstream(entry, ckpt, device or default_device(), settings, **kwargs), sample_rate,
                      layer)
 

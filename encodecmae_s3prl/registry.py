@@ -239,7 +239,7 @@ def entry_settings(entry: str, settings: UpstreamSettings) -> dict:
     hubconf = _hubconf()
     if entry not in hubconf.ENTRIES:
         return {}
-    kwargs = {"trust": settings.trust, "encodec_weights": settings.encodec_weights}
+    kwargs = {"trust": settings.trust, "encodec_weights": settings.encodec_weights, "precision": settings.precision}
     if entry in hubconf.PUBLISHED_ENTRIES:
         kwargs["online"] = settings.online
     return kwargs

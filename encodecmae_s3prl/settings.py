@@ -98,14 +98,26 @@ class UpstreamSettings:
             then a download; ``random``: the random-init codec).
         online: whether the Hugging Face hub answers, decided once by the command (None: the published
             entries ask :func:`hub_reachable` when they need the hub).
+        precision: the inference autocast of our upstreams (``--precision``: 'auto', 'bf16', 'fp32'); the
+            library's default is fp32, the commands' 'auto' (bf16 where the device runs it natively).
     """
 
     trust: bool = False
     encodec_weights: Optional[str] = None
     online: Optional[bool] = None
+    precision: str = "fp32"
 
     @classmethod
-    def from_environment(cls, trust: bool = False, online: Optional[bool] = None) -> "UpstreamSettings":
+    def from_environment(cls, trust: bool = False, online: Optional[bool] = None,
+                         precision: str = "auto") -> "UpstreamSettings":
         """A command's settings: ``trust`` from its flag or ``ENCODECMAE_TRUST_CHECKPOINT``, the EnCodec weights
-        from ``ENCODEC_CKPT``."""
-        return cls(trust=trust_checkpoint(trust), encodec_weights=encodec_weights(), online=online)
+        from ``ENCODEC_CKPT``, ``precision`` from its ``--precision`` (commands default to 'auto')."""
+        return cls(trust=trust_checkpoint(trust), encodec_weights=encodec_weights(), online=online,
+                   precision=precision)
+
+
+def add_precision_flag(parser) -> None:
+    """A command's ``--precision`` (argparse), passed down as ``UpstreamSettings.precision``."""
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="the transformer's autocast at inference: auto = bf16 where the device runs it natively "
+                             "(CUDA with bf16, AVX-512 BF16 / AMX CPUs), else fp32 (default: auto); EnCodec stays fp32")

@@ -169,11 +169,14 @@ class Row:
     paper: str | None  # the paper's row it is compared with
 
 
-def parse_rows(specs: Sequence[str]) -> List[Row]:
+def parse_rows(specs: Sequence[str], device: str = "cpu", precision: str = "fp32") -> List[Row]:
+    """The rows of ``--upstreams``; each keyed by what its transformer runs as on ``device`` at ``precision``, so
+    cells and caches of another precision are never reused."""
     rows = []
     for spec in specs:
         label, entry, ckpt = compare.parse_upstream(spec)
-        rows.append(Row(label, entry, ckpt, compare.upstream_key(label, entry, ckpt), paper_row(label, entry)))
+        key = compare.upstream_key(label, entry, ckpt, compare.ran_as(entry, device, precision))
+        rows.append(Row(label, entry, ckpt, key, paper_row(label, entry)))
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise Table1Error(f"two upstreams share a label in {labels}: name them LABEL=ENTRY or LABEL=ENTRY=CKPT")
@@ -270,8 +273,10 @@ def render_markdown(table: dict, tasks: Dict[str, FoundTask]) -> str:
                               *notes]) + "\n"
 
 
-def write_outputs(out: Path, table: dict, tasks: Dict[str, FoundTask]) -> str:
-    """table1.md / .csv / .json / .png, each written whole or not at all."""
+def write_outputs(out: Path, table: dict, tasks: Dict[str, FoundTask], precisions: Dict[str, str] | None = None
+                  ) -> str:
+    """table1.md / .csv / .json / .png, each written whole or not at all; ``precisions``: what each row's
+    transformer ran as (recorded in table1.json)."""
     columns = list(tasks)
     markdown = render_markdown(table, tasks)
     header = ["upstream", "paper_row"] + [f"{c}{s}" for c in columns for s in ("", "_std", "_paper", "_diff")]
@@ -288,7 +293,7 @@ def write_outputs(out: Path, table: dict, tasks: Dict[str, FoundTask]) -> str:
     document = {"source": SOURCE, "units": {c: ("%" if c in PERCENT else "mAP") for c in columns},
                 "tasks": {c: {"task": t.spec.task_name, "mode": t.mode, "folder": str(t.folder), "note": t.note}
                           for c, t in tasks.items()},
-                "rows": table}
+                "rows": table, "precision": precisions or {}}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "table1.md", markdown)
     atomic_write_text(out / "table1.csv", text.getvalue())
@@ -391,8 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=hear_protocol.MAX_EPOCHS, help="HEAR: 500")
     parser.add_argument("--hidden-dim", type=int, default=hear_protocol.HIDDEN_DIM, help="HEAR: 1024")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per upstream call while embedding")
+    from encodecmae_s3prl.settings import UpstreamSettings, add_precision_flag, default_device
+
+    add_precision_flag(parser)
     args = parser.parse_args(argv)
-    from encodecmae_s3prl.settings import UpstreamSettings, default_device
 
     device = args.device or default_device()
     if not 1 <= args.grid_size <= 16:
@@ -407,7 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"--only {unknown[0]!r} is not a column of Table 1; give some of {', '.join(TASK_BY_COLUMN)}")
     tasks = choose_tasks(args.tasks, columns)
-    rows = parse_rows([s for s in args.upstreams.split(",") if s.strip()])
+    rows = parse_rows([s for s in args.upstreams.split(",") if s.strip()], device, args.precision)
+    precisions = {row.label: row.key.rsplit("|", 1)[1] for row in rows}
+    print(f"[table1] precision {args.precision}: " + ", ".join(f"{k} {v}" for k, v in precisions.items()), flush=True)
     settings = {"mode": args.mode, "grid_size": args.grid_size, "max_epochs": args.max_epochs,
                 "hidden_dim": args.hidden_dim}
     out, cache = args.out, args.out / "cache"
@@ -426,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cell is not None:
                 cells[(row.label, column)] = cell
     pending = {key for key in fingerprints if key not in cells}
-    upstream_settings = UpstreamSettings.from_environment()  # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT
+    # ENCODECMAE_TRUST_CHECKPOINT, ENCODEC_CKPT, --precision
+    upstream_settings = UpstreamSettings.from_environment(precision=args.precision)
     upstreams = {row.label: compare.LazyUpstream(row.entry, row.ckpt, device, upstream_settings) for row in rows}
     if cells:
         print(f"[table1] {len(cells)} of {len(fingerprints)} cells already finished in {out / 'cells'}: reused")
@@ -461,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cells[(row.label, column)] = cell
                 bar.update(1)
             upstream.model = None  # free it before the next upstream loads
-    markdown = write_outputs(out, summarise(rows, tasks, cells), tasks)
+    markdown = write_outputs(out, summarise(rows, tasks, cells), tasks, precisions)
     print(markdown)
     if failed:
         print(f"table1: {failed} of {len(fingerprints)} cell(s) failed (listed in {out / 'table1.md'}); rerun the "

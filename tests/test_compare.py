@@ -41,7 +41,8 @@ def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monk
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"fbank_no_cmvn", "fbank", "missing"}
     assert set(results["fbank_no_cmvn"]["nsynth_pitch"]) == {"pitch_acc", "chroma_acc", "pitch_acc_std",
-                                                             "chroma_acc_std"}
+                                                             "chroma_acc_std", "precision"}
+    assert results["fbank_no_cmvn"]["nsynth_pitch"]["precision"] == "fp32"  # s3prl's own upstreams run as built
     assert results["fbank_no_cmvn"]["esc50"]["acc_std"] > 0  # 5 folds: their spread, beside the mean
     assert results["fbank_no_cmvn"]["nsynth_pitch"]["pitch_acc"] > 0.5  # 12 pitches: chance 0.08
     assert results["fbank_no_cmvn"]["esc50"]["acc"] > 0.6  # 4 classes, mean over the 5 folds
@@ -99,7 +100,7 @@ def test_compare_loads_its_upstreams_with_the_settings_it_is_given(tmp_path, dat
     results = compare.main([*argv, "--out", str(tmp_path / "given")], given)
     assert loaded == [given] and "not built" in results["fbank_no_cmvn"]["esc50"]["error"]
     compare.main([*argv, "--out", str(tmp_path / "command")])
-    assert loaded[1] == UpstreamSettings(encodec_weights=str(tmp_path / "from_the_environment.th"))
+    assert loaded[1] == UpstreamSettings(encodec_weights=str(tmp_path / "from_the_environment.th"), precision="auto")
     assert dict(os.environ) == before
 
 

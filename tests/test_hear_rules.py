@@ -277,7 +277,7 @@ def test_our_upstream_is_fed_24k_directly_in_the_hear_paths(tmp_path, ours):
         np.testing.assert_allclose(pooled[2], torch.stack([h[0].mean(0) for h in alone.hidden_states]).numpy(),
                                    rtol=1e-4, atol=1e-5)
         # the HEAR API with sample_rate=24000: fed to model.encode as it is, 75 frames/s
-        model = hear_api.load_model(str(ckpt), device="cpu", sample_rate=24_000)
+        model = hear_api.load_model(str(ckpt), device="cpu", sample_rate=24_000, precision="fp32")
         assert model.sample_rate == 24_000
         audio = torch.from_numpy(np.stack([wav24["b"][:24_000], wav24["b"][12_000:]]))
         frames, stamps = hear_api.get_timestamp_embeddings(audio, model)

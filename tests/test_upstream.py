@@ -238,7 +238,8 @@ def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt, caps
     wav = np.concatenate([harmonic_tone(f, 3.0, 16000, rng) for f in (110, 220, 330, 440, 550, 660, 770)])
     write_wav(tmp_path / "in" / "long.wav", wav, 16000)  # 21 s: 6 chunks
     code = extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
-                         str(tmp_path / "out"), "--all-layers", "--long-seconds", "5", "--device", "cpu"])
+                         str(tmp_path / "out"), "--all-layers", "--long-seconds", "5", "--device", "cpu",
+                         "--precision", "fp32"])
     assert code == 0
     assert "| 21/21 audio-s" in capsys.readouterr().err  # progress in seconds of audio, moved block by block
     streamed = np.load(tmp_path / "out" / "long.npy")
@@ -256,7 +257,8 @@ def test_long_audio_streams_to_disk_exactly_as_forward(tmp_path, tiny_ckpt, caps
     assert len(few) == 1
     torch.testing.assert_close(few[0], many, atol=3e-4, rtol=1e-4)  # other batch shapes: fp32 rounding only
     assert extract_main(["-u", "encodecmae_local", "-k", str(tiny_ckpt), str(tmp_path / "in"), "--out",
-                         str(tmp_path / "out2"), "--long-seconds", "5", "--layer", "1", "--device", "cpu"]) == 0
+                         str(tmp_path / "out2"), "--long-seconds", "5", "--layer", "1", "--device", "cpu",
+                         "--precision", "fp32"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "out2" / "long.npy"), reference[1].numpy(), atol=1e-5, rtol=1e-5)
     # one chunk per step: 6 pieces, each resampled to 24 kHz on its own, laid end to end
     with torch.no_grad():

@@ -18,6 +18,7 @@ from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.upstream.audio import all_finite, resampled_length
 from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
 from encodecmae_s3prl.upstream.inference import ChunkedInference
+from encodecmae_s3prl.upstream.precision import INFERENCE_PRECISIONS, resolved_name
 
 INPUT_RATE = 16_000  # what s3prl hands every upstream
 MODEL_RATE = SAMPLE_RATE  # EnCodec 24 kHz
@@ -33,15 +34,33 @@ class WaveformError(ValueError):
         self.index, self.reason = index, reason
 
 
+class PrecisionError(UserError, ValueError):
+    """An inference precision that is not one of INFERENCE_PRECISIONS (a -g YAML's ``precision:``, say)."""
+
+
 class UpstreamExpert(nn.Module):
     model: ChunkedInference
-    def __init__(self, model: ChunkedInference, **kwargs):
+    def __init__(self, model: ChunkedInference, precision: str = "fp32", **kwargs):
         """
         Args:
             model: an ``EncodecMAE`` (or the ``EncodecFeatures`` baseline), built by hubconf's entries.
+            precision: the transformer's autocast at inference: 'auto' (bf16 where the device runs it natively:
+                CUDA with bf16, AVX-512 BF16 / AMX CPUs; fp32 elsewhere), 'bf16' or 'fp32' (``precision.py``).
         """
         super().__init__()
+        if precision not in INFERENCE_PRECISIONS:
+            raise PrecisionError(f"precision {precision!r} is not one of {INFERENCE_PRECISIONS}")
         self.model = _fitted(model).eval()
+        self.model.precision = precision
+
+    @property
+    def precision(self) -> str:
+        """The precision setting ('auto', 'bf16', 'fp32'); ``ran_as`` says what it runs as here."""
+        return self.model.precision
+
+    def ran_as(self) -> str:
+        """What the transformer runs as on this upstream's device: 'bf16' or 'fp32'."""
+        return resolved_name(next(self.model.parameters()).device, self.model.precision)
 
     def get_downsample_rates(self, key: str) -> int:
         return DOWNSAMPLE_RATE

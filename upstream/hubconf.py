@@ -5,8 +5,9 @@ the published ones download and cache when online, or take ``-k`` a local copy; 
 name of one of the authors' v2 models (``mel256-ec-base_st``, ``ec-ec-small``...) or a local v2 ``.pt``.
 
 Besides s3prl's ``ckpt``, ``model_config`` and ``refresh``, every entry takes the settings a command read at
-its edge (``settings.UpstreamSettings``): ``trust`` (``--trust-checkpoint``) and ``encodec_weights``
-(``ENCODEC_CKPT``); the published ones also ``online`` (the hub's reachability, decided once).
+its edge (``settings.UpstreamSettings``): ``trust`` (``--trust-checkpoint``), ``encodec_weights``
+(``ENCODEC_CKPT``) and ``precision`` (``--precision``; under s3prl's runner a ``precision:`` key of the ``-g``
+YAML); the published ones also ``online`` (the hub's reachability, decided once).
 """
 from __future__ import annotations
 
@@ -27,13 +28,15 @@ PUBLISHED_ENTRIES = ("encodecmae", "encodecmae_small", "encodecmae_base", "encod
                      "encodecmae_large_st", "encodecmae_v2")
 
 
-def _expert(ckpt=None, model_config=None, variant=None, trust=False, encodec_weights=None, **kwargs):
-    """Load (a checkpoint, or a baseline built from one) and wrap it for s3prl."""
+def _expert(ckpt=None, model_config=None, variant=None, trust=False, encodec_weights=None, precision="fp32",
+            **kwargs):
+    """Load (a checkpoint, or a baseline built from one) and wrap it for s3prl. ``precision``: the inference
+    autocast (``UpstreamExpert``); a ``precision:`` key in ``model_config`` (s3prl's ``-g`` YAML) takes its place."""
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
-    from encodecmae_s3prl.upstream.loading import load_model_for_inference
+    from encodecmae_s3prl.upstream.loading import inference_precision, load_model_for_inference
 
-    return UpstreamExpert(load_model_for_inference(ckpt, model_config, variant, trust=trust,
-                                                   encodec_weights=encodec_weights), **kwargs)
+    model = load_model_for_inference(ckpt, model_config, variant, trust=trust, encodec_weights=encodec_weights)
+    return UpstreamExpert(model, precision=inference_precision(model_config, precision), **kwargs)
 
 
 def _published(variant: str, ckpt=None, refresh: bool = False, online=None, **kwargs):

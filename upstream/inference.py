@@ -16,6 +16,7 @@ from torch import Tensor
 from encodecmae_s3prl.upstream.audio import resample_span, resampled_length
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FRAME_RATE, HOP, SAMPLE_RATE, FrozenEncodec
 from encodecmae_s3prl.upstream.masking import padding_mask
+from encodecmae_s3prl.upstream.precision import autocast
 
 # the encoder sees long audio as separate clips of this length (300 frames), the length of its pretraining crops
 CHUNK_SECONDS = 4.0
@@ -57,6 +58,9 @@ class ChunkedInference(nn.Module):
 
     codec: FrozenEncodec
     chunk_frames: int
+    # the autocast of the transformer at inference ('auto' | 'bf16' | 'fp32', ``precision.autocast``); EnCodec and
+    # the mel front end stay float32 and the hidden states come back float32 whatever it is
+    precision: str = "fp32"
 
     # --- lengths, chunks and codec features --------------------------------------------------
     @staticmethod
@@ -195,10 +199,11 @@ class ChunkedInference(nn.Module):
             segments = [resample_span(clips[c], rate, SAMPLE_RATE, low, high) for c, low, high in table[begin:end]]
             features, frames = self.input_features(segments)
             padded = bool((frames < features.shape[1]).any())  # on the host
-            hidden = self.chunk_hidden(features, frames.to(features.device) if padded else None)
+            with autocast(features.device, self.precision):
+                hidden = self.chunk_hidden(features, frames.to(features.device) if padded else None)
             rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
             chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
-            values = [hidden[i][chunk, frame] for i in keep]
+            values = [hidden[i][chunk, frame].float() for i in keep]
             del segments, features, hidden  # not held while the caller writes and the next step computes
             yield rows, cols, values
 

@@ -79,7 +79,7 @@ def load_model_for_inference(ckpt: str | None, model_config: str | None, variant
     overrides = {}
     if model_config:
         spec = yaml.safe_load(Path(model_config).read_text()) or {}
-        overrides = {k: v for k, v in spec.items() if k != "model"}
+        overrides = {k: v for k, v in spec.items() if k not in ("model", "precision")}
     if variant in (None, "local"):
         if not ckpt:
             raise CheckpointNotGivenError("encodecmae_local needs a checkpoint: a states-N.ckpt of a pretraining run "
@@ -96,3 +96,11 @@ def load_model_for_inference(ckpt: str | None, model_config: str | None, variant
             return EncodecFeatures(codec, config.chunk_seconds)
         return build_model(config, seed=0, codec=codec)  # ECMAE-R: random-init base on that codec
     raise ConfigError(f"unknown upstream variant {variant!r}")
+
+
+def inference_precision(model_config: str | None, default: str = "fp32") -> str:
+    """The ``precision:`` of an upstream's model YAML (how s3prl's runner passes it, ``-g``), else ``default``."""
+    if not model_config:
+        return default
+    spec = yaml.safe_load(Path(model_config).read_text()) or {}
+    return str(spec.get("precision", default))

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 import torch
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+INFERENCE_PRECISIONS = ("auto", "bf16", "fp32")  # extraction: bf16 where native (auto), or forced, or fp32
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -41,3 +42,9 @@ def autocast(device: str | torch.device, precision: str = "auto"):
     if dtype is None:
         return nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def resolved_name(device: str | torch.device, precision: str = "auto") -> str:
+    """What ``precision`` runs as on ``device``: 'bf16', 'fp16' or 'fp32' (what outputs record)."""
+    dtype = autocast_dtype(device, precision)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -17,6 +17,12 @@ def upstream_rate(upstream: nn.Module) -> int:
     return SAMPLE_RATE if isinstance(upstream, UpstreamExpert) else INPUT_RATE
 
 
+def upstream_precision(upstream: nn.Module) -> str:
+    """What an upstream's transformer runs as: ours 'bf16' or 'fp32' as its precision setting resolves on its
+    device (``UpstreamExpert.ran_as``); s3prl's own upstreams as they are built, float32."""
+    return upstream.ran_as() if isinstance(upstream, UpstreamExpert) else "fp32"
+
+
 def encode_native(upstream: nn.Module, wavs: Sequence[torch.Tensor]) -> tuple[List[torch.Tensor], torch.Tensor]:
     """Every hidden state of a batch of clips given at ``upstream_rate(upstream)``, and each clip's own frame count.
 
