@@ -1,4 +1,5 @@
-# make test      : create .venv with the pinned stack if needed, lint, then run the whole test suite (CI).
+# make test      : create .venv with the pinned stack (and .suites/: X-ARES, MTEB) if needed, lint, then run the whole
+#                  test suite (CI).
 # make test-fast : the tests not marked slow (no end-to-end runs of the scripts in fresh interpreters).
 # make lint      : ruff on the repository, mypy on upstream/ (settings in pyproject.toml).
 # make demo      : the offline end-to-end demo (pretrain tiny EnCodecMAE, probe, compare).
@@ -8,6 +9,7 @@ PY := .venv/bin/python
 
 setup:
 	bash scripts/setup_venv.sh
+	bash scripts/setup_suites.sh
 
 lint: setup  # both checks run, then it fails if either found something
 	@status=0; .venv/bin/ruff check . || status=1; bash scripts/typecheck.sh || status=1; exit $$status

@@ -1,13 +1,15 @@
 """A scaled-down Table 1 run, timed per task, and its extrapolation to the real HEAR tasks' sizes.
 
     .venv/bin/python benchmarks/table1_scaled.py --work /tmp/t1bench [--size base] [--clips 200] [--device cpu]
+        [--precision auto|bf16|fp32]
 
 Writes stand-ins of the six HEAR tasks at the real tasks' clip durations (``write_hear_table1_tasks``,
 48000 Hz, ``--clips`` clips per task) and a random EnCodecMAE checkpoint of ``--size`` (random-init EnCodec fitted
 to synthetic audio: the weights do not change the cost), then per task: the embedding cache built alone
-(``hear_protocol.embed_splits``, all layers) and the HEAR protocol's MLP grid on it (``table1`` with the kit's
-settings, the cache already there). Extrapolation: embedding time scales with audio hours, the MLP grid with clips
-(roughly: early stopping ends each grid point at its own epoch). Prints a markdown table with machine and date.
+(``hear_protocol.embed_splits``, all layers, at ``--precision``) and the HEAR protocol's MLP grid on it (``table1``
+with the kit's settings, the cache already there). Extrapolation: embedding time scales with audio hours, the MLP grid
+with clips (roughly: early stopping ends each grid point at its own epoch). Prints a markdown table with machine
+and date.
 """
 from __future__ import annotations
 
@@ -43,12 +45,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", default="base", help="tiny, small, base or large (random weights)")
     parser.add_argument("--clips", type=int, default=200, help="clips per task (split or fold sizes derived)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", help="auto | bf16 | fp32, as table1's (default auto)")
     args = parser.parse_args(argv)
 
     import torch
 
     from encodecmae_s3prl import compare, table1
     from encodecmae_s3prl.evaluation import hear_protocol
+    from encodecmae_s3prl.settings import UpstreamSettings
 
     from synthetic_data import write_hear_table1_tasks, write_tiny_encodecmae_checkpoint
 
@@ -61,8 +65,9 @@ def main(argv=None) -> dict:
     if not ckpt.is_file():
         write_tiny_encodecmae_checkpoint(ckpt, size=args.size)
     chosen = table1.choose_tasks(tasks_root, list(table1.TASK_BY_COLUMN))
-    row = table1.parse_rows([f"{args.size}={ckpt}"])[0]
-    upstream = compare.LazyUpstream(row.entry, row.ckpt, args.device)
+    row = table1.parse_rows([f"{args.size}={ckpt}"], args.device, args.precision)[0]
+    ran_as = row.key.rsplit("|", 1)[1]
+    upstream = compare.LazyUpstream(row.entry, row.ckpt, args.device, UpstreamSettings(precision=args.precision))
     results = {}
     for column, task in chosen.items():
         clips, seconds = table1._task_size(task)
@@ -71,7 +76,7 @@ def main(argv=None) -> dict:
         embed = time.perf_counter() - start
         start = time.perf_counter()
         code = table1.main(["--tasks", str(tasks_root), "--out", str(out), "--upstreams", f"{args.size}={ckpt}",
-                            "--only", column, "--device", args.device])
+                            "--only", column, "--device", args.device, "--precision", args.precision])
         mlp = time.perf_counter() - start
         real_clips, real_hours = REAL[column]
         results[column] = {"clips": clips, "audio_h": seconds / 3600, "embed_s": embed, "mlp_s": mlp, "exit": code,
@@ -83,9 +88,10 @@ def main(argv=None) -> dict:
     first = next(iter(chosen.values()))
     _, layers, dim = np.load(hear_protocol.cache_path(out / "cache", row.key, first.probe_task), mmap_mode="r").shape
     lines = [f"{datetime.date.today()}, {platform.node()}, cpu={cpu_flags()}, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, device {args.device}, {args.size} ({layers} hidden states x {dim})",
+             f"{torch.get_num_threads()} threads, device {args.device}, {args.size} ({layers} hidden states x {dim}), "
+             f"transformer in {ran_as} (--precision {args.precision})",
              f"command: .venv/bin/python benchmarks/table1_scaled.py --work WORK --size {args.size} "
-             f"--clips {args.clips} --device {args.device}", "",
+             f"--clips {args.clips} --device {args.device} --precision {args.precision}", "",
              "| task | stand-in clips | audio (h) | embed (s) | MLP grid (s) | real clips | real audio (h) | "
              "embed, extrapolated (h) | MLP grid, extrapolated (h) | cache (GiB) |", "|" + "---|" * 10]
     total_embed = total_mlp = 0.0

@@ -29,10 +29,9 @@ import yaml
 
 from encodecmae_s3prl import compat, registry, settings
 from encodecmae_s3prl.errors import UserError, user_errors  # noqa: F401  (re-exported: the shared helper)
+from encodecmae_s3prl.fixes import downstream_fixes, pretrain_fixes
 from encodecmae_s3prl.settings import TRUST_ENV, TRUST_FLAG, UpstreamSettings
-from encodecmae_s3prl.upstream.checkpoint import CheckpointNotGivenError, UntrustedCheckpointError
 from encodecmae_s3prl.upstream.hubconf import PUBLISHED_ENTRIES
-from encodecmae_s3prl.upstream.published import PublishedCheckpointUnavailableError
 
 PRETRAIN_MODEL_SIZES = ("tiny", "small", "base", "large",  # v1's; then the authors' v2 family (config_model_*.yaml)
                         *(f"{kind}-{size}" for kind in ("ec-ec", "mel256-ec") for size in ("small", "base", "large")))
@@ -41,46 +40,6 @@ OUR_PRETRAIN_EXPERT = "encodecmae_s3prl.pretrain_task.pretrain_expert"  # what s
 HELP_EPILOG = (f"\nencodecmae-s3prl adds:\n  {TRUST_FLAG}    load checkpoints (-k, -e) that need classes outside the "
                f"safe allow-list: this runs code stored in the file, only for files you trust (= {TRUST_ENV}=1)\n"
                "  user errors print one 'error: ...' line and exit 2; ENCODECMAE_DEBUG=1 shows the traceback")
-
-# What a command adds to a library error (user_errors' fixes): the library says which value fixes the mistake,
-# the command names its option for that value.
-TRUST_FIXES = {UntrustedCheckpointError: f"or pass {TRUST_FLAG}"}
-
-
-def upstream_fixes() -> dict[type, str]:
-    """What run_downstream.py and extract (-u, -k, ENCODEC_CKPT) add to the upstream's errors."""
-    from encodecmae_s3prl.upstream.expert import UnfittedCodecError  # the model code, imported when a command runs
-
-    return {**TRUST_FIXES,
-            CheckpointNotGivenError: "pass it with -k /path/to/checkpoint",
-            PublishedCheckpointUnavailableError: "with -k /path/to/model.pt",
-            UnfittedCodecError: "a checkpoint with -k, the EnCodec weights with "
-                                "ENCODEC_CKPT=/path/to/encodec_24khz-d7cc33bc.th"}
-
-
-def downstream_fixes() -> dict[type, str]:
-    """What run_downstream.py adds to the upstream's and the probes' errors."""
-    from encodecmae_s3prl.downstream_probes.task import ProbeRootError, UnknownFoldError
-
-    return {**upstream_fixes(),
-            ProbeRootError: "or with -o config.downstream_expert.datarc.root=/path/to/dataset",
-            UnknownFoldError: "with -o config.downstream_expert.datarc.test_fold=NAME"}
-
-
-def pretrain_fixes() -> dict[type, str]:
-    """What run_pretrain.py adds to our pretraining task's errors."""
-    from encodecmae_s3prl.pretrain_task.corpus import CorpusListError
-
-    return {**TRUST_FIXES, CorpusListError: "set it in the runner config, or with "
-                                            "-o \"config.pretrain_expert.datarc.corpus=['/path/to/audio']\""}
-
-
-def corpus_option_fixes() -> dict[type, str]:
-    """What the commands that take ``--corpus`` (codec cache, self-training, quantizer weights) add to its errors."""
-    from encodecmae_s3prl.pretrain_task.corpus import CorpusListError
-
-    return {CorpusListError: "fix --corpus"}
-
 
 def _peek(argv: Sequence[str], *options: str, flag: bool = False):
     """Value of an option as argparse would read it (``-d x``, ``-dx``, ``--downstream=x``), or None."""

@@ -28,9 +28,9 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from encodecmae_s3prl.cli import upstream_fixes
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.evaluation.native import upstream_precision
+from encodecmae_s3prl.fixes import upstream_fixes
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.settings import UpstreamSettings, add_precision_flag, add_trust_flag, default_device
@@ -272,8 +272,10 @@ def _extract(args, upstream, streams: bool, pairs, pairs_left, done: dict, faile
                 failed.append(_failure(path, err))
             _move(bar, before + seconds[path])  # the rest of the file, or all of it if it failed
 
-    written = sum((args.out / out).is_file() for out, _ in done.values())
-    print(f"wrote {written} of {len(pairs)} embedding file(s) and manifest.tsv to {args.out}")
+    on_disk = sum((args.out / out).is_file() for out, _ in done.values())
+    kept = len(pairs) - len(pairs_left)  # finished by an earlier run with these settings
+    print(f"{on_disk} of {len(pairs)} embedding file(s) and manifest.tsv in {args.out}: {on_disk - kept} written now"
+          + (f", {kept} kept from an earlier run" if kept else ""))
     if failed:
         print(f"failed: {len(failed)} file(s):", *failed, sep="\n  ", file=sys.stderr)
         return 1

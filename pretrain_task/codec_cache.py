@@ -300,8 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, help="threads reading audio ahead (default: 1 on a CPU, else up to 8)")
     add_trust_flag(parser)
     args = parser.parse_args(argv)
-    from encodecmae_s3prl.cli import TRUST_FIXES, corpus_option_fixes
     from encodecmae_s3prl.errors import user_errors
+    from encodecmae_s3prl.fixes import TRUST_FIXES, corpus_option_fixes
     from encodecmae_s3prl.upstream.loading import load_checkpoint, model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
 

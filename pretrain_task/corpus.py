@@ -278,15 +278,13 @@ class CropSampler:
 
     def _mel_crop(self, file: AudioFile, start_frame: int, cached):
         """The cached crop with its features replaced by the mel frames of the same samples (None: unreadable)."""
-        from encodecmae_s3prl.pretrain_task.codec_cache import CachedCrop
-
         wav = read_crop_at(file, self.crop_seconds, start_frame)
         if wav is None or wav.numel() == 0:
             return None
         frames = cached.codes.shape[0]
         mel, _ = self.mel.chunk(wav[: frames * HOP])
         mel = torch.nn.functional.pad(mel, (0, 0, 0, max(0, frames - mel.shape[0])))[:frames]
-        return CachedCrop(mel, cached.codes)
+        return dataclasses.replace(cached, features=mel)
 
     def __len__(self) -> int:
         return len(self.files)

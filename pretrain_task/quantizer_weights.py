@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from encodecmae_s3prl.cli import corpus_option_fixes
+    from encodecmae_s3prl.fixes import corpus_option_fixes
 
     with user_errors(fixes=corpus_option_fixes()):
         spec = yaml.safe_load(Path(args.model_config).read_text()) or {}

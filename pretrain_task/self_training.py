@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "mel256-ec-*), else codec+kmeans")
     add_trust_flag(parser)
     args = parser.parse_args(argv)
-    from encodecmae_s3prl.cli import TRUST_FIXES, corpus_option_fixes
+    from encodecmae_s3prl.fixes import TRUST_FIXES, corpus_option_fixes
 
     # k-means knows the counts; the options that set them are known here
     too_few = {TooFewPointsError: f"more frames: raise --num-clips or --kmeans-frames; a smaller k: lower --clusters, "

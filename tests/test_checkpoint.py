@@ -50,6 +50,13 @@ def test_missing_empty_and_truncated_files_get_clear_errors(tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(full.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="truncated"):
         safe_load(tmp_path / "cut.ckpt")
+    # trusted or not, bytes torch cannot parse are the same clear error, not a traceback from deep in pickle
+    (tmp_path / "random.ckpt").write_bytes(bytes(range(256)) * 8)
+    for trust in (False, True):
+        with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+            safe_load(tmp_path / "random.ckpt", trust=trust)
+        with pytest.raises(CheckpointError, match="truncated"):
+            safe_load(tmp_path / "cut.ckpt", trust=trust)
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -1,5 +1,6 @@
 """User errors as one ``error:`` line (exit 2, no traceback) in our commands; any import order of s3prl and
-us; the README's Python API block; IEMOCAP's meta_data without librosa; the last checkpoint's name.
+us; the Python API block of docs/runners-and-upstreams.md; IEMOCAP's meta_data without librosa; the last
+checkpoint's name; the import graph and the documented commands.
 
 Every command runs in a fresh interpreter, as a user runs it. Those that load s3prl's downstream runner or train
 (5-9 s each on 2 cores) are marked slow; the checks that fail before that (~2 s) stay in `make test-fast`."""
@@ -277,7 +278,7 @@ def test_user_errors_exits_2_with_one_line(capsys):
 def _library_errors():
     """Each library error whose fix is a value a command sets with an option: (the error, the command's fixes,
     the option the command's line must name)."""
-    from encodecmae_s3prl import cli
+    from encodecmae_s3prl import fixes
     from encodecmae_s3prl.downstream_probes.expert import DownstreamExpert
     from encodecmae_s3prl.downstream_probes.task import fold_splits
     from encodecmae_s3prl.pretrain_task.corpus import load_corpus
@@ -292,15 +293,16 @@ def _library_errors():
     no_checkpoint = raised(load_model_for_inference, None, None, "local")
     no_root = raised(DownstreamExpert, 8, {"datarc": {"root": "/no/such/dataset"}}, "/tmp", "esc50")
     return [
-        (no_checkpoint, cli.upstream_fixes(), "-k /path/to/checkpoint"),
-        (no_checkpoint, cli.downstream_fixes(), "-k /path/to/checkpoint"),
-        (raised(published_checkpoint, "base", ckpt="/no/such/model.pt"), cli.upstream_fixes(), "-k /path/to/model.pt"),
-        (no_root, cli.downstream_fixes(), "-o config.downstream_expert.datarc.root=/path/to/dataset"),
-        (raised(fold_splits, {"fold1": [1], "fold2": [2]}, "fold9"), cli.downstream_fixes(),
+        (no_checkpoint, fixes.upstream_fixes(), "-k /path/to/checkpoint"),
+        (no_checkpoint, fixes.downstream_fixes(), "-k /path/to/checkpoint"),
+        (raised(published_checkpoint, "base", ckpt="/no/such/model.pt"), fixes.upstream_fixes(),
+         "-k /path/to/model.pt"),
+        (no_root, fixes.downstream_fixes(), "-o config.downstream_expert.datarc.root=/path/to/dataset"),
+        (raised(fold_splits, {"fold1": [1], "fold2": [2]}, "fold9"), fixes.downstream_fixes(),
          "-o config.downstream_expert.datarc.test_fold=NAME"),
-        (raised(load_corpus, [], source="pretrain_expert.datarc.corpus"), cli.pretrain_fixes(),
+        (raised(load_corpus, [], source="pretrain_expert.datarc.corpus"), fixes.pretrain_fixes(),
          "-o \"config.pretrain_expert.datarc.corpus=['/path/to/audio']\""),
-        (raised(load_corpus, ["/no/such/corpus"], progress=False), cli.corpus_option_fixes(), "fix --corpus"),
+        (raised(load_corpus, ["/no/such/corpus"], progress=False), fixes.corpus_option_fixes(), "fix --corpus"),
     ]
 
 
@@ -357,7 +359,7 @@ def test_any_import_order_works(tmp_path, files, order):
 
 @pytest.mark.slow
 def test_readme_python_api_runs_as_written(tmp_path, tiny_ckpt):
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "runners-and-upstreams.md").read_text()
     section = readme.split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     ckpt = tmp_path / re.search(r'ckpt = "([^"]+)"', code).group(1)
@@ -577,3 +579,106 @@ def test_the_library_reads_no_environment_and_inspects_no_frames():
             assert not names & {"f_locals", "f_back", "tb_next", "currentframe", "_getframe"}, path
             if folder != "encodecmae_s3prl":
                 assert not names & {"environ", "getenv"}, f"{path} reads the environment: take a parameter"
+
+
+def _our_import_graph(function_level: bool) -> dict:
+    """Our modules as installed (the overlay folders under encodecmae_s3prl.*) -> the ones they import, read from
+    the source: the imports at module level (what runs at import time), or every import, functions' included."""
+    import ast
+
+    from conftest import REPO
+
+    roots = {"encodecmae_s3prl": "encodecmae_s3prl", "upstream": "encodecmae_s3prl.upstream",
+             "pretrain_task": "encodecmae_s3prl.pretrain_task",
+             "downstream_probes": "encodecmae_s3prl.downstream_probes"}
+    modules = {}
+    for folder, package in roots.items():
+        for path in (REPO / folder).rglob("*.py"):
+            parts = [p for p in path.relative_to(REPO / folder).with_suffix("").parts if p != "__init__"]
+            modules[".".join([package, *parts])] = path
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        nodes = ast.walk(tree) if function_level else tree.body
+        imported = set()
+        for node in nodes:
+            if isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module if not node.level else f"{name.rsplit('.', node.level)[0]}.{node.module}"
+                imported |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+        graph[name] = sorted(m for m in imported if m in modules and m != name)
+    return graph
+
+
+def _cycle(graph: dict) -> list:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+@pytest.mark.parametrize("function_level", [False, True], ids=["at import time", "every import"])
+def test_our_modules_import_each_other_without_a_cycle(function_level):
+    """Dependencies point one way: no cycle among our modules, neither in what runs at import time nor counting the
+    imports inside functions; and no library module imports the command-line module (its hint tables live in
+    ``fixes``, beside the errors they annotate)."""
+    graph = _our_import_graph(function_level)
+    assert len(graph) > 40
+    assert _cycle(graph) == [], " -> ".join(_cycle(graph))
+    assert [name for name, deps in graph.items() if "encodecmae_s3prl.cli" in deps] == []  # only the entry scripts
+
+
+def _documented_commands():
+    """Every `python -m MODULE` of ours, `make TARGET` and scripts/ or benchmarks/ file the README and docs/ name."""
+    from conftest import REPO
+
+    text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+    modules = sorted(set(re.findall(r"python -m (encodecmae_s3prl[\w.]*)", text)))
+    targets = sorted(set(re.findall(r"`make ([a-z][a-z-]*)", text) + re.findall(r"^make ([a-z][a-z-]*)", text, re.M)))
+    files = sorted(set(re.findall(r"(?<![\w/.])((?:scripts|benchmarks)/\w+\.(?:py|sh))", text)))
+    return modules, targets, files
+
+
+def test_every_documented_command_exists():
+    """What the README and docs/ tell a user to run is there: our modules import, make has the targets, the scripts
+    are files (their --help is run by the slow test below)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    modules, targets, files = _documented_commands()
+    assert len(modules) >= 8 and "test" in targets and len(files) >= 5
+    assert [m for m in modules if importlib.util.find_spec(m) is None] == []
+    makefile = (REPO / "Makefile").read_text()
+    assert [t for t in targets if not re.search(rf"^{re.escape(t)}:", makefile, re.M)] == []
+    assert [f for f in files if not (REPO / f).is_file()] == []
+
+
+@pytest.mark.slow
+def test_every_documented_command_answers_help():
+    from conftest import REPO, side_by_side
+
+    modules, _, files = _documented_commands()
+    commands = [("-m", m) for m in modules] + [(f,) for f in files if f.endswith(".py")]
+
+    def run(args):
+        return subprocess.run([sys.executable, *args, "--help"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300).returncode
+
+    codes = side_by_side(run, commands)
+    assert {" ".join(c): code for c, code in codes.items() if code != 0} == {}

@@ -175,7 +175,9 @@ def test_extract_interrupted_keeps_what_finished_and_resumes(tmp_path, tiny_ckpt
     monkeypatch.setattr(extract, "features", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     assert extract.main(argv) == 0
     assert sum(calls) == 3  # only the three files the interrupted run did not finish
-    assert "2 of 5 file(s) already extracted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 of 5 file(s) already extracted" in out
+    assert "5 of 5 embedding file(s) and manifest.tsv in" in out and "3 written now, 2 kept from an earlier run" in out
     assert len((tmp_path / "f" / "manifest.tsv").read_text().splitlines()) == 1 + 5
     # other settings: everything again
     calls.clear()
@@ -281,3 +283,29 @@ def test_multi_gpu_is_refused_by_the_command_naming_its_flag():
     with pytest.raises(UserError, match="^--multi_gpu .* torchrun --nproc_per_node"):
         cli._check_pretrain_start(["-u", "encodecmae", "-n", "x", "--multi"])  # argparse's abbreviation too
     cli._check_pretrain_start(["-u", "encodecmae", "-n", "x"])
+
+
+def test_a_misspelt_upstream_option_or_yaml_key_is_refused_with_the_closest_name(tiny_ckpt, tmp_path):
+    """Nothing an upstream is given is dropped without a word: an unknown keyword (hub entries, s3prl's runner)
+    and an unknown key of the -g YAML name the closest valid one."""
+    from s3prl import hub
+
+    from encodecmae_s3prl.errors import ConfigError
+    from encodecmae_s3prl.upstream.expert import UpstreamOptionError
+
+    with pytest.raises(UpstreamOptionError, match="'precison'.*did you mean 'precision'"):
+        hub.encodecmae_local(ckpt=str(tiny_ckpt), precison="bf16")
+    (tmp_path / "my.yaml").write_text("chunk_secondz: 2.0\n")
+    with pytest.raises(ConfigError, match="chunk_secondz.*did you mean 'chunk_seconds'"):
+        hub.encodecmae_local(ckpt=str(tiny_ckpt), model_config=str(tmp_path / "my.yaml"))
+    assert hub.encodecmae_local(ckpt=str(tiny_ckpt), refresh=False) is not None  # s3prl passes refresh to all
+
+
+@pytest.mark.slow
+def test_a_misspelt_key_in_the_upstream_yaml_under_the_runner_is_one_line_and_leaves_nothing(tmp_path, tiny_ckpt):
+    (tmp_path / "my.yaml").write_text("chunk_secondz: 2.0\n")
+    code, errors = _script("run_downstream.py", tmp_path, "-m", "train", "-u", "encodecmae_local", "-k",
+                           str(tiny_ckpt), "-g", str(tmp_path / "my.yaml"), "-d", "esc50", "-n", "x", "-o",
+                           "config.downstream_expert.datarc.root=/tmp")
+    assert code == 2 and len(errors) == 1 and "did you mean 'chunk_seconds'" in errors[0], errors
+    assert not (tmp_path / "result").exists() or not any((tmp_path / "result").rglob("*"))

@@ -55,7 +55,11 @@ def safe_load(path: str | os.PathLike, trust: bool = False, map_location: Any = 
                               "again.")
     register_safe_globals()
     if trust:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError,
+                IndexError) as err:  # trusted or not, a file torch cannot parse is the user's file, not our bug
+            raise _unreadable(path, err) from None
     try:
         # memory-mapped: tensors are read from the file as they are used, not copied in first
         return torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))

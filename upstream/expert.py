@@ -8,6 +8,7 @@ the model's own frames in order, identical for the first 640 (8.5 s), then one r
 """
 from __future__ import annotations
 
+import difflib
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -34,6 +35,14 @@ class WaveformError(ValueError):
         self.index, self.reason = index, reason
 
 
+# what s3prl's runners pass every upstream besides ckpt and model_config, used by other entries than ours
+S3PRL_OPTIONS = frozenset({"refresh"})
+
+
+class UpstreamOptionError(UserError, TypeError):
+    """A keyword an upstream entry does not take (a misspelt option)."""
+
+
 class PrecisionError(UserError, ValueError):
     """An inference precision that is not one of INFERENCE_PRECISIONS (a -g YAML's ``precision:``, say)."""
 
@@ -48,6 +57,12 @@ class UpstreamExpert(nn.Module):
                 CUDA with bf16, AVX-512 BF16 / AMX CPUs; fp32 elsewhere), 'bf16' or 'fp32' (``precision.py``).
         """
         super().__init__()
+        unknown = sorted(set(kwargs) - S3PRL_OPTIONS)
+        if unknown:  # a misspelt option would otherwise be dropped without a word
+            options = ["ckpt", "model_config", "precision", "trust", "encodec_weights", *sorted(S3PRL_OPTIONS)]
+            close = difflib.get_close_matches(unknown[0], options, n=1)
+            raise UpstreamOptionError(f"unknown upstream option(s) {unknown}"
+                                      f"{f' (did you mean {close[0]!r}?)' if close else ''}; options: {options}")
         if precision not in INFERENCE_PRECISIONS:
             raise PrecisionError(f"precision {precision!r} is not one of {INFERENCE_PRECISIONS}")
         self.model = _fitted(model).eval()

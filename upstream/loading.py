@@ -15,6 +15,7 @@ from encodecmae_s3prl.upstream.checkpoint import CheckpointError, CheckpointNotG
 from encodecmae_s3prl.upstream.config import EncodecMAEConfig, get_config
 from encodecmae_s3prl.upstream.inference import EncodecFeatures
 from encodecmae_s3prl.upstream.model import EncodecMAE, build_codec, build_model
+from encodecmae_s3prl.upstream.strict_config import check_keys
 
 CHECKPOINT_KEY = "EncodecMAE"  # where run_pretrain.py -u encodecmae stores {"config", "state_dict"}
 
@@ -79,6 +80,7 @@ def load_model_for_inference(ckpt: str | None, model_config: str | None, variant
     overrides = {}
     if model_config:
         spec = yaml.safe_load(Path(model_config).read_text()) or {}
+        check_keys(EncodecMAEConfig, spec, f"upstream model config {model_config}", extra=("model", "precision"))
         overrides = {k: v for k, v in spec.items() if k not in ("model", "precision")}
     if variant in (None, "local"):
         if not ckpt:

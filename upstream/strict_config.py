@@ -5,6 +5,7 @@ user error and a ValueError) name the key, the value and the rule, as fairseq2's
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import fields
 from typing import Any, Iterable, Tuple, Type, TypeVar
 
@@ -14,12 +15,20 @@ T = TypeVar("T")
 Rule = Tuple[bool, str, Any, str]  # (holds, key, value, what the value must be)
 
 
-def from_dict_strict(cls: Type[T], values: dict, where: str, error: Type[Exception] = ConfigError) -> T:
-    """``cls(**values)``; keys that are not fields of ``cls`` are an error listing the valid ones."""
-    valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(valid))
+def check_keys(cls: Type[Any], keys: Iterable[str], where: str, error: Type[Exception] = ConfigError,
+               extra: Iterable[str] = ()) -> None:
+    """Keys that are neither fields of ``cls`` nor in ``extra`` are an error naming the closest valid one."""
+    valid = [f.name for f in fields(cls)] + list(extra)
+    unknown = sorted(set(keys) - set(valid))
     if unknown:
-        raise error(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise error(f"{where}: unknown key(s) {unknown}{hint}; valid keys: {valid}")
+
+
+def from_dict_strict(cls: Type[T], values: dict, where: str, error: Type[Exception] = ConfigError) -> T:
+    """``cls(**values)``; keys that are not fields of ``cls`` are an error naming the closest valid one."""
+    check_keys(cls, values, where, error)
     return cls(**values)
 
 
