@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES, PER_FOLD, SECONDS, RATE = 4, 8, 2.0, 16_000
+CLASSES, PER_FOLD, SECONDS, RATE = 4, 16, 2.0, 16_000
 
 
 def write_clips(folder: Path) -> dict:
@@ -67,7 +67,7 @@ def xares(encoder_py: Path, work: Path) -> dict:
 
     config = TaskConfig(name="esc50like", formal_name="ESC-50-like", k_fold_splits=list(range(1, 6)),
                         label_processor=lambda x: x["label"], output_dim=CLASSES, env_root=str(env),
-                        encoder=encoder, epochs=20, batch_size_encode=8, num_encoder_workers=0)
+                        encoder=encoder, epochs=40, batch_size_encode=8, num_encoder_workers=0)
     task = XaresTask(config=config)
     (mlp, mlp_size), (knn, knn_size) = task.run()
 
@@ -116,8 +116,11 @@ def mteb(spec: str, work: Path) -> dict:
         n_experiments = 3
 
         def load_data(self, num_proc=None, **kwargs):
-            self.dataset = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows([1, 2, 3, 4])),
-                                                 "test": datasets.Dataset.from_list(rows([5]))})
+            def dataset(split, folds):  # a fingerprint of our own: datasets' hash of the table trips on pyarrow 26
+                table = datasets.table.InMemoryTable.from_pylist(rows(folds))
+                return datasets.Dataset(table, fingerprint=f"local-synthetic-{split}")
+
+            self.dataset = datasets.DatasetDict({"train": dataset("train", [1, 2, 3, 4]), "test": dataset("test", [5])})
             self.data_loaded = True
 
     model = encoder(spec, precision="fp32")
