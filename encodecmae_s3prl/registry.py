@@ -303,7 +303,7 @@ def load_hub_upstream(entry: str, ckpt: str | None = None, device: str = "cpu",
                                    f"or ENTRY=PATH / ENTRY:PATH where the command takes specs)")
     kwargs = {"ckpt": ckpt} if ckpt else {}
     ours = upstream_entries()
-    if entry in ours:  # our entries need none of s3prl.hub's imports (~0.25 GB of memory)
+    if entry in ours:  # our entries need none of s3prl.hub's imports (every upstream's, a lot of memory)
         bound = entry_settings(entry, settings or UpstreamSettings())
         return ours[entry](**kwargs, **bound, **options).to(device).eval()
     require_hub_entry(entry)

@@ -128,8 +128,8 @@ class FrozenEncodec(nn.Module):
         with torch.no_grad(), torch.autocast(wav.device.type, enabled=False):
             if wav.device.type == "cpu" and len(wav) > 1:
                 # on a CPU the convolutions run fastest one clip at a time (a batch's activations outgrow the
-                # caches) and the LSTM batched (at batch 1 its small matmuls leave the cores idle): 4 clips of
-                # 4 s took 62-70 ms each this way, 76 one by one, 153 as one batch (2-core AVX-512 VM)
+                # caches) and the LSTM batched (at batch 1 its small matmuls leave the cores idle); measured in
+                # benchmarks/README.md
                 head, tail = self.encoder.model[: self.lstm_index], self.encoder.model[self.lstm_index:]
                 parts = []
                 for i in range(len(x)):
@@ -246,8 +246,8 @@ class _RowLengths:
 def _pad_by_copying(encoder: nn.Module, rows: _RowLengths) -> None:
     """Give every ``SConv1d`` of ``encoder`` a forward that pads as encodec does (reflect, causal or
     centred, the extra right padding for a whole last window) but builds the padded tensor with one
-    ``torch.cat``: on CPUs ``reflection_pad1d`` runs ~5x slower than a copy and was 13 % of EnCodec's
-    time. The same values, so the same features; only this instance changes, not the encodec package.
+    ``torch.cat``: on CPUs ``reflection_pad1d`` runs several times slower than a copy (benchmarks/README.md).
+    The same values, so the same features; only this instance changes, not the encodec package.
     With ``rows`` set, each row of a padded batch also gets its own end's padding (``_pad_row_ends``)."""
     from encodec.modules.conv import SConv1d
 

@@ -58,8 +58,8 @@ class SelfAttention(nn.Module):
 
     ``interleaved_heads=True`` is the v1 layout *in the state dict*: projected channel c belongs to
     head c mod H. The parameters themselves are kept in the usual (H, head_dim) order, so that each
-    head's channels are contiguous and attention runs without copies (measured ~1.4x faster for this
-    block in bf16 on a CPU); state-dict hooks convert on save and load, so files keep v1's layout.
+    head's channels are contiguous and attention runs without copies (faster, benchmarks/README.md);
+    state-dict hooks convert on save and load, so files keep v1's layout.
     """
 
     def __init__(self, dim: int, heads: int, interleaved_heads: bool = True, dropout: float = 0.0):

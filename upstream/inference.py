@@ -22,8 +22,8 @@ from encodecmae_s3prl.upstream.precision import autocast
 CHUNK_SECONDS = 4.0
 
 # 4 s chunks per pass (bounds memory for audio of any length). A GPU wants large batches; on a CPU
-# more chunks per pass only add activations (the speed per chunk is the same), so fewer (EnCodec's convolutions,
-# ~60 MB of activations per chunk, take them one at a time there: FrozenEncodec.features)
+# more chunks per pass only add activations (the speed per chunk is the same), so fewer (EnCodec's convolutions
+# take them one at a time there: FrozenEncodec.features)
 CHUNKS_PER_STEP = 16
 CPU_CHUNKS_PER_STEP = 4
 

@@ -1,8 +1,8 @@
 """Which autocast dtype is worth using on a device: one decision, used by training and extraction.
 
 bf16 autocast is the lever on GPUs and on CPUs with native bf16 matmuls (AVX-512 BF16 / AMX);
-on a CPU without them torch emulates bf16 matmuls and they run ~100-400x slower than fp32
-(measured: 0.3 GFLOP/s vs 125 GFLOP/s on an AVX2-only EPYC VM, benchmarks/README.md).
+on a CPU without them torch emulates bf16 matmuls, orders of magnitude slower than fp32 (measured in
+benchmarks/README.md), so 'auto' stays fp32 there.
 """
 from __future__ import annotations
 
