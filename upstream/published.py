@@ -30,6 +30,23 @@ def hub_repository(variant: str) -> str:
     return f"lpepino/encodecmae-{variant}"
 
 
+def _online(online: bool | None, refresh: bool, local: str) -> bool:
+    """Whether the hub answers (asked now when the command did not decide it); ``refresh`` needs it."""
+    if online is None:
+        online = hub_reachable()
+    if refresh and not online:
+        raise PublishedCheckpointUnavailableError(f"refresh needs the Hugging Face hub, which does not answer; give "
+                                                  f"the path of a local {local} instead")
+    return online
+
+
+def _download(repository: str, filename: str, refresh: bool, online: bool) -> str:
+    """The file from the Hugging Face cache, fetched first when online (again with ``refresh``)."""
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repository, filename, force_download=refresh, local_files_only=not online)
+
+
 def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = False,
                          online: bool | None = None) -> str:
     """Path of ``model.pt`` of a published variant: ``ckpt`` (a file, or a folder holding model.pt)
@@ -48,15 +65,8 @@ def published_checkpoint(variant: str, ckpt: str | None = None, refresh: bool = 
                 f"{ckpt}: no such checkpoint; give the path of the model.pt of {repository} (config.gin beside it)")
         return str(path)
     try:
-        from huggingface_hub import hf_hub_download
-
-        if online is None:
-            online = hub_reachable()
-        if refresh and not online:
-            raise PublishedCheckpointUnavailableError("refresh needs the Hugging Face hub, which does not answer; "
-                                                      "give the path of a local model.pt instead")
-        paths = [hf_hub_download(repository, name, force_download=refresh, local_files_only=not online)
-                 for name in HUB_FILES]
+        online = _online(online, refresh, "model.pt")
+        paths = [_download(repository, name, refresh, online) for name in HUB_FILES]
     except PublishedCheckpointError:
         raise
     except Exception as err:  # offline, hub unreachable, or not cached
@@ -90,14 +100,8 @@ def v2_checkpoint(model: str | None = None, refresh: bool = False, online: bool 
         raise PublishedCheckpointUnavailableError(f"{model}: no such file; give the path of a v2 .pt file or the "
                                                   f"name of a model of {V2_REPOSITORY} (e.g. {V2_DEFAULT})")
     try:
-        from huggingface_hub import hf_hub_download
-
-        if online is None:
-            online = hub_reachable()
-        if refresh and not online:
-            raise PublishedCheckpointUnavailableError("refresh needs the Hugging Face hub, which does not answer; "
-                                                      "give the path of a local v2 .pt file instead")
-        return hf_hub_download(V2_REPOSITORY, f"{model}.pt", force_download=refresh, local_files_only=not online)
+        online = _online(online, refresh, "v2 .pt file")
+        return _download(V2_REPOSITORY, f"{model}.pt", refresh, online)
     except PublishedCheckpointError:
         raise
     except Exception as err:  # offline and not cached, hub unreachable, or no such model
