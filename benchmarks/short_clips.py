@@ -15,7 +15,7 @@ the cost) and each set of N clips of S seconds (``--sets``, N scaled by ``--scal
   the kit's batches);
 - long files: the same audio as ``--long-files`` files, through extract;
 - theirs (with ``--reference``): the authors' v1 ``extract_features_from_array`` on padded batches of ``--batch``
-  (their answer to batch processing), on our codec, fp32.
+  (their answer to batch processing; the last layer: their batched path returns one layer), on our codec, fp32.
 Overhead = path time / model time - 1. Prints a markdown table with machine, torch and date; writes WORK/short_clips.md.
 """
 from __future__ import annotations
@@ -150,10 +150,10 @@ def main(argv=None) -> list:
             row["hear cache"] = time.perf_counter() - start
             if theirs is not None:
                 with torch.no_grad():
-                    theirs.extract_features_from_array(torch.stack(audio[: args.batch]).numpy(), layer="all")
+                    theirs.extract_features_from_array(torch.stack(audio[: args.batch]).numpy(), layer=-1)
                     start = time.perf_counter()
                     for i in range(0, count, args.batch):
-                        theirs.extract_features_from_array(torch.stack(audio[i:i + args.batch]).numpy(), layer="all")
+                        theirs.extract_features_from_array(torch.stack(audio[i:i + args.batch]).numpy(), layer=-1)
                     row["theirs"] = time.perf_counter() - start
             rows.append(row)
             print(json.dumps(row), flush=True)

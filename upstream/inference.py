@@ -109,8 +109,8 @@ class ChunkedInference(nn.Module):
             wav: (B, S) float, 24 kHz mono, zero-padded past each clip's length.
             wav_lengths: (B,) samples per clip; None = all S.
             layers: indices into the L + 2 hidden states to keep (negative allowed); None = all.
-            chunks_per_step: 4 s chunks that go through EnCodec and the encoder together (None: 16 on a
-                GPU, 4 on a CPU).
+            chunks_per_step: 4 s chunks' worth of audio that go through EnCodec and the encoder together (None:
+                16 on a GPU, 4 on a CPU); shorter chunks pass more at a time.
         Returns:
             ``EncoderOutput``, T = ceil(max length / 320). Clips longer than ``chunk_seconds`` are
             cut into chunks of ``chunk_frames`` frames (4 s = 300) that the encoder sees as
@@ -160,7 +160,8 @@ class ChunkedInference(nn.Module):
     def encode_blocks(self, clips: Sequence[Tensor], rate: int, output_index: Tensor, output_valid: Tensor,
                       layers: Optional[Sequence[int]] = None, chunks_per_step: Optional[int] = None
                       ) -> Iterator[Tuple[Tensor, Tensor, List[Tensor]]]:
-        """The inference path, ``chunks_per_step`` 4 s chunks at a time, in time order.
+        """The inference path, ``chunks_per_step`` 4 s chunks at a time, chunks of equal length together (each
+        clip's in time order).
 
         Args:
             clips: B 1-D waveforms at ``rate``, each at its own length (checked by the caller). Each 4 s
@@ -194,15 +195,29 @@ class ChunkedInference(nn.Module):
         chunk_of = first[:, None] + torch.div(output_index, chunk_frames, rounding_mode="floor")  # (B, J)
         frame_of = output_index % chunk_frames
         table = list(zip(clip.tolist(), start.tolist(), (start + size).tolist(), strict=True))
-        for begin in range(0, len(table), chunks_per_step):
-            end = min(begin + chunks_per_step, len(table))
-            segments = [resample_span(clips[c], rate, SAMPLE_RATE, low, high) for c, low, high in table[begin:end]]
+        # chunks of equal length pass together (a clip's full chunks, then the short last chunks), so that a pass is
+        # not padded to 4 s for a 1 s tail; the sort is stable, so one clip's chunks stay in time order
+        order = sorted(range(len(table)), key=lambda k: table[k][1] - table[k][2])
+        # a pass holds up to chunks_per_step 4 s chunks' worth of audio: sixteen 1 s chunks cost what four 4 s do
+        passes: List[List[int]] = []
+        budget = chunks_per_step * chunk_samples
+        for k in order:
+            if not passes or sum(table[j][2] - table[j][1] for j in passes[-1]) + table[k][2] - table[k][1] > budget:
+                passes.append([])
+            passes[-1].append(k)
+        slot = torch.full((len(table),), -1, dtype=torch.long, device=device)  # chunk -> its row in the pass
+        for ids in passes:
+            segments = [resample_span(clips[table[k][0]], rate, SAMPLE_RATE, table[k][1], table[k][2]) for k in ids]
             features, frames = self.input_features(segments)
             padded = bool((frames < features.shape[1]).any())  # on the host
             with autocast(features.device, self.precision):
                 hidden = self.chunk_hidden(features, frames.to(features.device) if padded else None)
-            rows, cols = (output_valid & (chunk_of >= begin) & (chunk_of < end)).nonzero(as_tuple=True)
-            chunk, frame = chunk_of[rows, cols] - begin, frame_of[rows, cols]
+            slot.fill_(-1)
+            slot[torch.tensor(ids, device=device)] = torch.arange(len(ids), device=device)
+            # (B, J): the row of each output position's chunk in this pass, or -1 (padding positions point anywhere)
+            in_pass = slot[chunk_of.clamp(max=len(table) - 1)].masked_fill(~output_valid, -1)
+            rows, cols = (in_pass >= 0).nonzero(as_tuple=True)
+            chunk, frame = in_pass[rows, cols], frame_of[rows, cols]
             values = [hidden[i][chunk, frame].float() for i in keep]
             del segments, features, hidden  # not held while the caller writes and the next step computes
             yield rows, cols, values
