@@ -253,10 +253,11 @@ def same_folds(a: dict, b: dict) -> bool:
 
 
 def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: list[Path], work: Path, env: dict,
-          grid_points: int, max_epochs: int) -> dict:
+          grid_points: int, max_epochs: int, precision: str = "auto") -> dict:
     from encodecmae_s3prl import compare
     from encodecmae_s3prl.evaluation import hear_protocol
     from encodecmae_s3prl.evaluation.native import upstream_rate
+    from encodecmae_s3prl.settings import UpstreamSettings
 
     emb_root = work / "embeddings" / label
     shutil.rmtree(emb_root, ignore_errors=True)
@@ -266,8 +267,9 @@ def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: lis
     (module_dir,) = [d for d in emb_root.iterdir() if d.is_dir()]
     cache = work / "cache" / label
     shutil.rmtree(cache, ignore_errors=True)  # ours embeds from scratch too
-    upstream = compare.LazyUpstream(entry, ckpt, "cpu")
-    key = compare.upstream_key(label, entry, ckpt)
+    # ours at the precision the kit's hear_api runs (compare's and hear_api's default: auto), keyed by what it ran
+    upstream = compare.LazyUpstream(entry, ckpt, "cpu", UpstreamSettings(precision=precision))
+    key = compare.upstream_key(label, entry, ckpt, compare.ran_as(entry, "cpu", precision))
     results = {}
     for task_root in tasks:
         kit_dir = module_dir / task_root.name
@@ -392,6 +394,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--tasks", default="kfold_scenes,kfold_5s,tvt_multilabel,tvt_pitch",
                         help="which of the four tasks")
     parser.add_argument("--grid-points", type=int, default=8)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="both sides' precision: hear_api's model option and compare's setting (default auto, "
+                             "both sides' own default: bf16 on a CPU with native bf16)")
     args = parser.parse_args(argv)
 
     from synthetic_data import write_tiny_encodecmae_checkpoint
@@ -412,12 +417,13 @@ def main(argv=None) -> dict:
     results = {}
     for label in [u for u in args.upstreams.split(",") if u]:
         if label == "tiny":  # our checkpoint: --model PATH, 48000 Hz declared by default
-            results[label] = check(label, ["--model", ckpt], "encodecmae_local", ckpt, tasks, work, env,
-                                   args.grid_points, 500)
+            options = json.dumps({"precision": args.precision})
+            results[label] = check(label, ["--model", ckpt, "--model-options", options], "encodecmae_local", ckpt,
+                                   tasks, work, env, args.grid_points, 500, args.precision)
         else:  # a hub entry through the kit's runner: --model-options (its --model must be an existing path)
-            options = json.dumps({"upstream": label, "sample_rate": 48000})
+            options = json.dumps({"upstream": label, "sample_rate": 48000, "precision": args.precision})
             results[label] = check(label, ["--model-options", options], label, None, tasks, work, env,
-                                   args.grid_points, 500)
+                                   args.grid_points, 500, args.precision)
     rows = validator(["fbank_no_cmvn", ckpt, f"encodecmae_random:{ckpt}"], env, work)
     text = table(results) + "\n\n| stock hear-validator encodecmae_s3prl.hear_api --model | result |\n|---|---|\n" + \
         "\n".join(f"| `{spec.replace(str(work), 'WORK')}` | {outcome} |" for spec, outcome in rows)
