@@ -38,7 +38,7 @@ def main():
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
     from encodecmae_s3prl.upstream.loading import model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
-    from encodecmae_s3prl.upstream.precision import autocast, autocast_dtype
+    from encodecmae_s3prl.upstream.precision import autocast_dtype
 
     from synthetic_data import fit_codec_to_synthetic_audio
 
@@ -52,8 +52,8 @@ def main():
         model = build_model(model_config_from_yaml({"model": size, **RANDOM_CODEC}), seed=0)
         if model.codec.needs_corpus_init():  # offline random codec: fit it, or every clip embeds the same
             fit_codec_to_synthetic_audio(model)
-        expert = UpstreamExpert(model).to(device)
-        with torch.inference_mode(), autocast(device, args.precision):
+        expert = UpstreamExpert(model, precision=args.precision).to(device)  # the product's own autocast
+        with torch.inference_mode():
             expert(wavs)  # warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
