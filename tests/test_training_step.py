@@ -155,7 +155,8 @@ def test_pretrain_data_config_defaults_are_the_shipped_yaml():
     defaults = asdict(PretrainDataConfig())
     assert {k: defaults[k] for k in datarc} == {**datarc, "corpus": tuple(datarc["corpus"])}
     assert PretrainDataConfig.from_dict(datarc) == PretrainDataConfig()
-    with pytest.raises(ConfigError, match=r"pretrain_expert.datarc: unknown key\(s\) \['batch_size'\]; valid keys"):
+    with pytest.raises(ConfigError, match=r"pretrain_expert.datarc: unknown key\(s\) \['batch_size'\] "
+                                          r"\(did you mean 'train_batch_size'\?\); valid keys"):
         PretrainDataConfig.from_dict({"batch_size": 8})
     with pytest.raises(ConfigError, match="pretrain_expert.datarc.loader = 'tf': must be 'torch' or 'fairseq2'"):
         PretrainDataConfig.from_dict({"loader": "tf"})
