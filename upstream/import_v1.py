@@ -43,12 +43,8 @@ ACCEPTED = ("a published EnCodecMAE v1 model.pt ({'state_dict': {'wav_encoder.mo
             "config.gin of the same hub repository beside it")
 
 _STACKS = {"visible_encoder": "encoder", "decoder": "decoder"}
-_RULES = [  # (v1 key pattern, our key template)
-    (r"wav_encoder\.model\.(.+)", r"codec.encoder.\1"),
-    (r"target_encoder\.model\.(.+)", r"codec.quantizer.\1"),
-    (r"feat_projector\.(weight|bias)", r"feature_projection.\1"),
-    (r"decoder_projector\.(weight|bias)", r"decoder_projection.\1"),
-    (r"positional_encoder\.scale", r"positions.scale"),
+# the transformer stacks, named alike in v1 and v2 files (visible_encoder.* becomes encoder.* in ``rename_keys``)
+STACK_RULES = [
     (r"(visible_encoder|decoder)\.encoder_layers\.(\d+)\.att_layer\.(w[qkvo])\.weight",
      r"\1.layers.\2.attention.\3.weight"),
     (r"(visible_encoder|decoder)\.encoder_layers\.(\d+)\.ff_layer\.([02])\.(weight|bias)",
@@ -56,9 +52,36 @@ _RULES = [  # (v1 key pattern, our key template)
     (r"(visible_encoder|decoder)\.encoder_layers\.(\d+)\.(norm[12])\.(weight|bias)", r"\1.layers.\2.\3.\4"),
     (r"(visible_encoder|decoder)\.final_norm\.(weight|bias)", r"\1.final_norm.\2"),
     (r"head\.layer\.(weight|bias)", r"head.\1"),
+]
+_RULES = [  # (v1 key pattern, our key template)
+    (r"wav_encoder\.model\.(.+)", r"codec.encoder.\1"),
+    (r"target_encoder\.model\.(.+)", r"codec.quantizer.\1"),
+    (r"feat_projector\.(weight|bias)", r"feature_projection.\1"),
+    (r"decoder_projector\.(weight|bias)", r"decoder_projection.\1"),
+    (r"positional_encoder\.scale", r"positions.scale"),
+    *STACK_RULES,
     (r"extra_head\.layer\.(weight|bias)", r"extra_head.\1"),
 ]
 _COMPILED = [(re.compile(pattern + r"\Z"), template) for pattern, template in _RULES]
+
+
+def rename_keys(state_dict: Dict[str, Tensor], compiled) -> tuple[Dict[str, Tensor], list]:
+    """``state_dict`` under our names by the first matching (pattern, template) of ``compiled``; (renamed, keys no
+    rule knows)."""
+    converted, unknown = {}, []
+    for key, value in state_dict.items():
+        for pattern, template in compiled:
+            match = pattern.match(key)
+            if match:
+                new = match.expand(template)
+                stack = new.split(".", 1)[0]
+                if stack in _STACKS:  # visible_encoder.* -> encoder.*
+                    new = _STACKS[stack] + new[len(stack):]
+                converted[new] = value
+                break
+        else:
+            unknown.append(key)
+    return converted, unknown
 
 # v1 state our model holds but v1 files do not: the standardisation is identity, the codec is real
 _V1_CODEC_BUFFERS = {
@@ -269,19 +292,7 @@ def _feed_forward_is_shared(state: Dict[str, Tensor]) -> bool:
 
 def convert_v1_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """v1 keys -> ours (see the module docstring). Keys no rule knows raise V1CheckpointError."""
-    converted, unknown = {}, []
-    for key, value in state_dict.items():
-        for pattern, template in _COMPILED:
-            match = pattern.match(key)
-            if match:
-                new = match.expand(template)
-                stack = new.split(".", 1)[0]
-                if stack in _STACKS:  # visible_encoder.* -> encoder.*
-                    new = _STACKS[stack] + new[len(stack):]
-                converted[new] = value
-                break
-        else:
-            unknown.append(key)
+    converted, unknown = rename_keys(state_dict, _COMPILED)
     if unknown:
         raise V1CheckpointError(f"keys that no v1 EnCodecMAE has: {unknown[:6]} ({len(unknown)} in all). "
                                 f"Accepted: {ACCEPTED}")

@@ -33,11 +33,13 @@ from encodecmae_s3prl.upstream.checkpoint import CheckpointError, safe_load
 from encodecmae_s3prl.upstream.codec import CODEBOOK_SIZE, FEATURE_DIM, build_encodec
 from encodecmae_s3prl.upstream.config import EncodecMAEConfig
 from encodecmae_s3prl.upstream.import_v1 import (
+    STACK_RULES,
     _check_heads,
     _feed_forward_is_shared,
     _few,
     _layer_count,
     read_gin_bindings,
+    rename_keys,
 )
 from encodecmae_s3prl.upstream.mel import FBANK_OPTIONS, MEL_BINS, NORM_MEAN, NORM_STD
 from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
@@ -54,16 +56,7 @@ _RULES = [  # (v2 key pattern, our key template)
     (r"masker\.positional_encoder\.scale", r"positions.scale"),
     (r"visible_encoder\.post_net\.(weight|bias)", r"decoder_projection.\1"),
     (r"decoder\.positional_encoder\.scale", r"decoder_positions.scale"),
-    (r"visible_encoder\.encoder_layers\.(\d+)\.att_layer\.(w[qkvo])\.weight", r"encoder.layers.\1.attention.\2.weight"),
-    (r"decoder\.encoder_layers\.(\d+)\.att_layer\.(w[qkvo])\.weight", r"decoder.layers.\1.attention.\2.weight"),
-    (r"visible_encoder\.encoder_layers\.(\d+)\.ff_layer\.([02])\.(weight|bias)",
-     r"encoder.layers.\1.feed_forward.\2.\3"),
-    (r"decoder\.encoder_layers\.(\d+)\.ff_layer\.([02])\.(weight|bias)", r"decoder.layers.\1.feed_forward.\2.\3"),
-    (r"visible_encoder\.encoder_layers\.(\d+)\.(norm[12])\.(weight|bias)", r"encoder.layers.\1.\2.\3"),
-    (r"decoder\.encoder_layers\.(\d+)\.(norm[12])\.(weight|bias)", r"decoder.layers.\1.\2.\3"),
-    (r"visible_encoder\.final_norm\.(weight|bias)", r"encoder.final_norm.\1"),
-    (r"decoder\.final_norm\.(weight|bias)", r"decoder.final_norm.\1"),
-    (r"head\.layer\.(weight|bias)", r"head.\1"),
+    *STACK_RULES,
 ]
 _COMPILED = [(re.compile(pattern + r"\Z"), template) for pattern, template in _RULES]
 
@@ -271,15 +264,7 @@ def config_from_v2(state: Dict[str, Tensor], gin: V2Settings) -> EncodecMAEConfi
 
 def convert_v2_state_dict(state: Dict[str, Tensor], config: EncodecMAEConfig) -> Dict[str, Tensor]:
     """v2 keys -> ours (see the module docstring). Keys no rule knows raise V2CheckpointError."""
-    converted, unknown = {}, []
-    for key, value in state.items():
-        for pattern, template in _COMPILED:
-            match = pattern.match(key)
-            if match:
-                converted[match.expand(template)] = value
-                break
-        else:
-            unknown.append(key)
+    converted, unknown = rename_keys(state, _COMPILED)
     if unknown:
         raise V2CheckpointError(f"keys that no v2 EnCodecMAE this loader builds has: {_few(unknown)}. "
                                 f"Accepted: {ACCEPTED}")

@@ -200,11 +200,14 @@ class ChunkedInference(nn.Module):
         order = sorted(range(len(table)), key=lambda k: table[k][1] - table[k][2])
         # a pass holds up to chunks_per_step 4 s chunks' worth of audio: sixteen 1 s chunks cost what four 4 s do
         passes: List[List[int]] = []
-        budget = chunks_per_step * chunk_samples
+        budget, filled = chunks_per_step * chunk_samples, 0
         for k in order:
-            if not passes or sum(table[j][2] - table[j][1] for j in passes[-1]) + table[k][2] - table[k][1] > budget:
+            length = table[k][2] - table[k][1]
+            if not passes or filled + length > budget:
                 passes.append([])
+                filled = 0
             passes[-1].append(k)
+            filled += length
         slot = torch.full((len(table),), -1, dtype=torch.long, device=device)  # chunk -> its row in the pass
         for ids in passes:
             segments = [resample_span(clips[table[k][0]], rate, SAMPLE_RATE, table[k][1], table[k][2]) for k in ids]
