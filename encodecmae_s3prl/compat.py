@@ -337,31 +337,41 @@ def check_runner_steps(config: dict, files: int | None = None) -> None:
                             f"\"config.runner.{name}={max(1, total // 2)}\"")
 
 
+def _patch_runner_method(runner_module, name: str, wrap) -> None:
+    """Replace ``runner_module.Runner.<name>`` by ``wrap(original)``, once per process: a second call (another
+    command in the same interpreter, a test) finds the patched method marked and leaves it."""
+    runner_class = runner_module.Runner
+    original = getattr(runner_class, name)
+    if getattr(original, "_encodecmae_patched", False):
+        return
+    patched = functools.wraps(original)(wrap(original))
+    patched._encodecmae_patched = True
+    setattr(runner_class, name, patched)
+
+
 def _steps_checked_before_training(runner_module) -> None:
     """Reason: with ``n_epochs`` s3prl's pretrain runner knows its step count only from the dataloader it gets
     in ``train()``; check it there (:func:`check_runner_steps`) before the runner's assertion does."""
-    runner_class = runner_module.Runner
-    if getattr(runner_class.train, "_steps_checked", False):
-        return
-    original = runner_class.train
 
-    def train(self):
-        upstream = self.upstream
-        get_loader = upstream.get_train_dataloader
+    def wrap(original):
+        def train(self):
+            upstream = self.upstream
+            get_loader = upstream.get_train_dataloader
 
-        def checked_loader():
-            loader = get_loader()
-            check_runner_steps(self.config, len(loader.dataset))
-            return loader
+            def checked_loader():
+                loader = get_loader()
+                check_runner_steps(self.config, len(loader.dataset))
+                return loader
 
-        upstream.get_train_dataloader = checked_loader
-        try:
-            return original(self)
-        finally:
-            del upstream.get_train_dataloader
+            upstream.get_train_dataloader = checked_loader
+            try:
+                return original(self)
+            finally:
+                del upstream.get_train_dataloader
 
-    train._steps_checked = True
-    runner_class.train = train
+        return train
+
+    _patch_runner_method(runner_module, "train", wrap)
 
 
 def check_inference_audio(path, reads_any_rate: bool = False) -> None:
@@ -380,17 +390,15 @@ def check_inference_audio(path, reads_any_rate: bool = False) -> None:
 def inference_input_checked(runner_module) -> None:
     """Reason: s3prl's downstream runner asserts that ``-t`` is a file and 16 kHz (bare AssertionErrors); check
     both first (:func:`check_inference_audio`)."""
-    runner_class = runner_module.Runner
-    if getattr(runner_class.inference, "_input_checked", False):
-        return
-    original = runner_class.inference
 
-    def inference(self):
-        check_inference_audio(self.args.evaluate_split, hasattr(self.downstream.model, "load_audio"))
-        return original(self)
+    def wrap(original):
+        def inference(self):
+            check_inference_audio(self.args.evaluate_split, hasattr(self.downstream.model, "load_audio"))
+            return original(self)
 
-    inference._input_checked = True
-    runner_class.inference = inference
+        return inference
+
+    _patch_runner_method(runner_module, "inference", wrap)
 
 
 @contextlib.contextmanager
@@ -411,29 +419,27 @@ def evaluate_at_checkpoint_step(runner_module) -> None:
     """Reason: ``run_downstream.py -m evaluate`` calls ``Runner.evaluate()`` with global_step 0, so the scores of a
     checkpoint from step N are logged as step 0; pass the checkpoint's ``Step`` (the same temporary TensorBoard
     writer s3prl uses in that mode)."""
-    runner_class = runner_module.Runner
-    if getattr(runner_class.evaluate, "_at_checkpoint_step", False):
-        return
-    original = runner_class.evaluate
 
-    def evaluate(self, split=None, logger=None, global_step=0):
-        step = (getattr(self, "init_ckpt", None) or {}).get("Step", 0)
-        if split is not None or logger is not None or global_step != 0 or not step:
-            return original(self, split, logger, global_step)
-        import tempfile
+    def wrap(original):
+        def evaluate(self, split=None, logger=None, global_step=0):
+            step = (getattr(self, "init_ckpt", None) or {}).get("Step", 0)
+            if split is not None or logger is not None or global_step != 0 or not step:
+                return original(self, split, logger, global_step)
+            import tempfile
 
-        from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter
 
-        tempdir = tempfile.mkdtemp()
-        writer = SummaryWriter(tempdir)
-        try:
-            return original(self, self.args.evaluate_split, writer, step)
-        finally:
-            writer.close()
-            shutil.rmtree(tempdir, ignore_errors=True)
+            tempdir = tempfile.mkdtemp()
+            writer = SummaryWriter(tempdir)
+            try:
+                return original(self, self.args.evaluate_split, writer, step)
+            finally:
+                writer.close()
+                shutil.rmtree(tempdir, ignore_errors=True)
 
-    evaluate._at_checkpoint_step = True
-    runner_class.evaluate = evaluate
+        return evaluate
+
+    _patch_runner_method(runner_module, "evaluate", wrap)
 
 
 @contextlib.contextmanager
