@@ -28,7 +28,7 @@ import ast
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -324,17 +324,24 @@ def load_v1(path: Union[str, os.PathLike], gin_path: Union[str, os.PathLike, Non
     except V1CheckpointError as err:
         raise V1CheckpointError(f"{path}: {err}") from None
 
-    converted = convert_v1_state_dict(state)
-    with torch.device("meta"):  # shapes only
+    return model_from_converted(config, convert_v1_state_dict(state),
+                                lambda problem: V1CheckpointError(
+                                    f"{path} does not fit the EnCodecMAE v1 architecture it describes "
+                                    f"({config.encoder_layers} encoder layers, D={config.dim}): {problem}. "
+                                    f"Accepted: {ACCEPTED}"))
+
+
+def model_from_converted(config: EncodecMAEConfig, converted: Dict[str, Tensor],
+                         refusal: Callable[[str], Exception]) -> EncodecMAE:
+    """The model of ``config`` holding a converted state dict (v1 or v2), in eval mode; ``refusal(problem)`` is
+    raised when its keys or shapes are not the ones that model has (checked on the meta device: shapes only)."""
+    with torch.device("meta"):
         expected = build_model(config, codec=build_encodec("random", config.num_codebooks)).state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
     wrong = sorted(k for k in set(expected) & set(converted) if expected[k].shape != converted[k].shape)
     if missing or unexpected or wrong:
-        raise V1CheckpointError(
-            f"{path} does not fit the EnCodecMAE v1 architecture it describes ({config.encoder_layers} encoder "
-            f"layers, D={config.dim}): missing {_few(missing)}, unexpected {_few(unexpected)}, wrong shape "
-            f"{_few(wrong)}. Accepted: {ACCEPTED}")
+        raise refusal(f"missing {_few(missing)}, unexpected {_few(unexpected)}, wrong shape {_few(wrong)}")
     return EncodecMAE.from_state_dict(config, converted).eval()
 
 

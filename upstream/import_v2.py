@@ -38,11 +38,12 @@ from encodecmae_s3prl.upstream.import_v1 import (
     _feed_forward_is_shared,
     _few,
     _layer_count,
+    model_from_converted,
     read_gin_bindings,
     rename_keys,
 )
 from encodecmae_s3prl.upstream.mel import FBANK_OPTIONS, MEL_BINS, NORM_MEAN, NORM_STD
-from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
+from encodecmae_s3prl.upstream.model import EncodecMAE
 
 ACCEPTED = ("an EnCodecMAE v2 file ({'imports': ..., 'config': <gin string>, 'state_dict': {'wav_encoder.*', "
             "'visible_encoder.encoder_layers.N.*', 'decoder.positional_encoder.scale', 'head.layer.*', ...}}), as the "
@@ -306,14 +307,8 @@ def load_v2(path: Union[str, os.PathLike], checkpoint: Optional[dict] = None, tr
         converted = convert_v2_state_dict(state, config)
     except V2CheckpointError as err:
         raise V2CheckpointError(f"{path}: {err}") from None
-    with torch.device("meta"):  # shapes only
-        expected = build_model(config, codec=build_encodec("random", config.num_codebooks)).state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(converted) if expected[k].shape != converted[k].shape)
-    if missing or unexpected or wrong:
-        raise V2CheckpointError(
-            f"{path} does not fit the EnCodecMAE v2 architecture it describes ({config.input} input, "
-            f"{config.encoder_layers} encoder layers, D={config.dim}): missing {_few(missing)}, unexpected "
-            f"{_few(unexpected)}, wrong shape {_few(wrong)}. Accepted: {ACCEPTED}")
-    return EncodecMAE.from_state_dict(config, converted).eval()
+    return model_from_converted(config, converted,
+                                lambda problem: V2CheckpointError(
+                                    f"{path} does not fit the EnCodecMAE v2 architecture it describes "
+                                    f"({config.input} input, {config.encoder_layers} encoder layers, "
+                                    f"D={config.dim}): {problem}. Accepted: {ACCEPTED}"))
