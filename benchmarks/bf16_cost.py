@@ -66,7 +66,7 @@ def layer_errors(ckpt: Path) -> list[dict]:
 
 
 def probe_scores(ckpt: Path, work: Path, clips: int) -> dict:
-    from encodecmae_s3prl import table1
+    from encodecmae_s3prl.evaluation import table1
 
     from synthetic_data import write_hear_table1_tasks
 
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     import torch
     from table1_scaled import cpu_flags
 
-    from synthetic_data import write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
 
     args.work.mkdir(parents=True, exist_ok=True)
     machine = (f"{platform.processor() or platform.machine()}, flags {cpu_flags()}, {torch.get_num_threads()} torch "

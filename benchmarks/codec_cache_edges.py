@@ -32,12 +32,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--crops", type=int, default=24)
     args = parser.parse_args()
-    from encodecmae_s3prl.demo_data import harmonic_tone, sound_class
+    from encodecmae_s3prl.demo_data import fit_codec_to_synthetic_audio, harmonic_tone, sound_class
     from encodecmae_s3prl.pretrain_task.codec_cache import whole_file_features
     from encodecmae_s3prl.upstream.loading import model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
-
-    from synthetic_data import fit_codec_to_synthetic_audio
 
     model = build_model(model_config_from_yaml({"model": "tiny", **RANDOM_CODEC}))
     if model.codec.needs_corpus_init():

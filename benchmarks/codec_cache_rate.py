@@ -50,13 +50,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="mean file length")
     parser.add_argument("--batch-sizes", default="1,32", help="windows per EnCodec call, comma-separated")
     args = parser.parse_args()
-    from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
+    from encodecmae_s3prl.demo_data import fit_codec_to_synthetic_audio, harmonic_tone, write_wav
     from encodecmae_s3prl.pretrain_task.codec_cache import CodecCache, build
     from encodecmae_s3prl.pretrain_task.corpus import load_corpus
     from encodecmae_s3prl.upstream.loading import model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
-
-    from synthetic_data import fit_codec_to_synthetic_audio
 
     model = build_model(model_config_from_yaml({"model": "small", **RANDOM_CODEC}), seed=0)
     fit_codec_to_synthetic_audio(model)

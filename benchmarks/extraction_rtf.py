@@ -35,12 +35,11 @@ def main():
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
 
+    from encodecmae_s3prl.demo_data import fit_codec_to_synthetic_audio
     from encodecmae_s3prl.upstream.expert import UpstreamExpert
     from encodecmae_s3prl.upstream.loading import model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
     from encodecmae_s3prl.upstream.precision import autocast_dtype
-
-    from synthetic_data import fit_codec_to_synthetic_audio
 
     device = torch.device(args.device)
     # the ceiling in the precision the model runs at (a bf16 step against an fp32 matmul would read > 100 %)

@@ -4,7 +4,7 @@
 
 - runner mode: ``run_downstream.py -m train -d esc50`` (s3prl's runner, Featurizer, our pooled-MLP
   expert): the upstream runs on every batch of every epoch. Timed as the whole process.
-- HEAR-cached mode: ``hear_protocol`` on the same fold: embed every clip once (all layers,
+- HEAR-cached mode: ``embedding_cache`` + ``mlp_grid`` on the same fold: embed every clip once (all layers,
   time-mean, cached on disk), then train the same-size MLP for the same number of epochs from the
   cache; a rerun (another grid configuration, another fold, the other layer mode) only trains.
   Timed in process, plus the process start-up measured on its own so the totals compare.
@@ -51,24 +51,24 @@ def cached_mode(upstream_name: str, ckpt: str | None, root: Path, work: Path, ep
     from s3prl import hub
 
     import encodecmae_s3prl  # noqa: F401
-    from encodecmae_s3prl.evaluation import hear_protocol
+    from encodecmae_s3prl.evaluation import embedding_cache, mlp_grid, task_table
 
     start = time.perf_counter()
     upstream = getattr(hub, upstream_name)(**({"ckpt": ckpt} if ckpt else {})).eval()
     build = time.perf_counter() - start
-    task = hear_protocol.load_task("esc50", root, "fold1")
+    task = task_table.load_task("esc50", root, "fold1")
     start = time.perf_counter()
-    data = hear_protocol.embed_splits(lambda: upstream, f"bench|{upstream_name}|{ckpt}", task, work / "cache")
+    data = embedding_cache.embed_splits(lambda: upstream, f"bench|{upstream_name}|{ckpt}", task, work / "cache")
     embed = time.perf_counter() - start
     params = {"hidden_layers": 1, "lr": 1e-3, "init": "xavier_uniform"}  # the runner's MLP: 1 x 1024, lr 1e-3
     start = time.perf_counter()
-    hear_protocol.train_one(task, data, params, weighted=True, max_epochs=epochs, seed=0)
+    mlp_grid.train_one(task, data, params, weighted=True, max_epochs=epochs, seed=0)
     train = time.perf_counter() - start
     start = time.perf_counter()
-    hear_protocol.embed_splits(lambda: upstream, f"bench|{upstream_name}|{ckpt}", task, work / "cache")
+    embedding_cache.embed_splits(lambda: upstream, f"bench|{upstream_name}|{ckpt}", task, work / "cache")
     cache_hit = time.perf_counter() - start
     start = time.perf_counter()
-    full = hear_protocol.grid_search(task, data, weighted=False, grid_size=8, max_epochs=500)
+    full = mlp_grid.grid_search(task, data, weighted=False, grid_size=8, max_epochs=500)
     hear_grid = time.perf_counter() - start
     return {"build_upstream_s": build, "embed_once_s": embed, "train_s": train, "cache_hit_s": cache_hit,
             "hear_grid_8x500_s": hear_grid, "hear_grid_acc": full["test"]["acc"],
@@ -87,9 +87,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from encodecmae_s3prl.demo_data import write_esc50
-
-    from synthetic_data import write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.demo_data import write_esc50, write_tiny_encodecmae_checkpoint
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

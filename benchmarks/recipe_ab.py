@@ -5,7 +5,7 @@ corpus, then the demo's two probes (NSynth-layout pitch, ESC-50 layout) under th
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/recipe_ab.py --steps 150 --seeds 0,1,2 --out /tmp/recipe_ab
 
 Everything comes from the demo (``encodecmae_s3prl.demo``: corpus, probe datasets, pretraining through
-``run_pretrain.py -u encodecmae -g <tiny + recipe>``) and from ``encodecmae_s3prl.compare.evaluate``
+``run_pretrain.py -u encodecmae -g <tiny + recipe>``) and from ``encodecmae_s3prl.evaluation.compare.evaluate``
 (the HEAR protocol). The seed is ``config.pretrain_expert.datarc.seed``: it seeds the model's initialisation, the
 crops, the masks and the fitting of the random-init EnCodec to the corpus; a seed gives both recipes the same
 codec, crops and initial weights, so the recipes differ only in the span layout and the decoder input at masked
@@ -29,7 +29,7 @@ from typing import Dict, List
 import torch
 
 from encodecmae_s3prl import demo
-from encodecmae_s3prl.compare import LazyUpstream, evaluate, upstream_key
+from encodecmae_s3prl.evaluation.compare import LazyUpstream, evaluate, upstream_key
 from encodecmae_s3prl.settings import UpstreamSettings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ the cost) and each set of N clips of S seconds (``--sets``, N scaled by ``--scal
 - model: ``model.encode`` on padded batches of ``--batch`` clips already in memory at 24 kHz: the floor, no I/O;
 - extract: ``python -m encodecmae_s3prl.extract`` on the folder (reading, s3prl's 16 kHz, batching by length,
   writing one .npy per clip and the manifest);
-- hear cache: ``hear_protocol.embed_splits`` on the same clips as a HEAR task at 24000 Hz (every layer's time-mean,
+- hear cache: ``embedding_cache.embed_splits`` on the same clips as a HEAR task at 24000 Hz (every layer's time-mean,
   the kit's batches);
 - long files: the same audio as ``--long-files`` files, through extract;
 - theirs (with ``--reference``): the authors' v1 ``extract_features_from_array`` on padded batches of ``--batch``
@@ -91,12 +91,11 @@ def main(argv=None) -> list:
     import torch
     from long_audio_memory import cpu_flags
 
-    from encodecmae_s3prl.evaluation import hear_protocol
+    from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.evaluation import embedding_cache, task_table
     from encodecmae_s3prl.extract import main as extract_main
     from encodecmae_s3prl.registry import load_hub_upstream
     from encodecmae_s3prl.settings import UpstreamSettings
-
-    from synthetic_data import write_tiny_encodecmae_checkpoint
 
     rows = []
     settings = UpstreamSettings(precision=args.precision)
@@ -143,9 +142,9 @@ def main(argv=None) -> list:
                 assert code == 0, name
             cache = args.work / "cache"
             shutil.rmtree(cache, ignore_errors=True)
-            task = hear_protocol.load_task("hear", folder / "task")
+            task = task_table.load_task("hear", folder / "task")
             start = time.perf_counter()
-            hear_protocol.embed_splits(lambda up=upstream: up, f"{size}|{args.precision}", task, cache, "cpu",
+            embedding_cache.embed_splits(lambda up=upstream: up, f"{size}|{args.precision}", task, cache, "cpu",
                                        batch_size=args.batch)
             row["hear cache"] = time.perf_counter() - start
             if theirs is not None:

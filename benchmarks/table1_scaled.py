@@ -6,7 +6,7 @@
 Writes stand-ins of the six HEAR tasks at the real tasks' clip durations (``write_hear_table1_tasks``,
 48000 Hz, ``--clips`` clips per task) and a random EnCodecMAE checkpoint of ``--size`` (random-init EnCodec fitted
 to synthetic audio: the weights do not change the cost), then per task: the embedding cache built alone
-(``hear_protocol.embed_splits``, all layers, at ``--precision``) and the HEAR protocol's MLP grid on it (``table1``
+(``embedding_cache.embed_splits``, all layers, at ``--precision``) and the HEAR protocol's MLP grid on it (``table1``
 with the kit's settings, the cache already there). Extrapolation: embedding time scales with audio hours, the MLP grid
 with clips (roughly: early stopping ends each grid point at its own epoch). Prints a markdown table with machine
 and date.
@@ -50,11 +50,11 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from encodecmae_s3prl import compare, table1
-    from encodecmae_s3prl.evaluation import hear_protocol
+    from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.evaluation import compare, embedding_cache, table1
     from encodecmae_s3prl.settings import UpstreamSettings
 
-    from synthetic_data import write_hear_table1_tasks, write_tiny_encodecmae_checkpoint
+    from synthetic_data import write_hear_table1_tasks
 
     work = args.work.resolve()
     tasks_root, out = work / "tasks", work / "out"
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     for column, task in chosen.items():
         clips, seconds = table1._task_size(task)
         start = time.perf_counter()
-        hear_protocol.embed_splits(upstream, row.key, task.probe_task, out / "cache", args.device)
+        embedding_cache.embed_splits(upstream, row.key, task.probe_task, out / "cache", args.device)
         embed = time.perf_counter() - start
         start = time.perf_counter()
         code = table1.main(["--tasks", str(tasks_root), "--out", str(out), "--upstreams", f"{args.size}={ckpt}",
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     first = next(iter(chosen.values()))
-    _, layers, dim = np.load(hear_protocol.cache_path(out / "cache", row.key, first.probe_task), mmap_mode="r").shape
+    _, layers, dim = np.load(embedding_cache.cache_path(out / "cache", row.key, first.probe_task), mmap_mode="r").shape
     lines = [f"{datetime.date.today()}, {platform.node()}, cpu={cpu_flags()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads, device {args.device}, {args.size} ({layers} hidden states x {dim}), "
              f"transformer in {ran_as} (--precision {args.precision})",

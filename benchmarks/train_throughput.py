@@ -144,7 +144,7 @@ def main():
             sync(device)
             t2 = time.perf_counter()
             with autocast(device, args.precision):
-                loss = step_model(**inputs, mask=mask).loss
+                loss = forward(step_model, inputs, mask).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -158,7 +158,7 @@ def main():
 
         def one_step(model=model, inputs=inputs, mask=mask):
             with autocast(device, args.precision):
-                model(**inputs, mask=mask).loss.backward()
+                forward(model, inputs, mask).loss.backward()
         gflop = count_gflop(one_step)
         optimizer.zero_grad()
         if args.sync_check:
@@ -247,6 +247,14 @@ def host_syncs(step, device) -> str:
         return "host sync: " + str(error).strip().splitlines()[0]
     sync(device)
     return "forward + backward: no host sync"
+
+
+def forward(model, inputs: dict, mask):
+    """The training step's forward: on the fly (``wav`` in ``inputs``) it includes the frozen codec's pass
+    (``training_inputs``), as ``pretrain_expert`` runs it; from the cache it does not."""
+    if "wav" in inputs:
+        inputs = getattr(model, "_orig_mod", model).training_inputs(inputs["wav"], inputs["wav_lengths"])._asdict()
+    return model(**inputs, mask=mask)
 
 
 def cache_inputs(model, features, lengths) -> dict:

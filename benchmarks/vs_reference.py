@@ -152,12 +152,10 @@ def main() -> None:
         raise SystemExit(f"error: {args.reference} is not a checkout of habla-liaa/encodecmae (no "
                          f"encodecmae/tasks/models/encodecmae/mae.py); see the usage at the top of this file")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    from encodecmae_s3prl.demo_data import harmonic_tone
+    from encodecmae_s3prl.demo_data import fit_codec_to_synthetic_audio, harmonic_tone
     from encodecmae_s3prl.upstream.loading import model_config_from_yaml
     from encodecmae_s3prl.upstream.model import build_model
     from encodecmae_s3prl.upstream.precision import autocast, autocast_dtype
-
-    from synthetic_data import fit_codec_to_synthetic_audio
 
     device = torch.device(args.device)
     ours = build_model(model_config_from_yaml({"model": args.size, **RANDOM_CODEC}), seed=0)

@@ -238,7 +238,7 @@ def run(args, settings: UpstreamSettings) -> None:
     codec = checkpoint_codec(checkpoint)
 
     print("[3/3] HEAR protocol: EC, ECMAE-R, the pretrained model and fbank_no_cmvn on the probes")
-    from encodecmae_s3prl import compare
+    from encodecmae_s3prl.evaluation import compare
 
     # EC and ECMAE-R take the checkpoint's codec: the real EnCodec, or the random-init one with the codebooks
     # and statistics fitted to this corpus

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from encodecmae_s3prl.errors import UserError, user_errors
-from encodecmae_s3prl.evaluation.native import upstream_precision
+from encodecmae_s3prl.evaluation.native_rate import upstream_precision
 from encodecmae_s3prl.fixes import upstream_fixes
 from encodecmae_s3prl.pretrain_task.corpus import AUDIO_EXTENSIONS
 from encodecmae_s3prl.registry import load_hub_upstream

@@ -34,7 +34,7 @@ from encodecmae_s3prl.pretrain_task.step_health import NonFiniteSteps, WaitTimed
 from encodecmae_s3prl.settings import distributed_environment
 from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
 from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, load_checkpoint, model_config_from_yaml
-from encodecmae_s3prl.upstream.model import build_model
+from encodecmae_s3prl.upstream.model import TrainingInputs, build_model
 from encodecmae_s3prl.upstream.precision import PRECISIONS, autocast
 from encodecmae_s3prl.upstream.strict_config import check_rules, from_dict_strict
 
@@ -221,16 +221,15 @@ class UpstreamPretrainExpert(nn.Module):
 
         extra = to_device(data.extra_targets) if data.extra_targets is not None else None
         if data.features is not None:  # from the codec cache: the frozen codec does not run
-            inputs = dict(features=to_device(data.features), frame_lengths=to_device(data.frame_lengths),
-                          codes=to_device(data.codes))
+            inputs = TrainingInputs(to_device(data.features), to_device(data.frame_lengths), to_device(data.codes))
         else:
-            inputs = dict(wav=to_device(data.wavs), wav_lengths=to_device(data.lengths))
+            inputs = self._unwrapped().training_inputs(to_device(data.wavs), to_device(data.lengths))
         # the masks are a function of (seed, batch): a resumed run draws the same ones; drawn by the loader, or here
         # for a batch made elsewhere, on the host either way. The extra targets' values were checked on the host
         # by TargetStore.slice as the loader read them.
         mask = data.mask if data.mask is not None else self.masks.for_batch(data)
         with autocast(self.device, self.precision):
-            output = self.model(**inputs, extra_targets=extra, mask=mask, validate_targets=False)
+            output = self.model(*inputs, extra_targets=extra, mask=mask, validate_targets=False)
         self.next_batch = data.batch_index + 1
 
         now = time.perf_counter()

@@ -35,7 +35,7 @@ BOUND = 1e-5  # relative error (max |ours - theirs| / max |theirs|) allowed per 
 
 
 def compare_model(path: Path, meta: dict, ref: np.lib.npyio.NpzFile, threads: int) -> list[dict]:
-    from encodecmae_s3prl import hear_api
+    from encodecmae_s3prl.evaluation import hear_api
 
     torch.set_num_threads(threads)
     model = hear_api.load_model(f"encodecmae_v2:{path}", sample_rate=24_000, device="cpu", precision="fp32")

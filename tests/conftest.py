@@ -27,9 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
-
-from synthetic_data import write_tiny_encodecmae_checkpoint
+from encodecmae_s3prl.demo_data import harmonic_tone, write_tiny_encodecmae_checkpoint, write_wav
 
 REPO = Path(__file__).resolve().parent.parent
 

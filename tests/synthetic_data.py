@@ -158,43 +158,6 @@ def write_hear_task(root: Path, classes: int = 4, per_split=(16, 6, 6), seed: in
     return root
 
 
-def fit_codec_to_synthetic_audio(model, seed: int = 0) -> None:
-    """Fit a random-init codec (the per-channel standardisation statistics of its features and its RVQ
-    codebooks, which a random EnCodec lacks) to 2 s of each of a spread of tones and noise colours, so that
-    clips embed differently (benchmarks, tests, offline demos)."""
-    import torch
-
-    from encodecmae_s3prl.upstream.codec import SAMPLE_RATE
-
-    rng = np.random.default_rng(seed)
-    corpus = [harmonic_tone(f, 2.0, SAMPLE_RATE, rng) for f in (110, 165, 220, 330, 440, 660, 880)]
-    corpus += [sound_class(index, 2.0, SAMPLE_RATE, rng) for index in range(8)]
-    model.codec.init_from_audio([torch.from_numpy(np.asarray(w, np.float32)) for w in corpus], seed=seed)
-
-
-def write_tiny_encodecmae_checkpoint(path: Path, seed: int = 0, size: str = "tiny", recipe: str | None = None
-                                     ) -> Path:
-    """A random EnCodecMAE checkpoint (``size``: tiny unless told; ``recipe``: the size's unless told) as
-    ``run_pretrain.py -u encodecmae`` writes it, its random-init codec fitted to synthetic audio: what
-    ``encodecmae_local``, ``encodec_features`` and ``encodecmae_random`` take with ``-k`` offline."""
-    from dataclasses import asdict, replace
-
-    from encodecmae_s3prl.upstream.checkpoint import atomic_save
-    from encodecmae_s3prl.upstream.loading import CHECKPOINT_KEY, model_config_from_yaml
-    from encodecmae_s3prl.upstream.model import build_model
-
-    config = model_config_from_yaml({"model": size, **({"recipe": recipe} if recipe else {})})
-    if config.encodec_source == "pretrained":  # offline: the random codec, standardised
-        config = replace(config, encodec_source="random", standardise_features=True)
-    model = build_model(config, seed=seed)
-    fit_codec_to_synthetic_audio(model, seed)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({CHECKPOINT_KEY: {"config": asdict(model.config), "state_dict": model.state_dict()}, "Step": 0},
-                path)
-    return path
-
-
 # Table 1's HEAR tasks as HEAR distributes them: folder, task_name, split mode, folds (0: train/valid/test), type,
 # evaluation, real clip duration (s); FSD50K's clips vary up to 30 s (HEAR pads or trims to sample_duration)
 HEAR_TABLE1_TASKS = (

@@ -7,15 +7,13 @@ import pytest
 import soundfile
 import torch
 
-from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
+from encodecmae_s3prl.demo_data import fit_codec_to_synthetic_audio, harmonic_tone, write_wav
 from encodecmae_s3prl.pretrain_task import codec_cache as cache_module
 from encodecmae_s3prl.pretrain_task.codec_cache import CodecCache, CodecCacheError, build, whole_file_features
 from encodecmae_s3prl.pretrain_task.codec_windows import encode_files
 from encodecmae_s3prl.pretrain_task.corpus import CropSampler, collate, load_corpus
 from encodecmae_s3prl.upstream.loading import model_config_from_yaml
 from encodecmae_s3prl.upstream.model import build_model
-
-from synthetic_data import fit_codec_to_synthetic_audio
 
 
 @pytest.fixture(scope="module")

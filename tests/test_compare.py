@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl import compare
 from encodecmae_s3prl.demo_data import write_esc50, write_nsynth
-from encodecmae_s3prl.evaluation import hear_protocol
+from encodecmae_s3prl.evaluation import compare, embedding_cache, task_table
 
 from conftest import run_script, side_by_side
 from fakes import write_tiny_hubert_checkpoint, write_tiny_wav2vec2_checkpoint
@@ -69,7 +68,7 @@ def test_two_upstreams_two_probes_all_outputs_and_cache(tmp_path, datasets, monk
     def fail(*a, **k):
         raise AssertionError("embeddings recomputed")
 
-    monkeypatch.setattr(hear_protocol, "embed_clips", fail)
+    monkeypatch.setattr(embedding_cache, "embed_clips", fail)
     monkeypatch.setattr(compare, "load_hub_upstream", fail)
     before = (out / "results.md").read_text()
     compare.main(args)
@@ -158,7 +157,7 @@ def test_side_by_side_s3prl_hubert_wav2vec2_and_ours_on_s3prl_recipes(tmp_path, 
     out = tmp_path / "cmp"
     upstreams = [f"hubert_local={hubert}", f"wav2vec2_local={wav2vec2}", f"mae_tiny={tiny_ckpt}", "fbank_no_cmvn"]
     proc = subprocess.run(
-        [sys.executable, "-m", "encodecmae_s3prl.compare", "--upstreams", ",".join(upstreams),
+        [sys.executable, "-m", "encodecmae_s3prl.evaluation.compare", "--upstreams", ",".join(upstreams),
          "--probes", "speech_commands,emotion", "--data", f"speech_commands={train_root},{test_root}",
          "--data", f"emotion={iemocap}", "--out", str(out), "--mode", "weighted", "--grid-size", "2",
          "--max-epochs", "90", "--hidden-dim", "128", "--device", "cpu"],
@@ -191,7 +190,7 @@ def test_speech_commands_task_reads_s3prl_split(tmp_path):
     from s3prl.downstream.speech_commands.expert import split_dataset
 
     train_root, test_root = write_speech_commands(tmp_path / "sc", per_word=6, test_per_word=2)
-    task = hear_protocol.load_task("speech_commands", f"{train_root},{test_root}")
+    task = task_table.load_task("speech_commands", f"{train_root},{test_root}")
     s3prl_train, s3prl_dev = split_dataset(train_root)
     silence = task.classes.index("_silence_")
     assert {c.path for c in task.splits["train"] if c.target[0] != silence} == {str(p) for _, p in s3prl_train}
@@ -203,7 +202,7 @@ def test_speech_commands_task_reads_s3prl_split(tmp_path):
     assert any(c.target[0] == unknown for c in task.splits["train"])  # bed/cat map to _unknown_
     assert {task.classes[c.target[0]] for c in task.splits["test"]} == set(task.classes)
     # the parent folder works too when it holds train/ and test/
-    assert len(hear_protocol.load_task("speech_commands", tmp_path / "sc").splits["test"]) == len(task.splits["test"])
+    assert len(task_table.load_task("speech_commands", tmp_path / "sc").splits["test"]) == len(task.splits["test"])
 
 
 def test_one_cache_of_every_layer_serves_both_modes_and_reruns(tmp_path, datasets, tiny_ckpt):
@@ -214,19 +213,19 @@ def test_one_cache_of_every_layer_serves_both_modes_and_reruns(tmp_path, dataset
 
     from encodecmae_s3prl.downstream_probes.clips import read_clip
 
-    task = hear_protocol.load_task("esc50", datasets["esc50"])
+    task = task_table.load_task("esc50", datasets["esc50"])
     built = []
 
     def upstream():
         built.append(hub.encodecmae_local(ckpt=str(tiny_ckpt)).eval())
         return built[-1]
 
-    first = hear_protocol.embed_splits(upstream, "mae", task, tmp_path)
+    first = embedding_cache.embed_splits(upstream, "mae", task, tmp_path)
 
     def no_upstream():
         raise AssertionError("the cache was missed")
 
-    again = hear_protocol.embed_splits(no_upstream, "mae", task, tmp_path)
+    again = embedding_cache.embed_splits(no_upstream, "mae", task, tmp_path)
     assert len(built) == 1 and len(list(tmp_path.glob("*.npy"))) == 1
     for split in first:
         np.testing.assert_array_equal(first[split]["x"], again[split]["x"])
@@ -244,7 +243,7 @@ def test_one_cache_of_every_layer_serves_both_modes_and_reruns(tmp_path, dataset
 
 
 def test_hear_api_for_ours_hubert_and_fbank(tmp_path, tiny_ckpt):
-    from encodecmae_s3prl import hear_api
+    from encodecmae_s3prl.evaluation import hear_api
 
     hubert = write_tiny_hubert_checkpoint(tmp_path / "hubert_tiny.pt")
     models = {"ours": (hear_api.load_model(str(tiny_ckpt), device="cpu"), 64, 1000 / 75, 48000),

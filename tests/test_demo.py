@@ -85,7 +85,7 @@ def test_the_demo_passes_its_encodec_down_and_leaves_its_environment_alone(tmp_p
     """The EnCodec the demo settles on reaches compare as an argument and the pretraining process through that
     process's environment; the demo's own environment is unchanged (here ENCODEC_CKPT names a file that is not
     there: a step reading it instead of the settings would fail)."""
-    from encodecmae_s3prl import compare
+    from encodecmae_s3prl.evaluation import compare
 
     monkeypatch.setenv("ENCODEC_CKPT", str(tmp_path / "not_there.th"))
     before = dict(os.environ)
@@ -151,7 +151,7 @@ def test_demo_pretraining_and_probes_give_the_same_numbers_twice(tmp_path):
     """The demo's deterministic parts end to end, at a few steps: two pretraining runs through run_pretrain.py (the
     codec's fit, crops, masks, the optimizer) give the same checkpoint, and the HEAR-protocol table of each (embedding
     caches built from scratch, the MLP grid) is the same text."""
-    from encodecmae_s3prl import compare
+    from encodecmae_s3prl.evaluation import compare
     from encodecmae_s3prl.upstream.checkpoint import safe_load
 
     corpus = write_tone_corpus(tmp_path / "corpus")
@@ -183,7 +183,7 @@ def _numbers_out(text: str) -> str:
 def test_the_readme_table_is_the_block_the_demo_writes(tmp_path, monkeypatch):
     """README.md's demo table is a block the demo wrote (``--readme``): its settings line is the one of `make demo`'s
     settings, and its table is compare's results.md for the demo's rows and probes, the fold note included."""
-    from encodecmae_s3prl import compare
+    from encodecmae_s3prl.evaluation import compare
 
     readme = (REPO / "README.md").read_text()
     assert readme.count(demo.TABLE_BEGIN) == 1 and readme.count(demo.TABLE_END) == 1

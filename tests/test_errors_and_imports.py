@@ -368,7 +368,8 @@ def test_readme_python_api_runs_as_written(tmp_path, tiny_ckpt):
     (tmp_path / "api.py").write_text(code)
     proc = _run(["api.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    first, second = proc.stdout.strip().splitlines()[-2:]
+    model, first, second = proc.stdout.strip().splitlines()[-3:]
+    assert model == "torch.Size([2, 225, 64]) tensor([225, 150]) torch.Size([])", model
     assert first == "4 torch.Size([2, 225, 64])", first
     assert second == "torch.Size([2, 226, 64]) tensor([226, 151])", second
 
@@ -648,7 +649,7 @@ def _documented_commands():
     from conftest import REPO
 
     text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
-    modules = sorted(set(re.findall(r"python -m (encodecmae_s3prl[\w.]*)", text)))
+    modules = sorted(set(re.findall(r"python -m (encodecmae_s3prl(?:\.\w+)*)", text)))
     targets = sorted(set(re.findall(r"`make ([a-z][a-z-]*)", text) + re.findall(r"^make ([a-z][a-z-]*)", text, re.M)))
     files = sorted(set(re.findall(r"(?<![\w/.])((?:scripts|benchmarks)/\w+\.(?:py|sh))", text)))
     return modules, targets, files
@@ -667,6 +668,23 @@ def test_every_documented_command_exists():
     makefile = (REPO / "Makefile").read_text()
     assert [t for t in targets if not re.search(rf"^{re.escape(t)}:", makefile, re.M)] == []
     assert [f for f in files if not (REPO / f).is_file()] == []
+
+
+def test_every_command_module_is_in_the_readmes_commands_table():
+    """One set of entry points: every module of ours that runs as a command (``__main__``) is a row of the README's
+    Commands table as `python -m <its package path>`, and the table names nothing else."""
+    from encodecmae_s3prl.package_layout import package_dir
+
+    from conftest import REPO
+
+    commands = set()
+    for package, folder in package_dir(REPO).items():
+        for path in Path(folder).glob("*.py"):
+            if 'if __name__ == "__main__":' in path.read_text() and path.stem != "package_layout":  # setup's helper
+                commands.add(f"{package}.{path.stem}")
+    table = (REPO / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    assert len(commands) >= 10
+    assert set(re.findall(r"^\| `python -m ([\w.]+)`", table, re.M)) == commands
 
 
 @pytest.mark.slow

@@ -164,7 +164,7 @@ def test_table1_onto_a_full_disk_is_one_error_line_and_no_partial_table(tmp_path
     (tmp_path / "cells").mkdir()
     command = (f"ln -s {tmp_path / 'cache'} \"$DISK/cache\" && ln -s {tmp_path / 'cells'} \"$DISK/cells\" && "
                f"head -c 2000 /dev/zero > \"$DISK/filler\" && "  # a few KB free: the caches and cells are elsewhere
-               f"{sys.executable} -m encodecmae_s3prl.table1 --tasks {tasks} --out \"$DISK\" "
+               f"{sys.executable} -m encodecmae_s3prl.evaluation.table1 --tasks {tasks} --out \"$DISK\" "
                f"--upstreams ECMAE-S={tiny_ckpt} --only ns --grid-size 1 --max-epochs 3 --hidden-dim 16 --device cpu")
     status, stderr, files = _on_small_disk(out, "8k", command, cwd=REPO)
     assert status == 2, stderr

@@ -1,7 +1,8 @@
 """Rules of the organisers' kit (heareval 2021.1.3) that only showed when the kit and ours ran independently
-(scripts/hear_kit_check.py): the kit embeds in another process, before its training stream is seeded, so
-nothing our side does to get the embeddings may draw from that stream; and it embeds in batches of its own, which
-decide a clip's embedding at float32 rounding, so ours embeds a HEAR task in the same batches."""
+(``encodecmae_s3prl.evaluation.hear_kit_check``): the kit embeds in another process, before its training
+stream is seeded, so nothing our side does to get the embeddings may draw from that stream; and it embeds in
+batches of its own, which decide a clip's embedding at float32 rounding, so ours embeds a HEAR task in the same
+batches."""
 import json
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl.evaluation import hear_protocol
+from encodecmae_s3prl.downstream_probes.task import ProbeTask
+from encodecmae_s3prl.evaluation import embedding_cache, mlp_grid, task_table
 
 
 def _toy_multilabel(n=(60, 20, 20), classes=4, dim=8, seed=0):
@@ -21,7 +23,7 @@ def _toy_multilabel(n=(60, 20, 20), classes=4, dim=8, seed=0):
         x = centres[y] + rng.normal(0, 1.5, (count, dim))
         return {"x": x[:, None].astype(np.float32), "y": np.eye(classes, dtype=np.float32)[y]}
 
-    task = hear_protocol.ProbeTask("toy", {}, [f"c{i}" for i in range(classes)], True, ("mAP",))
+    task = ProbeTask("toy", {}, [f"c{i}" for i in range(classes)], True, ("mAP",))
     return task, dict(zip(("train", "dev", "test"), (split(c) for c in n), strict=True))
 
 
@@ -47,11 +49,11 @@ def test_a_cache_miss_in_load_does_not_move_the_task_stream():
         return folds[fold]
 
     kwargs = dict(grid_size=2, max_epochs=30, hidden_dim=32)
-    fresh = hear_protocol.evaluate_folds(["f0", "f1"], miss, **kwargs)
-    rerun = hear_protocol.evaluate_folds(["f0", "f1"], cached, **kwargs)
+    fresh = mlp_grid.evaluate_folds(["f0", "f1"], miss, **kwargs)
+    rerun = mlp_grid.evaluate_folds(["f0", "f1"], cached, **kwargs)
     assert _summary(fresh) == _summary(rerun)
     # and the first fold's search is the one on data already in hand (the kit's stream, seeded 42)
-    alone = hear_protocol.grid_search(task, data, **kwargs)
+    alone = mlp_grid.grid_search(task, data, **kwargs)
     assert [(g["params"], g["valid"], g["epoch"]) for g in alone["grid"]] == _summary(fresh)[0]
 
 
@@ -59,11 +61,9 @@ def test_hear_api_declares_48k_for_ours_resamples_inside_and_takes_a_layer(tmp_p
     """HEAR distributes its tasks at 48000 Hz (the stock validator accepts 16000/22050/44100/48000, not 24000):
     our upstreams declare 48000 and resample 2:1 to the model's 24 kHz inside; sample_rate=24000 feeds the model
     as it is; layer picks a hidden state (default the last, as the authors' HEAR module)."""
-    from encodecmae_s3prl import hear_api
-    from encodecmae_s3prl.demo_data import sound_class
+    from encodecmae_s3prl.demo_data import sound_class, write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.evaluation import hear_api
     from encodecmae_s3prl.upstream.audio import resample
-
-    from synthetic_data import write_tiny_encodecmae_checkpoint
 
     ckpt = write_tiny_encodecmae_checkpoint(tmp_path / "states-1.ckpt")
     at48 = hear_api.load_model(str(ckpt), device="cpu")
@@ -89,11 +89,11 @@ def test_hear_api_declares_48k_for_ours_resamples_inside_and_takes_a_layer(tmp_p
 def test_kit_batch_size_is_the_embedding_runners():
     """heareval.embeddings.task_embeddings: max(1, int(0.7 * 120 / sample_duration * 16000 / rate)) clips a batch,
     1 when the task has no fixed duration."""
-    assert hear_protocol.kit_batch_size(1.0, 48_000) == 28  # Speech Commands at HEAR's 48 kHz
-    assert hear_protocol.kit_batch_size(5.0, 48_000) == 5  # ESC-50
-    assert hear_protocol.kit_batch_size(4.0, 16_000) == 21  # NSynth read at 16 kHz
-    assert hear_protocol.kit_batch_size(30.0, 48_000) == 1  # GTZAN: int(0.7) = 0, at least 1
-    assert hear_protocol.kit_batch_size(None, 48_000) == 1
+    assert embedding_cache.kit_batch_size(1.0, 48_000) == 28  # Speech Commands at HEAR's 48 kHz
+    assert embedding_cache.kit_batch_size(5.0, 48_000) == 5  # ESC-50
+    assert embedding_cache.kit_batch_size(4.0, 16_000) == 21  # NSynth read at 16 kHz
+    assert embedding_cache.kit_batch_size(30.0, 48_000) == 1  # GTZAN: int(0.7) = 0, at least 1
+    assert embedding_cache.kit_batch_size(None, 48_000) == 1
 
 
 def test_a_hear_task_is_embedded_in_the_kits_batches_bit_for_bit(tmp_path, monkeypatch):
@@ -107,15 +107,16 @@ def test_a_hear_task_is_embedded_in_the_kits_batches_bit_for_bit(tmp_path, monke
     from s3prl import hub
 
     import encodecmae_s3prl  # noqa: F401
-    from encodecmae_s3prl import hear_api
+    from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.evaluation import hear_api
 
-    from synthetic_data import write_hear_task, write_tiny_encodecmae_checkpoint
+    from synthetic_data import write_hear_task
 
     ckpt = write_tiny_encodecmae_checkpoint(tmp_path / "ckpt" / "states-1.ckpt")
     upstream = hub.encodecmae_local(ckpt=str(ckpt)).eval()
     root = write_hear_task(tmp_path / "task", classes=3, per_split=(7,), folds=3, seconds=5.0, rate=48_000)
     meta = json.loads((root / "task_metadata.json").read_text())
-    size = hear_protocol.kit_batch_size(meta["sample_duration"], 48_000)
+    size = embedding_cache.kit_batch_size(meta["sample_duration"], 48_000)
     assert size == 5  # two batches per fold (5 + 2): none of them the cache's default of 8 by length
 
     # what the kit's embedding runner does: hear_api at its default 48000 Hz, per split, file order, `size` a batch
@@ -129,16 +130,16 @@ def test_a_hear_task_is_embedded_in_the_kits_batches_bit_for_bit(tmp_path, monke
                            strict=True))
 
     seen = []
-    real = hear_protocol.encode_native
+    real = embedding_cache.encode_native
 
     def counting(up, wavs):
         seen.append(len(wavs))
         return real(up, wavs)
 
-    monkeypatch.setattr(hear_protocol, "encode_native", counting)
-    for fold in hear_protocol.task_folds("hear", root):
-        task = hear_protocol.load_task("hear", root, fold)
-        data = hear_protocol.embed_splits(lambda: upstream, "tiny", task, tmp_path / "cache")
+    monkeypatch.setattr(embedding_cache, "encode_native", counting)
+    for fold in task_table.task_folds("hear", root):
+        task = task_table.load_task("hear", root, fold)
+        data = embedding_cache.embed_splits(lambda: upstream, "tiny", task, tmp_path / "cache")
         for split, clips in task.splits.items():
             expected = np.stack([kit[Path(c.path).name] for c in clips])
             np.testing.assert_array_equal(data[split]["x"][:, -1], expected, err_msg=f"{fold} {split}")

@@ -1,7 +1,8 @@
 """The HEAR protocol's rules, each pinned to what heareval 2021.1.3 (the organisers' kit) does for scene tasks:
 its grid and grid sampling, MLP layout and initialisation, training order, validation cadence and early
 stopping, selection on the first fold, mAP, fold std; and the 24 kHz input of our upstream in the HEAR paths.
-scripts/hear_kit_check.py checks the whole against the kit itself (README, "HEAR kit agreement")."""
+``encodecmae_s3prl.evaluation.hear_kit_check`` checks the whole against the kit itself (docs/evaluation.md,
+"HEAR kit agreement")."""
 import json
 import math
 import random
@@ -11,15 +12,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from encodecmae_s3prl.demo_data import sound_class, write_wav
+from encodecmae_s3prl.demo_data import sound_class, write_tiny_encodecmae_checkpoint, write_wav
 from encodecmae_s3prl.downstream_probes.clips import read_clip
 from encodecmae_s3prl.downstream_probes.metrics import fold_std, mean_average_precision
 from encodecmae_s3prl.downstream_probes.mlp import PooledMLP
-from encodecmae_s3prl.downstream_probes.task import Clip
-from encodecmae_s3prl.evaluation import hear_protocol
-from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
+from encodecmae_s3prl.downstream_probes.task import Clip, ProbeTask
+from encodecmae_s3prl.evaluation import embedding_cache, mlp_grid, task_table
+from encodecmae_s3prl.evaluation.native_rate import encode_native, upstream_rate
 
-from synthetic_data import write_hear_task, write_tiny_encodecmae_checkpoint
+from synthetic_data import write_hear_task
 
 
 def _toy(n_train=120, n_dev=40, n_test=40, classes=3, dim=8, seed=0, multilabel=False):
@@ -33,7 +34,7 @@ def _toy(n_train=120, n_dev=40, n_test=40, classes=3, dim=8, seed=0, multilabel=
             return {"x": x[:, None].astype(np.float32), "y": np.eye(classes, dtype=np.float32)[y]}
         return {"x": x[:, None].astype(np.float32), "y": y.astype(np.int64)}
 
-    task = hear_protocol.ProbeTask("toy", {}, [f"c{i}" for i in range(classes)], multilabel,
+    task = ProbeTask("toy", {}, [f"c{i}" for i in range(classes)], multilabel,
                                    ("mAP",) if multilabel else ("acc",))
     return task, {"train": split(n_train), "dev": split(n_dev), "test": split(n_test)}
 
@@ -55,12 +56,12 @@ def test_grid_and_its_sampling_are_the_kits():
     finally:
         random.setstate(state)
     expected = [{"hidden_layers": c["hidden_layers"], "init": c["initialization"], "lr": c["lr"]} for c in confs]
-    assert hear_protocol.grid_configs(8) == expected[:8]
-    assert hear_protocol.grid_configs(16) == expected
+    assert mlp_grid.grid_configs(8) == expected[:8]
+    assert mlp_grid.grid_configs(16) == expected
     assert [c for c in ParameterGrid(kit_grid)][0]["initialization"] == "xavier_uniform"
-    assert (hear_protocol.HIDDEN_DIM, hear_protocol.DROPOUT, hear_protocol.BATCH_SIZE) == (1024, 0.1, 1024)
-    assert (hear_protocol.MAX_EPOCHS, hear_protocol.CHECK_VAL_EVERY, hear_protocol.PATIENCE) == (500, 3, 20)
-    assert hear_protocol.KIT_SEED == 42
+    assert (mlp_grid.HIDDEN_DIM, mlp_grid.DROPOUT, mlp_grid.BATCH_SIZE) == (1024, 0.1, 1024)
+    assert (mlp_grid.MAX_EPOCHS, mlp_grid.CHECK_VAL_EVERY, mlp_grid.PATIENCE) == (500, 3, 20)
+    assert mlp_grid.KIT_SEED == 42
 
 
 def _kit_mlp(nfeatures, nlabels, hidden_layers, init, hidden_dim):
@@ -82,7 +83,7 @@ def test_mlp_layout_and_initialisation_are_the_kits(hidden_layers, init):
     """Same modules in the same order, same parameters from the same seed: gain 1 after the input, sqrt(2) after
     a ReLU, PyTorch's default biases (not zeros), drawn in the kit's order."""
     torch.manual_seed(3)
-    ours = hear_protocol.LayerWeightedMLP(1, 40, 5, hidden_layers, init, weighted=False, hidden_dim=64).mlp
+    ours = mlp_grid.LayerWeightedMLP(1, 40, 5, hidden_layers, init, weighted=False, hidden_dim=64).mlp
     torch.manual_seed(3)
     kit = _kit_mlp(40, 5, hidden_layers, getattr(nn.init, init + "_"), 64)
     assert [type(m) for m in ours] == [type(m) for m in kit]
@@ -91,7 +92,7 @@ def test_mlp_layout_and_initialisation_are_the_kits(hidden_layers, init):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert float(ours[0].bias.detach().abs().max()) > 0  # PyTorch's default bias, not zeros
     # the gains, seen in the weights' spread: xavier std = gain * sqrt(2 / (fan_in + fan_out))
-    big = hear_protocol.LayerWeightedMLP(1, 512, 512, 2, "xavier_normal", weighted=False, hidden_dim=512).mlp
+    big = mlp_grid.LayerWeightedMLP(1, 512, 512, 2, "xavier_normal", weighted=False, hidden_dim=512).mlp
     linears = [m for m in big if isinstance(m, nn.Linear)]
     stds = [float(m.weight.detach().std()) / math.sqrt(2 / sum(m.weight.shape)) for m in linears]
     assert stds == pytest.approx([1.0, math.sqrt(2), math.sqrt(2)], rel=0.02)
@@ -102,7 +103,7 @@ def test_one_mlp_for_the_runner_probes_and_the_hear_protocol():
     runner probes) it keeps PyTorch's default: the same parameters as its layers built alone from the same seed.
     Its Dropout before the ReLU (the kit's order) gives exactly what a ReLU before the Dropout gives, in training
     too: a ReLU commutes with the dropout's positive scale, and the mask is the same draw."""
-    assert isinstance(hear_protocol.LayerWeightedMLP(3, 40, 5, 2, "xavier_uniform", weighted=True, hidden_dim=64),
+    assert isinstance(mlp_grid.LayerWeightedMLP(3, 40, 5, 2, "xavier_uniform", weighted=True, hidden_dim=64),
                       PooledMLP)
     torch.manual_seed(0)
     runner = PooledMLP(40, 5, hidden_dim=64, hidden_layers=2, dropout=0.1)
@@ -128,17 +129,17 @@ def test_training_order_batches_validation_and_early_stopping(monkeypatch):
     stays best and training stops 20 validations later (patience 20)."""
     task, data = _toy(n_train=2049, dim=4)
     first_rows, passes, scores = [], [], iter([0.1] + [0.5] * 100)
-    forward = hear_protocol.LayerWeightedMLP.forward
+    forward = mlp_grid.LayerWeightedMLP.forward
 
     def spy(self, x):
         if self.training:
             first_rows.append(x[0, -1].clone())
         return forward(self, x)
 
-    monkeypatch.setattr(hear_protocol.LayerWeightedMLP, "forward", spy)
-    monkeypatch.setattr(hear_protocol, "_loader_pass", lambda: passes.append(1))
-    monkeypatch.setattr(hear_protocol, "_score", lambda task, logits, y: {"acc": next(scores)})
-    result = hear_protocol.train_one(task, data, hear_protocol.GRID[0], weighted=False, max_epochs=500, seed=0,
+    monkeypatch.setattr(mlp_grid.LayerWeightedMLP, "forward", spy)
+    monkeypatch.setattr(mlp_grid, "_loader_pass", lambda: passes.append(1))
+    monkeypatch.setattr(mlp_grid, "_score", lambda task, logits, y: {"acc": next(scores)})
+    result = mlp_grid.train_one(task, data, mlp_grid.GRID[0], weighted=False, max_epochs=500, seed=0,
                                      hidden_dim=16)
     validations = 2 + 20
     epochs = 3 * validations
@@ -150,13 +151,13 @@ def test_training_order_batches_validation_and_early_stopping(monkeypatch):
         torch.testing.assert_close(first_rows[2 * epoch], x[0])
         torch.testing.assert_close(first_rows[2 * epoch + 1], x[1024])
     with pytest.raises(ValueError, match="at least 3"):
-        hear_protocol.train_one(task, data, hear_protocol.GRID[0], weighted=False, max_epochs=2)
+        mlp_grid.train_one(task, data, mlp_grid.GRID[0], weighted=False, max_epochs=2)
 
 
 def test_selection_on_the_first_fold_reused_on_the_others(monkeypatch):
     """k-fold: the grid runs on the first fold only; the best configuration (the first of equal validation
     scores, as the kit's stable sort) trains on every other fold; mean and std (ddof 1) over folds."""
-    configs = hear_protocol.grid_configs(8)
+    configs = mlp_grid.grid_configs(8)
     valid = [0.1, 0.2, 0.9, 0.3, 0.9, 0.4, 0.5, 0.6]  # configurations 2 and 4 tie: 2 was tried first
     calls = []
 
@@ -166,14 +167,14 @@ def test_selection_on_the_first_fold_reused_on_the_others(monkeypatch):
                 "test": {"acc": {"f0": 0.6, "f1": 0.7, "f2": 0.8}[data["fold"]]}, "layer_weights": None,
                 "epoch": 5}
 
-    monkeypatch.setattr(hear_protocol, "train_one", fake_train)
+    monkeypatch.setattr(mlp_grid, "train_one", fake_train)
     loaded = []
 
     def load(fold):
         loaded.append(fold)
         return None, {"fold": fold}
 
-    out = hear_protocol.evaluate_folds(["f0", "f1", "f2"], load, grid_size=8)
+    out = mlp_grid.evaluate_folds(["f0", "f1", "f2"], load, grid_size=8)
     assert loaded == ["f0", "f1", "f2"]
     assert [c for f, c in calls if f == "f0"] == configs
     assert out["params"] == configs[2]
@@ -187,11 +188,11 @@ def test_one_seeded_stream_per_task_leaves_the_callers_alone():
     task, data = _toy()
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    first = hear_protocol.grid_search(task, data, grid_size=2, max_epochs=30, hidden_dim=32)
+    first = mlp_grid.grid_search(task, data, grid_size=2, max_epochs=30, hidden_dim=32)
     assert torch.equal(torch.get_rng_state(), before)
-    again = hear_protocol.grid_search(task, data, grid_size=2, max_epochs=30, hidden_dim=32)
+    again = mlp_grid.grid_search(task, data, grid_size=2, max_epochs=30, hidden_dim=32)
     assert first["grid"] == again["grid"] and first["test"] == again["test"]
-    other = hear_protocol.grid_search(task, data, grid_size=2, max_epochs=30, hidden_dim=32, seed=7)
+    other = mlp_grid.grid_search(task, data, grid_size=2, max_epochs=30, hidden_dim=32, seed=7)
     assert other["grid"] != first["grid"]  # another seed draws other configurations
 
 
@@ -231,7 +232,7 @@ def test_hear_task_clips_come_in_the_kits_order(tmp_path):
         names = list(json.loads((root / f"{split}.json").read_text()))
         prng.shuffle(names)
         expected[split] = names
-    task = hear_protocol.load_task("hear", root, "fold01")
+    task = task_table.load_task("hear", root, "fold01")
     names = {split: [c.path.rsplit("/", 1)[1] for c in clips] for split, clips in task.splits.items()}
     assert names["test"] == expected["fold01"] and names["dev"] == expected["fold02"]
     assert names["train"] == expected["fold00"] + expected["fold03"]  # train folds in sorted order
@@ -251,7 +252,7 @@ def test_our_upstream_is_fed_24k_directly_in_the_hear_paths(tmp_path, ours):
     """HEAR paths: 24 kHz audio straight into model.encode (the s3prl UpstreamExpert would resample 16k -> 24k);
     a 24000/ copy of a HEAR clip is read as it is, a 16 kHz file once and resampled straight to 24 kHz; pooling
     uses each clip's own 75 Hz frames, so a clip embeds the same alone or beside a longer one."""
-    from encodecmae_s3prl import hear_api
+    from encodecmae_s3prl.evaluation import hear_api
 
     ckpt, upstream = ours
     assert upstream_rate(upstream) == 24_000
@@ -265,7 +266,7 @@ def test_our_upstream_is_fed_24k_directly_in_the_hear_paths(tmp_path, ours):
     clips = [Clip(str(tmp_path / "task" / "16000" / "train" / "a.wav"), (0,)),
              Clip(str(tmp_path / "task" / "16000" / "train" / "b.wav"), (1,)),
              Clip(str(tmp_path / "only16k.wav"), (0,))]
-    pooled = hear_protocol.embed_clips(upstream, clips, batch_size=3)
+    pooled = embedding_cache.embed_clips(upstream, clips, batch_size=3)
     with torch.no_grad():
         for i, name in enumerate(("a", "b")):
             alone = upstream.model.encode(read_clip(tmp_path / "task" / "24000" / "train" / f"{name}.wav",
@@ -294,7 +295,7 @@ def test_our_upstream_is_fed_24k_directly_in_the_hear_paths(tmp_path, ours):
 
 def test_hear_api_model_file_path_names_any_upstream(tmp_path, ours):
     """What the validator passes as --model: a checkpoint file, a hub entry name, ENTRY:CKPT; clear errors."""
-    from encodecmae_s3prl import hear_api
+    from encodecmae_s3prl.evaluation import hear_api
 
     ckpt, _ = ours
     assert hear_api.resolve(str(ckpt)) == ("encodecmae_local", str(ckpt))

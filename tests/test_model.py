@@ -57,7 +57,7 @@ def test_v1_checkpoint_matches_reference_implementation(tmp_path, spec, shared):
 
     with torch.no_grad():
         encoded = model.encode(wav, wav_lengths)
-        logits = model(wav, wav_lengths, mask=mask).logits
+        logits = model(*model.training_inputs(wav, wav_lengths), mask=mask).logits
         assert len(encoded.hidden_states) == spec.layers + 2
         for i, (n, t) in enumerate(zip(lengths, frames, strict=True)):
             features = encodec.encoder(wav[i, :n][None, None])[0].T  # (T, 128)
@@ -89,7 +89,7 @@ def test_shared_feed_forward_trains_one_tensor_and_refuses_untied_files():
     assert per_layer.parameter_counts()["trainable"] - shared.parameter_counts()["trainable"] == 2 * ff_params
     wav, lengths = tone_batch([24_000, 24_000])
     shared.train()
-    shared(wav, lengths, generator=torch.Generator().manual_seed(0)).loss.backward()
+    shared(*shared.training_inputs(wav, lengths), generator=torch.Generator().manual_seed(0)).loss.backward()
     ff = shared.encoder.layers[0].feed_forward[0].weight
     assert ff is shared.encoder.layers[1].feed_forward[0].weight and ff.grad is not None
     # the optimizer sees the tied tensor once
@@ -296,7 +296,7 @@ def test_model_loss_is_the_weighted_cross_entropy_of_its_codes():
     wav, lengths = tone_batch([12_000, 7_000])
     extra = torch.randint(0, 16, (2, 40))
     extra[0, :5] = IGNORE
-    out = model(wav, lengths, extra_targets=extra, generator=torch.Generator().manual_seed(0))
+    out = model(*model.training_inputs(wav, lengths), extra_targets=extra, generator=torch.Generator().manual_seed(0))
     assert out.masked_loss.shape == (9,) and out.logits.shape == (2, 38, 8, 1024)
     assert torch.equal(out.frame_lengths, torch.tensor([38, 22]))
     with torch.no_grad():
@@ -313,9 +313,9 @@ def test_model_loss_is_the_weighted_cross_entropy_of_its_codes():
     expected = codec_loss + weight * (0.9 * out.masked_loss[8] + 0.1 * out.unmasked_loss[8])
     torch.testing.assert_close(out.loss.detach(), expected)
     with pytest.raises(ValueError, match="extra target stream"):
-        model(wav, lengths)
+        model(*model.training_inputs(wav, lengths))
     with pytest.raises(ValueError, match=r"\[0, 16\)"):
-        model(wav, lengths, extra_targets=torch.full((2, 38), 16))
+        model(*model.training_inputs(wav, lengths), extra_targets=torch.full((2, 38), 16))
 
 
 # --- (d) batching and chunking ---------------------------------------------------------------------
@@ -356,6 +356,27 @@ def test_encodec_features_baseline_gives_codec_features():
     torch.testing.assert_close(out.output[1, :7], model.codec.features(wav[1:, :2000])[0])
 
 
+def test_one_way_into_the_model_per_job():
+    """Training: forward on the frozen codec's output (what a codec cache stores, or training_inputs of audio);
+    inference: encode on audio. Chunked inference is composed (inference.encode), not inherited."""
+    import inspect
+
+    assert list(inspect.signature(EncodecMAE.forward).parameters)[1:4] == ["features", "frame_lengths", "codes"]
+    assert "wav" not in inspect.signature(EncodecMAE.forward).parameters
+    assert EncodecMAE.__bases__ == (torch.nn.Module,) and EncodecFeatures.__bases__ == (torch.nn.Module,)
+    model = tiny()
+    wav, lengths = tone_batch([6_000, 4_000])
+    inputs = model.training_inputs(wav, lengths)
+    assert inputs.features.shape == (2, 19, 128) and inputs.frame_lengths.tolist() == [19, 13]
+    assert inputs.codes.shape == (2, 19, model.config.num_codebooks)
+    assert model(*inputs, generator=torch.Generator().manual_seed(0)).logits.shape == (2, 19, 8, 1024)
+    encoded = model.eval().encode(wav, lengths)
+    assert len(encoded.hidden_states) == model.config.encoder_layers + 2
+    assert encoded.output.shape == (2, 19, model.config.dim)
+    with pytest.raises(ValueError, match="wav_lengths must lie in"):
+        model.training_inputs(wav, torch.tensor([6_001, 10]))
+
+
 # --- (e) the codec stays frozen ------------------------------------------------------------------------
 def test_codec_stays_eval_and_unchanged_through_training():
     model = tiny()
@@ -367,7 +388,7 @@ def test_codec_stays_eval_and_unchanged_through_training():
     assert model.training and model.encoder.training
     assert not any(m.training for m in model.codec.modules())
     for step in range(2):
-        out = model(wav, lengths, generator=torch.Generator().manual_seed(step))
+        out = model(*model.training_inputs(wav, lengths), generator=torch.Generator().manual_seed(step))
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -488,7 +509,7 @@ def test_loss_decreases_on_a_fixed_batch():
     model.train()
     losses = []
     for _ in range(20):
-        out = model(wav, lengths, generator=torch.Generator().manual_seed(0))
+        out = model(*model.training_inputs(wav, lengths), generator=torch.Generator().manual_seed(0))
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -502,7 +523,7 @@ def test_bf16_autocast_keeps_codec_and_loss_in_float32():
     reference = model.codec.features(wav)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         features = model.codec.features(wav)
-        out = model(wav, lengths, generator=torch.Generator().manual_seed(0))
+        out = model(*model.training_inputs(wav, lengths), generator=torch.Generator().manual_seed(0))
     assert features.dtype == torch.float32 and torch.equal(features, reference)
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()

@@ -65,7 +65,7 @@ def test_the_hub_entry_runs_the_transformer_in_bf16_and_returns_float32(tiny_ckp
 
 
 def test_every_command_records_what_ran_and_keys_its_cache_by_it(tiny_ckpt, tmp_path, native_bf16, capsys):
-    from encodecmae_s3prl import compare, hear_api
+    from encodecmae_s3prl.evaluation import compare, hear_api
     from encodecmae_s3prl.extract import main as extract_main
 
     from synthetic_data import write_hear_task
@@ -107,7 +107,7 @@ def test_every_command_records_what_ran_and_keys_its_cache_by_it(tiny_ckpt, tmp_
 
 
 def test_auto_stays_fp32_on_an_avx2_only_cpu(tiny_ckpt, tmp_path, avx2_only, capsys):
-    from encodecmae_s3prl import hear_api, table1
+    from encodecmae_s3prl.evaluation import hear_api, table1
     from encodecmae_s3prl.extract import main as extract_main
 
     audio = _audio(tmp_path / "in", count=1)

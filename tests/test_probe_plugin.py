@@ -17,7 +17,7 @@ from encodecmae_s3prl import cli, registry
 from encodecmae_s3prl.demo_data import write_esc50
 from encodecmae_s3prl.downstream_probes.task import ProbeDataError
 from encodecmae_s3prl.errors import quiet_when_main_leaves
-from encodecmae_s3prl.evaluation import hear_protocol
+from encodecmae_s3prl.evaluation import embedding_cache, mlp_grid, task_table
 
 from conftest import run_script
 
@@ -48,7 +48,7 @@ def plugin(tmp_path, monkeypatch):
 def test_the_registry_finds_the_folder(plugin):
     assert NAME in registry.probe_names() and registry.probe_folders()[NAME] == plugin
     assert cli.downstream_config(NAME) == plugin / "config.yaml"  # run_downstream.py -d NAME without -c
-    assert NAME in hear_protocol.task_names()
+    assert NAME in task_table.task_names()
     module = importlib.import_module(f"encodecmae_s3prl.downstream_probes.{NAME}.dataset")
     assert Path(module.__file__) == plugin / "dataset.py"
     # a listed folder never takes over a name of ours (a probe, or a module such as task)
@@ -62,24 +62,24 @@ def test_without_the_folder_listed_the_probe_is_unknown(tmp_path, monkeypatch, d
     monkeypatch.delenv(registry.PROBE_PATH_ENV, raising=False)
     assert NAME not in registry.probe_names()
     with pytest.raises(ProbeDataError, match=f"unknown probe '{NAME}'"):
-        hear_protocol.load_task(NAME, data)
+        task_table.load_task(NAME, data)
 
 
 def test_it_runs_under_the_hear_protocol(plugin, data, tmp_path):
     """Same clips, classes, folds and metrics as the probe it was copied from, under its own name (its own embedding
     cache), and the HEAR protocol learns it."""
-    assert hear_protocol.task_folds(NAME, data) == hear_protocol.task_folds("esc50", data) == [f"fold{k}"
+    assert task_table.task_folds(NAME, data) == task_table.task_folds("esc50", data) == [f"fold{k}"
                                                                                                for k in range(1, 6)]
-    task, original = hear_protocol.load_task(NAME, data, "fold2"), hear_protocol.load_task("esc50", data, "fold2")
+    task, original = task_table.load_task(NAME, data, "fold2"), task_table.load_task("esc50", data, "fold2")
     assert task.name == NAME
     assert (task.splits, task.classes, task.multilabel, task.metrics) == \
         (original.splits, original.classes, original.multilabel, original.metrics)
     from s3prl import hub
 
     upstream = hub.fbank_no_cmvn().eval()
-    data_ = hear_protocol.embed_splits(lambda: upstream, "fbank_no_cmvn", task, tmp_path / "cache")
+    data_ = embedding_cache.embed_splits(lambda: upstream, "fbank_no_cmvn", task, tmp_path / "cache")
     assert [p.name.split("-")[1] for p in (tmp_path / "cache").glob("*.npy")] == [NAME]
-    best = hear_protocol.grid_search(task, data_, grid_size=1, max_epochs=60, hidden_dim=64)
+    best = mlp_grid.grid_search(task, data_, grid_size=1, max_epochs=60, hidden_dim=64)
     assert best["test"]["acc"] > 0.5  # 4 classes: chance 0.25
 
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl.demo_data import write_esc50, write_nsynth
+from encodecmae_s3prl.demo_data import write_esc50, write_nsynth, write_tiny_encodecmae_checkpoint
 from encodecmae_s3prl.downstream_probes.metrics import chroma_accuracy, mean_average_precision
-from encodecmae_s3prl.downstream_probes.task import ProbeDataError, fold_splits
-from encodecmae_s3prl.evaluation import hear_protocol
+from encodecmae_s3prl.downstream_probes.task import ProbeDataError, ProbeTask, fold_splits
+from encodecmae_s3prl.evaluation import embedding_cache, mlp_grid, task_table
 
 from conftest import run_script, side_by_side
-from synthetic_data import write_fsd50k, write_gtzan, write_hear_task, write_tiny_encodecmae_checkpoint
+from synthetic_data import write_fsd50k, write_gtzan, write_hear_task
 
 
 def _write_hear_multilabel_kfold(root):
@@ -84,8 +84,8 @@ def test_probe_learns_through_run_downstream(probe_runs, probe):
         assert "step 150 test" in (exp / "log.log").read_text().splitlines()[-1]  # at the checkpoint's step
     value = _metric(out, "test", metric)
     if chance is None:
-        task = hear_protocol.load_task(probe, root, hear_protocol.task_folds(probe, root)[0])
-        chance = _chance_map(hear_protocol._targets(task, task.splits["test"]))
+        task = task_table.load_task(probe, root, task_table.task_folds(probe, root)[0])
+        chance = _chance_map(embedding_cache._targets(task, task.splits["test"]))
     assert value > min(0.95, chance + 0.3), (probe, value, chance)
     if probe == "nsynth_pitch":
         assert _metric(out, "test", "chroma_acc") >= value
@@ -114,10 +114,10 @@ def test_probes_beat_chance_with_encodec_features_hear_cached(tmp_path, probe_da
     upstream = hub.encodec_features(ckpt=str(ckpt)).eval()
     results = {}
     for probe, root in probe_data.items():
-        task = hear_protocol.load_task(probe, root, hear_protocol.task_folds(probe, root)[0])
-        data = hear_protocol.embed_splits(lambda: upstream, f"ec|{ckpt}", task, tmp_path / "cache")
+        task = task_table.load_task(probe, root, task_table.task_folds(probe, root)[0])
+        data = embedding_cache.embed_splits(lambda: upstream, f"ec|{ckpt}", task, tmp_path / "cache")
         assert data["train"]["x"].shape[1:] == (1, 128)  # EC: one layer, EnCodec's 128 channels
-        best = hear_protocol.grid_search(task, data, grid_size=2, max_epochs=150, hidden_dim=256, seed=1)
+        best = mlp_grid.grid_search(task, data, grid_size=2, max_epochs=150, hidden_dim=256, seed=1)
         metric = task.metrics[0]
         chance = _chance_map(data["test"]["y"]) if task.multilabel else 1 / len(set(data["train"]["y"].tolist()))
         results[probe] = (best["test"][metric], chance)
@@ -127,7 +127,7 @@ def test_probes_beat_chance_with_encodec_features_hear_cached(tmp_path, probe_da
 
 def test_hear_protocol_learned_layer_weights_and_last_layer():
     """Weighted mode learns a softmax over layers (reported), last mode reads the last layer only; both learn."""
-    task = hear_protocol.ProbeTask("toy", {}, ["a", "b", "c", "d"], False, ("acc",))
+    task = ProbeTask("toy", {}, ["a", "b", "c", "d"], False, ("acc",))
     rng = np.random.default_rng(0)
 
     def layered(n, informative_layer):  # 3 layers of embeddings; one carries the label, the others are noise
@@ -137,14 +137,14 @@ def test_hear_protocol_learned_layer_weights_and_last_layer():
         return {"x": x.astype(np.float32), "y": y}
 
     data = {split: layered(n, 1) for split, n in (("train", 200), ("dev", 100), ("test", 100))}
-    weighted = hear_protocol.grid_search(task, data, weighted=True, grid_size=2, max_epochs=150, hidden_dim=64)
+    weighted = mlp_grid.grid_search(task, data, weighted=True, grid_size=2, max_epochs=150, hidden_dim=64)
     assert len(weighted["layer_weights"]) == 3 and sum(weighted["layer_weights"]) == pytest.approx(1.0)
     assert weighted["layer_weights"][1] > 0.4  # from 1/3 towards the informative layer
     assert weighted["test"]["acc"] > 0.8  # 4 classes
-    last = hear_protocol.grid_search(task, data, weighted=False, grid_size=2, max_epochs=150, hidden_dim=64)
+    last = mlp_grid.grid_search(task, data, weighted=False, grid_size=2, max_epochs=150, hidden_dim=64)
     assert last["layer_weights"] is None and last["test"]["acc"] < 0.5  # the last layer is noise here
     data = {split: layered(n, 2) for split, n in (("train", 200), ("dev", 100), ("test", 100))}
-    last = hear_protocol.grid_search(task, data, weighted=False, grid_size=2, max_epochs=150, hidden_dim=64)
+    last = mlp_grid.grid_search(task, data, weighted=False, grid_size=2, max_epochs=150, hidden_dim=64)
     assert last["test"]["acc"] > 0.8
 
 
@@ -190,15 +190,15 @@ def test_folds_follow_hear_rule_in_natural_order(tmp_path):
 
 
 def test_folds_come_from_the_dataset_files(tmp_path, probe_data):
-    assert hear_protocol.task_folds("esc50", probe_data["esc50"]) == [f"fold{k}" for k in range(1, 6)]
-    assert hear_protocol.task_folds("gtzan_genre", probe_data["gtzan_genre"])[-1] == "fold10"
-    assert hear_protocol.task_folds("nsynth_pitch", probe_data["nsynth_pitch"]) == [None]
+    assert task_table.task_folds("esc50", probe_data["esc50"]) == [f"fold{k}" for k in range(1, 6)]
+    assert task_table.task_folds("gtzan_genre", probe_data["gtzan_genre"])[-1] == "fold10"
+    assert task_table.task_folds("nsynth_pitch", probe_data["nsynth_pitch"]) == [None]
     kfold = _write_hear_multilabel_kfold(tmp_path / "kfold")
-    assert hear_protocol.task_folds("hear", kfold) == ["fold00", "fold01", "fold02", "fold03"]
-    task = hear_protocol.load_task("hear", kfold, "fold03")
+    assert task_table.task_folds("hear", kfold) == ["fold00", "fold01", "fold02", "fold03"]
+    task = task_table.load_task("hear", kfold, "fold03")
     assert task.multilabel and task.metrics == ("mAP",)
     assert {c.path.split("/")[-2] for c in task.splits["dev"]} == {"fold00"}
-    nsynth = hear_protocol.load_task("nsynth_pitch", probe_data["nsynth_pitch"])
+    nsynth = task_table.load_task("nsynth_pitch", probe_data["nsynth_pitch"])
     assert len(nsynth.classes) == 88 and nsynth.metrics == ("pitch_acc", "chroma_acc")
     assert {c.target[0] for c in nsynth.splits["test"]} == set(range(60 - 21, 72 - 21))
 
@@ -230,7 +230,7 @@ def test_missing_audio_names_the_file(tmp_path):
     with pytest.raises(ProbeDataError, match=re.escape(str(gone))):
         _expert("esc50", root, tmp_path)
     with pytest.raises(ProbeDataError, match=re.escape(str(gone))):
-        hear_protocol.load_task("esc50", root, "fold1")
+        task_table.load_task("esc50", root, "fold1")
 
 
 def test_malformed_metadata_names_file_and_fix(tmp_path):
@@ -257,8 +257,8 @@ def test_malformed_metadata_names_file_and_fix(tmp_path):
 
     gtzan = write_gtzan(tmp_path / "gtzan", per_genre=10)
     with pytest.raises(ProbeDataError, match="datarc.test_fold 'fold11' is not one of the dataset's folds.*fold10"):
-        hear_protocol.load_task("gtzan_genre", gtzan, "fold11")
+        task_table.load_task("gtzan_genre", gtzan, "fold11")
     for path in sorted((gtzan / "genres" / "metal").iterdir())[:3]:
         path.unlink()
     with pytest.raises(ProbeDataError, match=r"genres/metal: 7 audio file"):
-        hear_protocol.load_task("gtzan_genre", gtzan, "fold1")
+        task_table.load_task("gtzan_genre", gtzan, "fold1")

@@ -107,7 +107,7 @@ def _decoder_input(model: EncodecMAE, seed: int = 0):
     handle = model.decoder.register_forward_hook(keep_input)
     wav, lengths = tone_batch([24_000, 16_000])
     with torch.no_grad():
-        out = model(wav, lengths, generator=torch.Generator().manual_seed(seed))
+        out = model(*model.training_inputs(wav, lengths), generator=torch.Generator().manual_seed(seed))
     handle.remove()
     return seen["x"], out.mask
 
@@ -128,10 +128,9 @@ def test_decoder_input_at_masked_frames(recipe):
 
 @pytest.mark.parametrize("recipe", ["v1", "paper"])
 def test_checkpoints_record_their_recipe(tmp_path, recipe):
-    from encodecmae_s3prl import hear_api
+    from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.evaluation import hear_api
     from encodecmae_s3prl.registry import load_hub_upstream
-
-    from synthetic_data import write_tiny_encodecmae_checkpoint
 
     path = write_tiny_encodecmae_checkpoint(tmp_path / "states-1.ckpt", recipe=recipe)
     assert safe_load(path)[CHECKPOINT_KEY]["config"]["recipe"] == recipe

@@ -10,7 +10,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from encodecmae_s3prl.demo_data import harmonic_tone, write_wav
+from encodecmae_s3prl.demo_data import harmonic_tone, write_tiny_encodecmae_checkpoint, write_wav
 from encodecmae_s3prl.pretrain_task import self_training
 from encodecmae_s3prl.pretrain_task.corpus import load_corpus, read_crop_at
 from encodecmae_s3prl.pretrain_task.pretrain_expert import UpstreamPretrainExpert
@@ -24,8 +24,6 @@ from encodecmae_s3prl.pretrain_task.self_training import main as st_main
 from encodecmae_s3prl.upstream.checkpoint import safe_load
 from encodecmae_s3prl.upstream.kmeans import TooFewPointsError, assign, kmeans
 from encodecmae_s3prl.upstream.loading import load_checkpoint
-
-from synthetic_data import write_tiny_encodecmae_checkpoint
 
 
 def _compare_with_sklearn(points: torch.Tensor, k: int):

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from encodecmae_s3prl import table1
-from encodecmae_s3prl.evaluation import hear_protocol, paper_table1
+from encodecmae_s3prl.evaluation import embedding_cache, mlp_grid, paper_table1, table1
 
 from conftest import REPO
 from synthetic_data import HEAR_TABLE1_TASKS, write_hear_table1_tasks
@@ -79,7 +78,7 @@ def test_killed_after_first_cell_rerun_recomputes_nothing_finished(hear_tasks, t
                                                                   monkeypatch):
     out = tmp_path / "out"
     args = ["--tasks", str(hear_tasks), "--out", str(out), "--upstreams", f"ECMAE-S={tiny_ckpt},fbank_no_cmvn", *QUICK]
-    proc = subprocess.Popen([sys.executable, "-m", "encodecmae_s3prl.table1", *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "encodecmae_s3prl.evaluation.table1", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
     while not list(out.glob("cells/*/*.json")) and proc.poll() is None and time.monotonic() < deadline:
@@ -93,7 +92,7 @@ def test_killed_after_first_cell_rerun_recomputes_nothing_finished(hear_tasks, t
                   and not (out / "cache" / (p.name[:-len(".parts")] + ".npy")).is_file()]
 
     calls = {"embed": 0, "train": 0}
-    real_embed, real_train = hear_protocol.embed_clips, hear_protocol.train_one
+    real_embed, real_train = embedding_cache.embed_clips, mlp_grid.train_one
 
     def counting_embed(*a, **k):
         calls["embed"] += 1
@@ -103,8 +102,8 @@ def test_killed_after_first_cell_rerun_recomputes_nothing_finished(hear_tasks, t
         calls["train"] += 1
         return real_train(*a, **k)
 
-    monkeypatch.setattr(hear_protocol, "embed_clips", counting_embed)
-    monkeypatch.setattr(hear_protocol, "train_one", counting_train)
+    monkeypatch.setattr(embedding_cache, "embed_clips", counting_embed)
+    monkeypatch.setattr(mlp_grid, "train_one", counting_train)
     assert table1.run(args) == 0
     # one block per cache at this size: embedded again only where neither the cache nor its block was kept
     assert calls["embed"] == 12 - caches_done - len(parts_only)

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from encodecmae_s3prl.demo_data import harmonic_tone
+from encodecmae_s3prl.demo_data import fit_codec_to_synthetic_audio, harmonic_tone
 from encodecmae_s3prl.pretrain_task.corpus import BatchMasks
+from encodecmae_s3prl.upstream.codec import FrozenEncodec
 from encodecmae_s3prl.upstream.components import SelfAttention
 from encodecmae_s3prl.upstream.config import get_config
 from encodecmae_s3prl.upstream.host_sync import HostSyncError, forbid_host_syncs
 from encodecmae_s3prl.upstream.masking import HostMask
 from encodecmae_s3prl.upstream.model import EncodecMAE, build_model
-
-from synthetic_data import fit_codec_to_synthetic_audio
 
 
 def _model(**overrides) -> EncodecMAE:
@@ -37,7 +36,7 @@ def test_bf16_loss_is_the_fp32_loss_within_bf16_tolerance():
     losses = {}
     for precision in ("fp32", "bf16"):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            output = model(wav, lengths, generator=torch.Generator().manual_seed(3))
+            output = model(*model.training_inputs(wav, lengths), generator=torch.Generator().manual_seed(3))
         losses[precision] = output.loss
         assert output.loss.dtype == torch.float32
     # bf16 keeps 8 bits of mantissa: ~0.4 % per rounding; the loss of ~7 nats may move by a few hundredths
@@ -51,12 +50,12 @@ def test_step_from_codec_output_equals_step_from_audio():
     with torch.no_grad():
         features = model.codec.features(wav)
         codes = model.codec.codes(features, 8).transpose(1, 2)
-        from_audio = model(wav, lengths, generator=torch.Generator().manual_seed(1))
-        cached = model(features=features, frame_lengths=model.frame_lengths(lengths), codes=codes,
+        from_audio = model(*model.training_inputs(wav, lengths), generator=torch.Generator().manual_seed(1))
+        cached = model(features=features, frame_lengths=FrozenEncodec.frame_lengths(lengths), codes=codes,
                        generator=torch.Generator().manual_seed(1))
         # stored as the cache stores them: fp16 features, int16 codes
-        stored = model(features=features.half(), frame_lengths=model.frame_lengths(lengths), codes=codes.short(),
-                       generator=torch.Generator().manual_seed(1))
+        stored = model(features=features.half(), frame_lengths=FrozenEncodec.frame_lengths(lengths),
+                       codes=codes.short(), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(cached.loss, from_audio.loss)
     assert torch.equal(cached.mask, from_audio.mask)
     assert abs(stored.loss - from_audio.loss) / from_audio.loss < 1e-3

@@ -70,7 +70,7 @@ def test_v2_through_s3prl_hear_api_extract_compare_and_table1_specs(v2_files, tm
     from s3prl import hub
 
     import encodecmae_s3prl  # noqa: F401
-    from encodecmae_s3prl import compare, hear_api, table1
+    from encodecmae_s3prl.evaluation import compare, hear_api, table1
     path, source = v2_files[("mel256", True)]
     # s3prl: the upstream expert at 16 kHz, hidden_states on the 213-sample grid the Featurizer checks
     upstream = hub.encodecmae_v2(ckpt=str(path)).eval()

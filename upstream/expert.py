@@ -17,8 +17,8 @@ from torch import Tensor
 
 from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.upstream.audio import all_finite, resampled_length
-from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE
-from encodecmae_s3prl.upstream.inference import ChunkedInference
+from encodecmae_s3prl.upstream.codec import HOP, SAMPLE_RATE, FrozenEncodec
+from encodecmae_s3prl.upstream.inference import ChunkModel, collect_blocks, encode_blocks
 from encodecmae_s3prl.upstream.precision import INFERENCE_PRECISIONS, resolved_name
 
 INPUT_RATE = 16_000  # what s3prl hands every upstream
@@ -48,8 +48,9 @@ class PrecisionError(UserError, ValueError):
 
 
 class UpstreamExpert(nn.Module):
-    model: ChunkedInference
-    def __init__(self, model: ChunkedInference, precision: str = "fp32", **kwargs):
+    model: ChunkModel
+
+    def __init__(self, model: ChunkModel, precision: str = "fp32", **kwargs):
         """
         Args:
             model: an ``EncodecMAE`` (or the ``EncodecFeatures`` baseline), built by hubconf's entries.
@@ -82,7 +83,7 @@ class UpstreamExpert(nn.Module):
 
     def forward(self, wavs: List[Tensor]) -> Dict[str, Union[Tensor, List[Tensor]]]:
         blocks, batch, out_frames = self._blocks(wavs)
-        hidden_states = self.model.collect_blocks(blocks, batch, out_frames)
+        hidden_states = collect_blocks(blocks, batch, out_frames)
         return {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
 
     def stream(self, wav: Tensor, layers: Sequence[int], chunks_per_step: Optional[int] = None
@@ -105,9 +106,9 @@ class UpstreamExpert(nn.Module):
         lengths_24k = torch.tensor([resampled_length(len(w), INPUT_RATE, MODEL_RATE) for w in wavs],
                                    device=wavs[0].device)
         out_frames = self.output_frames(lengths_16k)
-        index = self._output_index(lengths_16k, self.model.frame_lengths(lengths_24k))  # (batch, max out_frames)
+        index = self._output_index(lengths_16k, FrozenEncodec.frame_lengths(lengths_24k))  # (batch, max out_frames)
         valid = torch.arange(index.shape[1], device=index.device)[None, :] < out_frames[:, None]
-        blocks = self.model.encode_blocks(clips, INPUT_RATE, index, valid, layers, chunks_per_step)
+        blocks = encode_blocks(self.model, clips, INPUT_RATE, index, valid, layers, chunks_per_step)
         return blocks, len(wavs), index.shape[1]
 
     @staticmethod
@@ -150,7 +151,7 @@ class UnfittedCodecError(UserError, ValueError):
     """A random-init EnCodec whose codebooks and feature statistics were never fitted to a corpus."""
 
 
-def _fitted(model: ChunkedInference) -> ChunkedInference:
+def _fitted(model: ChunkModel) -> ChunkModel:
     """Refuse inference on a random codec that was never fitted: its output is ~99 % a constant
     offset, so every clip would give (almost) the same embedding without a word. A mel-input model never reads
     its codec at inference (the codec only makes its training targets)."""

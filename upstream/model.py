@@ -1,30 +1,36 @@
 """EnCodecMAE: a masked autoencoder over frozen EnCodec features that predicts EnCodec's RVQ codes.
 
-Data flow, readable top to bottom in ``EncodecMAE.forward``:
+One way in per job:
 
-    wav (24 kHz) -> frozen EnCodec encoder -> features (B, T, 128) at 75 frames/s
+- pretraining: ``forward(features, frame_lengths, codes, ...)`` on the frozen codec's output, read from a codec
+  cache or computed from audio by ``training_inputs(wav, wav_lengths)`` (one codec pass for both);
+- inference: ``encode(wav, wav_lengths)``: no masking, long audio in 4 s chunks (``inference.encode``, composed).
+
+Data flow of a training step:
+
+    wav (24 kHz) -> frozen EnCodec encoder -> features (B, T, 128) at 75 frames/s   [training_inputs]
         features -> RVQ codes (B, T, Q): the targets
-        features -> [standardise] -> Linear 128->D -> + positions -> span mask, drop masked frames
+        features -> [standardise] -> Linear 128->D -> + positions -> span mask, drop masked frames   [forward]
         -> encoder (visible frames only) -> Linear D->D -> mask token at the dropped frames
         -> + positions (the same module, one shared scale) -> decoder (2 layers) -> head -> (B, T, Q, 1024)
 
-``encode`` (``inference.ChunkedInference``) is the inference path: no masking, long audio in 4 s chunks.
 ``build_model`` is the one way to make a fresh model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from encodecmae_s3prl.upstream import inference
 from encodecmae_s3prl.upstream.codec import FEATURE_DIM, FrozenEncodec, build_encodec
 from encodecmae_s3prl.upstream.components import SinusoidalPositions, TransformerStack
 from encodecmae_s3prl.upstream.config import EncodecMAEConfig
-from encodecmae_s3prl.upstream.inference import ChunkedInference
+from encodecmae_s3prl.upstream.inference import EncoderOutput
 from encodecmae_s3prl.upstream.loss import IGNORE, frame_cross_entropy, masked_prediction_loss
 from encodecmae_s3prl.upstream.masking import HostMask, gather_visible, padding_mask, scatter_back, span_mask
 from encodecmae_s3prl.upstream.mel import MelFrontEnd
@@ -44,6 +50,20 @@ def build_model(config: EncodecMAEConfig, seed: int = 0, codec: Optional[FrozenE
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return EncodecMAE(config, codec=codec if codec is not None else build_codec(config, encodec_weights))
+
+
+class TrainingInputs(NamedTuple):
+    """What a training step reads of a batch: the frozen codec's output, which a codec cache stores.
+
+    features: (B, T, 128) EnCodec encoder output (any float dtype; (B, T, 256) log-mel frames for a mel256
+        model), zero past ``frame_lengths``.
+    frame_lengths: (B,) long valid frames per clip, ceil(samples / 320).
+    codes: (B, T, Q) the RVQ codes of the EnCodec features (the targets), Q = config.num_codebooks.
+    """
+
+    features: Tensor
+    frame_lengths: Tensor
+    codes: Tensor
 
 
 @dataclass
@@ -74,7 +94,7 @@ class PretrainOutput:
         return hits.sum() / (self.mask.sum() * self.targets.shape[-1]).clamp_min(1)
 
 
-class EncodecMAE(ChunkedInference):
+class EncodecMAE(nn.Module):
     """EnCodecMAE on a frozen EnCodec.
 
     Args:
@@ -92,7 +112,8 @@ class EncodecMAE(ChunkedInference):
             raise ValueError(f"the codec gives {codec.num_codebooks} codebooks, the config predicts "
                              f"{config.num_codebooks}: build it with build_codec(config)")
         self.codec = codec
-        self.chunk_frames = config.chunk_frames
+        self.chunk_frames = config.chunk_frames  # inference: chunks of the pretraining crops' length
+        self.precision = "fp32"  # inference: the transformer's autocast ('auto' | 'bf16' | 'fp32')
         dim = config.dim
         self.mel = MelFrontEnd() if config.input == "mel256" else None
         self.feature_projection = nn.Linear(self.mel.dim if self.mel is not None else FEATURE_DIM, dim)
@@ -112,6 +133,22 @@ class EncodecMAE(ChunkedInference):
         self.extra_head = nn.Linear(dim, config.extra_targets) if config.extra_targets else None
         self.register_buffer("stream_weights", self._stream_weights(), persistent=False)
         self._init_weights()
+
+    # --- inference (``inference.ChunkModel``) -------------------------------------------------
+    def encode(self, wav: Tensor, wav_lengths: Optional[Tensor] = None, layers: Optional[Sequence[int]] = None,
+               chunks_per_step: Optional[int] = None) -> EncoderOutput:
+        """Every hidden state (or the ``layers`` asked for) of clips of any length, no masking.
+
+        Args:
+            wav: (B, S) float, 24 kHz mono, zero-padded past each clip's length; wav_lengths: (B,) samples (None:
+                all S); layers: indices into the L + 2 hidden states (negative allowed; None: all);
+                chunks_per_step: 4 s chunks' worth of audio per pass (None: 16 on a GPU, 4 on a CPU).
+        Returns:
+            ``EncoderOutput``: hidden_states, L + 2 tensors (B, T, D) with T = ceil(max length / 320) (the
+            embedding, the ``a`` stream after each layer, the output a + LN(b)); output (B, T, D); frame_lengths
+            (B,); padding_mask (B, T). Audio longer than 4 s is encoded in 4 s chunks (``inference.encode``).
+        """
+        return inference.encode(self, wav, wav_lengths, layers, chunks_per_step)
 
     def hidden_count(self) -> int:
         return self.config.encoder_layers + 2
@@ -176,7 +213,7 @@ class EncodecMAE(ChunkedInference):
     def input_features(self, segments) -> tuple[Tensor, Tensor]:
         """What the encoder reads of N 1-D 24 kHz segments: (N, F, 128) EnCodec features or (N, F, 256) log-mel
         frames, zero-padded, and each one's valid frames (N,) on the CPU (for mel, those read as keys)."""
-        return self.mel.features(segments) if self.mel is not None else self._codec_features(segments)
+        return self.mel.features(segments) if self.mel is not None else inference.codec_features(self.codec, segments)
 
     def embed(self, features: Tensor, frame_lengths: Optional[Tensor] = None) -> Tensor:
         """Raw features (B, T, 128 or 256) -> standardise (EnCodec's) -> projection -> + positions: (B, T, D).
@@ -190,17 +227,34 @@ class EncodecMAE(ChunkedInference):
         return x
 
     # --- pretraining -------------------------------------------------------------------------
-    def forward(self, wav: Optional[Tensor] = None, wav_lengths: Optional[Tensor] = None,
-                extra_targets: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-                mask: Union[Tensor, HostMask, None] = None, features: Optional[Tensor] = None,
-                frame_lengths: Optional[Tensor] = None, codes: Optional[Tensor] = None,
-                validate_targets: bool = True) -> PretrainOutput:
-        """One masked-prediction step, from audio or from a codec cache's output.
+    def training_inputs(self, wav: Tensor, wav_lengths: Optional[Tensor] = None) -> TrainingInputs:
+        """What ``forward`` reads, from audio: one frozen-codec pass gives the input features and the targets
+        (a mel256 model reads log-mel frames on the same grid; the codec then makes its targets only).
 
         Args:
             wav: (B, S) float, 24 kHz, zero-padded; wav_lengths: (B,) samples (None = all S).
-            features, frame_lengths, codes: instead of ``wav``, the frozen codec's output (see
-                ``forward_features``), e.g. read from a codec cache.
+        Clips are not cut into chunks here (pretraining crops are 4 s); each is seen whole.
+        """
+        wav, lengths = inference.check_audio(wav, wav_lengths)
+        segments = [wav[i, :length] for i, length in enumerate(lengths.tolist())]
+        features, frame_lengths = inference.codec_features(self.codec, segments)
+        codes = self.codec.codes(features, self.config.num_codebooks).transpose(1, 2)  # (B, T, Q)
+        if self.mel is not None:
+            features = self.mel.features(segments)[0].to(features.device)  # the same grid: ceil(samples / 320)
+        return TrainingInputs(features, frame_lengths, codes)
+
+    def forward(self, features: Tensor, frame_lengths: Tensor, codes: Tensor,
+                extra_targets: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
+                mask: Union[Tensor, HostMask, None] = None, validate_targets: bool = True) -> PretrainOutput:
+        """One masked-prediction step on the frozen codec's output (``TrainingInputs``: a codec cache's batch, or
+        ``training_inputs(wav, wav_lengths)``).
+
+        Args:
+            features: (B, T, 128) EnCodec encoder output (any float dtype; (B, T, 256) log-mel frames for a mel256
+                model), zero past ``frame_lengths``.
+            frame_lengths: (B,) long valid frames per clip.
+            codes: (B, T, Q) its RVQ codes (the targets), Q = config.num_codebooks; values past the
+                lengths are ignored.
             extra_targets: (B, T') long self-training codes in [0, extra_targets), IGNORE (-100)
                 where unknown; cropped or padded to T. Required iff config.extra_targets > 0.
             generator: randomness of the span mask.
@@ -211,37 +265,6 @@ class EncodecMAE(ChunkedInference):
                 False where they were checked where they were read (the training loader: ``TargetStore.slice``).
         Returns:
             ``PretrainOutput``; the loss is float32 whatever the autocast.
-
-        Clips are not cut into chunks here (pretraining crops are 4 s); each is seen whole.
-        """
-        if features is not None:
-            if wav is not None or frame_lengths is None or codes is None:
-                raise ValueError("give either wav (and wav_lengths) or features, frame_lengths and codes")
-            return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask,
-                                         validate_targets)
-        if wav is None:
-            raise ValueError("give wav (and wav_lengths), or features, frame_lengths and codes")
-        wav, lengths = self._check_audio(wav, wav_lengths)
-        # one codec pass feeds both the input and the targets (mel256: the targets only)
-        segments = [wav[i, :length] for i, length in enumerate(lengths.tolist())]
-        features, frame_lengths = self._codec_features(segments)
-        codes = self.codec.codes(features, self.config.num_codebooks).transpose(1, 2)  # (B, T, Q)
-        if self.mel is not None:
-            features = self.mel.features(segments)[0].to(features.device)  # the same grid: ceil(samples / 320)
-        return self.forward_features(features, frame_lengths, codes, extra_targets, generator, mask, validate_targets)
-
-    def forward_features(self, features: Tensor, frame_lengths: Tensor, codes: Tensor,
-                         extra_targets: Optional[Tensor] = None, generator: Optional[torch.Generator] = None,
-                         mask: Union[Tensor, HostMask, None] = None, validate_targets: bool = True
-                         ) -> PretrainOutput:
-        """The masked-prediction step from the frozen codec's output on (what a codec cache feeds).
-
-        Args:
-            features: (B, T, 128) EnCodec encoder output (any float dtype), zero past ``frame_lengths``.
-            frame_lengths: (B,) long valid frames per clip.
-            codes: (B, T, Q) its RVQ codes (the targets), Q = config.num_codebooks; values past the
-                lengths are ignored.
-            extra_targets, generator, mask, validate_targets: as ``forward``.
 
         With a ``HostMask`` and ``validate_targets=False`` nothing here reads the device: host tensors are
         copied without blocking, and every shape comes from the host.

@@ -1,7 +1,7 @@
 """ESC-50 as distributed: ``meta/esc50.csv`` (filename, fold, target, category, ...) + ``audio/``.
 
 50 classes, accuracy, 5-fold cross-validation (``datarc.test_fold``) on ESC-50's own folds; the paper's ESC
-column is HEAR's esc50 task (``python -m encodecmae_s3prl.table1``).
+column is HEAR's esc50 task (``python -m encodecmae_s3prl.evaluation.table1``).
 """
 import csv
 from pathlib import Path

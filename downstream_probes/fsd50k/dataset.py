@@ -1,7 +1,7 @@
 """FSD50K as distributed: ``FSD50K.ground_truth/{dev,eval,vocabulary}.csv`` + ``FSD50K.{dev,eval}_audio/``.
 
 200 classes (vocabulary.csv: index,label,mid, no header), multi-label: sigmoid BCE, mAP
-(the paper's FSD column is HEAR's fsd50k task: ``python -m encodecmae_s3prl.table1``).
+(the paper's FSD column is HEAR's fsd50k task: ``python -m encodecmae_s3prl.evaluation.table1``).
 dev.csv's ``split`` column gives train/val; eval.csv is the test set.
 """
 import csv

@@ -1,6 +1,6 @@
 """GTZAN as distributed: ``genres/<genre>/<genre>.000NN.{wav,au}``; 10 classes from the folder names,
 accuracy, 10-fold cross-validation (``datarc.test_fold``) with folds of our own: the paper's GC column is HEAR's
-gtzan_genre task and its folds (``python -m encodecmae_s3prl.table1``).
+gtzan_genre task and its folds (``python -m encodecmae_s3prl.evaluation.table1``).
 
 GTZAN has no official folds; fold k (1..10) holds the files whose sorted position within their
 genre is k-1 mod 10, so every fold is genre-balanced and the split never depends on file order

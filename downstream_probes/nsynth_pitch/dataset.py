@@ -2,7 +2,7 @@
 
 88 classes: MIDI pitch 21..108 (piano range, as HEAR's nsynth_pitch); other notes are left out. Pitch and chroma
 accuracy, as the paper's NS column measures them; the paper's numbers come from HEAR's nsynth_pitch 50 h task
-(``python -m encodecmae_s3prl.table1``), not from this probe's splits.
+(``python -m encodecmae_s3prl.evaluation.table1``), not from this probe's splits.
 """
 import json
 from pathlib import Path

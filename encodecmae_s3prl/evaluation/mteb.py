@@ -42,7 +42,7 @@ def encoder(spec: str, layer: int = -1, precision: str = "auto", device: str = "
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.modality_collators import AudioCollator
 
-    from encodecmae_s3prl import hear_api
+    from encodecmae_s3prl.evaluation import hear_api
 
     class EncodecMAEMtebEncoder(AbsEncoder):
         def __init__(self):

@@ -40,7 +40,7 @@ class XaresEncoder(nn.Module):
 
     def __init__(self, spec: str, layer: int = -1, precision: str = "auto", device: str = "cpu"):
         super().__init__()
-        from encodecmae_s3prl import hear_api
+        from encodecmae_s3prl.evaluation import hear_api
 
         self.spec, self.layer = spec, layer
         hear = hear_api.load_model(spec, device=device, layer=layer, precision=precision)

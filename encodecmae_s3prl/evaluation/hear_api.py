@@ -1,12 +1,12 @@
 """The HEAR 2021 module interface over any s3prl upstream, ours included, for the official HEAR kit.
 
-    hear-validator encodecmae_s3prl.hear_api --model /path/to/states-N.ckpt      # or model.pt (v1)
-    hear-validator encodecmae_s3prl.hear_api --model fbank_no_cmvn
-    hear-validator encodecmae_s3prl.hear_api --model encodecmae_random:/path/to/states-N.ckpt
-    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api --model /path/to/states-N.ckpt
-    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api --model /path/to/states-N.ckpt \
+    hear-validator encodecmae_s3prl.evaluation.hear_api --model /path/to/states-N.ckpt      # or model.pt (v1)
+    hear-validator encodecmae_s3prl.evaluation.hear_api --model fbank_no_cmvn
+    hear-validator encodecmae_s3prl.evaluation.hear_api --model encodecmae_random:/path/to/states-N.ckpt
+    python -m heareval.embeddings.runner encodecmae_s3prl.evaluation.hear_api --model /path/to/states-N.ckpt
+    python -m heareval.embeddings.runner encodecmae_s3prl.evaluation.hear_api --model /path/to/states-N.ckpt \
         --model-options '{"upstream": "encodecmae_random"}'
-    python -m heareval.embeddings.runner encodecmae_s3prl.hear_api \
+    python -m heareval.embeddings.runner encodecmae_s3prl.evaluation.hear_api \
         --model-options '{"upstream": "fbank_no_cmvn", "sample_rate": 48000}'
 
 ``load_model(model_file_path)`` takes what ``--model`` passes. The validator passes any string; the kit's
@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from encodecmae_s3prl.evaluation.native import encode_native, upstream_precision, upstream_rate
+from encodecmae_s3prl.evaluation.native_rate import encode_native, upstream_precision, upstream_rate
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.settings import UpstreamSettings, default_device
 from encodecmae_s3prl.upstream.audio import resample

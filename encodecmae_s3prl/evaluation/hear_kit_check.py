@@ -6,8 +6,8 @@ inference chunk as ESC-50's, on which a tiny EnCodecMAE scores well between chan
 multilabel one with a class absent from its test split, and a ``trainvaltest`` multiclass pitch task (MIDI pitch
 labels, ``pitch_acc`` / ``chroma_acc``, the layout of NSynth pitch). Then per upstream:
 
-1. the kit's ``heareval.embeddings.runner`` embeds every task through ``encodecmae_s3prl.hear_api`` (48000 Hz
-   declared, resampled inside), and our cache (``hear_protocol.embed_splits``) embeds it on its own; the two are
+1. the kit's ``heareval.embeddings.runner`` embeds every task through ``encodecmae_s3prl.evaluation.hear_api`` (48000 Hz
+   declared, resampled inside), and our cache (``embedding_cache.embed_splits``) embeds it on its own; the two are
    compared row by row (same order, same labels, values);
 2. the kit's ``heareval.predictions.runner`` trains and tests on the kit's own embeddings, and
    ``compare.evaluate`` on ours, from an empty cache (nothing is copied from one side to the other);
@@ -21,7 +21,7 @@ labels, ``pitch_acc`` / ``chroma_acc``, the layout of NSynth pitch). Then per up
 The kit lives in its own folder, never in .venv (see README, "HEAR kit agreement"); ``--install`` puts it
 there with pip (``--no-deps --target``), and the stubs it needs are written to ``--stubs``:
 
-    .venv/bin/python scripts/hear_kit_check.py --work /tmp/kitcheck --kit /tmp/hearkit --install
+    .venv/bin/python -m encodecmae_s3prl.evaluation.hear_kit_check --work /tmp/kitcheck --kit /tmp/hearkit --install
 """
 from __future__ import annotations
 
@@ -37,8 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # synthetic_data: the test-data writers
+HEAR_MODULE = "encodecmae_s3prl.evaluation.hear_api"  # what the kit's runners and the validator load
 # the kit's score name -> ours
 KIT_METRIC = {"top1_acc": "acc", "mAP": "mAP", "pitch_acc": "pitch_acc", "chroma_acc": "chroma_acc"}
 # heareval 2021.1.3 and what it imports, without their pinned 2021 stacks (numpy 1.19, tensorflow, numba 0.48):
@@ -158,7 +157,7 @@ def write_tasks(root: Path) -> list[Path]:
 
 def kit_env(kit: Path, stubs: Path) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(stubs), str(kit), str(REPO)])
+    env["PYTHONPATH"] = os.pathsep.join([str(stubs), str(kit)])  # ours: the installed package
     env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # the kit's torch.load of its own Lightning checkpoints
     env["PYTHONWARNINGS"] = "ignore"
     return env
@@ -210,9 +209,9 @@ def kit_targets(kit_dir: Path, split: str) -> np.ndarray:
 
 
 def ours_on_kit_embeddings(kit_dir: Path, task_root: Path, grid_points: int, max_epochs: int) -> dict:
-    """Our HEAR-protocol training (``hear_protocol.evaluate_folds``) on the kit's own embedding memmaps, split as the
+    """Our HEAR-protocol training (``mlp_grid.evaluate_folds``) on the kit's own embedding memmaps, split as the
     kit's ``get_splits_from_metadata`` splits them: {"valid", "epoch", "test": {metric: {fold: value}}}."""
-    from encodecmae_s3prl.evaluation import hear_protocol
+    from encodecmae_s3prl.evaluation import mlp_grid, task_table
 
     meta = json.loads((kit_dir / "task_metadata.json").read_text())
 
@@ -233,10 +232,10 @@ def ours_on_kit_embeddings(kit_dir: Path, task_root: Path, grid_points: int, max
         for name, parts in splits.items():
             pieces = [part(p) for p in parts]
             data[name] = {k: np.concatenate([p[k] for p in pieces]) for k in ("x", "y")}
-        return hear_protocol.load_task("hear", task_root, fold), data
+        return task_table.load_task("hear", task_root, fold), data
 
-    folds = hear_protocol.task_folds("hear", task_root)
-    result = hear_protocol.evaluate_folds(folds, load, grid_size=grid_points, max_epochs=max_epochs)
+    folds = task_table.task_folds("hear", task_root)
+    result = mlp_grid.evaluate_folds(folds, load, grid_size=grid_points, max_epochs=max_epochs)
     names = [f["fold"] or "test" for f in result["folds"]]
     metrics = [m for m in meta["evaluation"] if m in KIT_METRIC]
     return {"valid": {n: f["valid"] for n, f in zip(names, result["folds"], strict=True)},
@@ -254,15 +253,14 @@ def same_folds(a: dict, b: dict) -> bool:
 
 def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: list[Path], work: Path, env: dict,
           grid_points: int, max_epochs: int, precision: str = "auto") -> dict:
-    from encodecmae_s3prl import compare
-    from encodecmae_s3prl.evaluation import hear_protocol
-    from encodecmae_s3prl.evaluation.native import upstream_rate
+    from encodecmae_s3prl.evaluation import compare, embedding_cache, task_table
+    from encodecmae_s3prl.evaluation.native_rate import upstream_rate
     from encodecmae_s3prl.settings import UpstreamSettings
 
     emb_root = work / "embeddings" / label
     shutil.rmtree(emb_root, ignore_errors=True)
-    print(f"[{label}] kit embeddings: heareval.embeddings.runner encodecmae_s3prl.hear_api {' '.join(model_args)}")
-    run_kit(["heareval.embeddings.runner", "encodecmae_s3prl.hear_api", *model_args, "--tasks-dir",
+    print(f"[{label}] kit embeddings: heareval.embeddings.runner {HEAR_MODULE} {' '.join(model_args)}")
+    run_kit(["heareval.embeddings.runner", HEAR_MODULE, *model_args, "--tasks-dir",
              str(work / "tasks"), "--embeddings-dir", str(emb_root)], env, work, work / f"embed-{label}.log")
     (module_dir,) = [d for d in emb_root.iterdir() if d.is_dir()]
     cache = work / "cache" / label
@@ -309,13 +307,13 @@ def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: lis
                       "mean": ours[KIT_METRIC[metric]], "std": ours["std"][KIT_METRIC[metric]]}
         # 3. the two sides' embeddings and targets, split by split (the kit's memmaps vs our cache, last layer)
         diffs, same_targets = [], True
-        folds = hear_protocol.task_folds("hear", task_root)
+        folds = task_table.task_folds("hear", task_root)
         for split in meta["splits"]:
             if meta["split_mode"] == "trainvaltest":
-                task, part = hear_protocol.load_task("hear", task_root), {"valid": "dev"}.get(split, split)
+                task, part = task_table.load_task("hear", task_root), {"valid": "dev"}.get(split, split)
             else:  # fold j is the dev fold when fold j-1 tests (HEAR's rule)
-                task, part = hear_protocol.load_task("hear", task_root, folds[folds.index(split) - 1]), "dev"
-            data = hear_protocol.embed_splits(upstream, key, task, cache, "cpu")[part]  # a cache hit
+                task, part = task_table.load_task("hear", task_root, folds[folds.index(split) - 1]), "dev"
+            data = embedding_cache.embed_splits(upstream, key, task, cache, "cpu")[part]  # a cache hit
             shape = tuple(json.loads((kit_dir / f"{split}.embedding-dimensions.json").read_text()))
             kit = np.memmap(kit_dir / f"{split}.embeddings.npy", dtype=np.float32, mode="r", shape=shape)
             diffs.append(float(np.abs(kit - data["x"][:, -1]).max() / (np.abs(data["x"][:, -1]).max() + 1e-12)))
@@ -363,8 +361,8 @@ def validator(models: list, env: dict, work: Path) -> list:
     """The stock hear-validator (hearvalidator 2021.0.2, unpatched) on each model spec: rows (spec, outcome)."""
     rows = []
     for spec in models:
-        proc = subprocess.run([sys.executable, "-m", "hearvalidator.validate", "encodecmae_s3prl.hear_api", "--model",
-                               spec], cwd=work, env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "hearvalidator.validate", HEAR_MODULE, "--model", spec], cwd=work,
+                              env=env, capture_output=True, text=True)
         out = proc.stdout + proc.stderr
         rate = re.search(r"Model sample rate is: (\d+)", out)
         if proc.returncode == 0 and "Looks good!" in out:
@@ -399,7 +397,7 @@ def main(argv=None) -> dict:
                              "both sides' own default: bf16 on a CPU with native bf16)")
     args = parser.parse_args(argv)
 
-    from synthetic_data import write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
 
     work = args.work.resolve()
     shutil.rmtree(work / "tasks", ignore_errors=True)
@@ -425,7 +423,7 @@ def main(argv=None) -> dict:
             results[label] = check(label, ["--model-options", options], label, None, tasks, work, env,
                                    args.grid_points, 500, args.precision)
     rows = validator(["fbank_no_cmvn", ckpt, f"encodecmae_random:{ckpt}"], env, work)
-    text = table(results) + "\n\n| stock hear-validator encodecmae_s3prl.hear_api --model | result |\n|---|---|\n" + \
+    text = table(results) + f"\n\n| stock hear-validator {HEAR_MODULE} --model | result |\n|---|---|\n" + \
         "\n".join(f"| `{spec.replace(str(work), 'WORK')}` | {outcome} |" for spec, outcome in rows)
     (work / "agreement.json").write_text(json.dumps({"predictions": results, "validator": rows}, indent=1,
                                                     default=str))

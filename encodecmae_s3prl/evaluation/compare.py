@@ -1,6 +1,7 @@
 """Side by side: upstreams x probes under the HEAR protocol, as a Table-1-style table.
 
-    python -m encodecmae_s3prl.compare --upstreams encodecmae_base,hubert,wav2vec2,fbank_no_cmvn,mine=ckpt.pt \\
+    python -m encodecmae_s3prl.evaluation.compare \\
+        --upstreams encodecmae_base,hubert,wav2vec2,fbank_no_cmvn,mine=ckpt.pt \\
         --probes nsynth_pitch,esc50 --data nsynth_pitch=/data/nsynth --data esc50=/data/ESC-50 --out cmp/
 
 ``label=CKPT`` runs ``encodecmae_local`` on CKPT; ``ENTRY=CKPT`` with a hub entry name runs that entry
@@ -33,16 +34,9 @@ import numpy as np
 import torch
 
 from encodecmae_s3prl.downstream_probes.metrics import fold_std
-from encodecmae_s3prl.evaluation.hear_protocol import (
-    CHECK_VAL_EVERY,
-    HIDDEN_DIM,
-    MAX_EPOCHS,
-    embed_splits,
-    evaluate_folds,
-    load_task,
-    task_folds,
-    task_names,
-)
+from encodecmae_s3prl.evaluation.embedding_cache import embed_splits
+from encodecmae_s3prl.evaluation.mlp_grid import CHECK_VAL_EVERY, HIDDEN_DIM, MAX_EPOCHS, evaluate_folds
+from encodecmae_s3prl.evaluation.task_table import load_task, task_folds, task_names
 from encodecmae_s3prl.registry import load_hub_upstream
 from encodecmae_s3prl.settings import UpstreamSettings, add_precision_flag, default_device
 from encodecmae_s3prl.upstream.atomic import atomic_write, atomic_write_text

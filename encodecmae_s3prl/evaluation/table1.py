@@ -1,13 +1,13 @@
 """The EnCodecMAE paper's Table 1 in one command, on the HEAR 2021 tasks as they are distributed.
 
-    python -m encodecmae_s3prl.table1 --tasks /data/hear --out table1/
-    python -m encodecmae_s3prl.table1 --tasks /data/hear --out table1/ \\
+    python -m encodecmae_s3prl.evaluation.table1 --tasks /data/hear --out table1/
+    python -m encodecmae_s3prl.evaluation.table1 --tasks /data/hear --out table1/ \\
         --upstreams ECMAE-B=encodecmae_base,hubert,wav2vec2,mine=result/pretrain/x/states-500000.ckpt
 
 ``--tasks`` holds HEAR task folders as hear-preprocess writes them (found by their ``task_metadata.json``, at
 any rate present; HEAR ships 48000): NSynth pitch 50 h, GTZAN genre, Speech Commands v2, CREMA-D, FSD50K and
 ESC-50. Each upstream x task cell runs the HEAR 2021 protocol as the organisers' kit (heareval 2021.1.3) does
-(``encodecmae_s3prl.evaluation.hear_protocol``): the time-mean of the last layer, its MLP grid and rules; our
+(``embedding_cache`` and ``mlp_grid``): the time-mean of the last layer, its MLP grid and rules; our
 EnCodecMAE upstreams read 24 kHz (resampled from the nearest rate present), other upstreams their own rate.
 
 Upstreams use ``compare``'s specs: an s3prl hub entry (``hubert``), ``LABEL=ENTRY`` (``ECMAE-B=encodecmae_base``),
@@ -36,10 +36,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from encodecmae_s3prl import compare
 from encodecmae_s3prl.errors import UserError, user_errors
-from encodecmae_s3prl.evaluation import hear_protocol
-from encodecmae_s3prl.evaluation.native import encode_native, upstream_rate
+from encodecmae_s3prl.evaluation import compare, embedding_cache, mlp_grid, task_table
+from encodecmae_s3prl.evaluation.native_rate import encode_native, upstream_rate
 from encodecmae_s3prl.evaluation.paper_table1 import (
     COLUMNS,
     DEFAULT_UPSTREAMS,
@@ -151,7 +150,7 @@ def choose_tasks(root: Path, columns: Sequence[str]) -> Dict[str, FoundTask]:
                           f"tasks there (folders like nsynth_pitch-v2.2.3-50h/ with task_metadata.json), or run a "
                           f"subset with --only {','.join(c for c in columns if c in chosen) or 'NS,GC'}")
     for column, task in list(chosen.items()):
-        probe_task = hear_protocol.load_task("hear", task.folder, hear_protocol.task_folds("hear", task.folder)[0])
+        probe_task = task_table.load_task("hear", task.folder, task_table.task_folds("hear", task.folder)[0])
         if task.spec.metric not in probe_task.metrics:
             raise Table1Error(f"{task.folder}/task_metadata.json: {column} needs {task.spec.metric}, the task "
                               f"evaluates {', '.join(probe_task.metrics)}; is this the HEAR {task.spec.task_name} "
@@ -185,7 +184,7 @@ def parse_rows(specs: Sequence[str], device: str = "cpu", precision: str = "fp32
 
 def _fingerprint(row: Row, task: FoundTask, settings: dict) -> str:
     meta = (task.folder / "task_metadata.json").read_bytes()
-    text = json.dumps([CELL_FORMAT, hear_protocol.CACHE_FORMAT, row.key, str(task.folder.resolve()),
+    text = json.dumps([CELL_FORMAT, embedding_cache.CACHE_FORMAT, row.key, str(task.folder.resolve()),
                        hashlib.sha1(meta).hexdigest(), settings], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()
 
@@ -363,7 +362,7 @@ def plan_disk(rows: Sequence[Row], tasks: Dict[str, FoundTask], sizes: dict, out
     need = 0
     for row in rows:
         columns = [c for c in tasks if (row.label, c) in pending
-                   and not hear_protocol.cache_path(out / "cache", row.key, tasks[c].probe_task).is_file()]
+                   and not embedding_cache.cache_path(out / "cache", row.key, tasks[c].probe_task).is_file()]
         if not columns:
             continue
         try:
@@ -393,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["last", "weighted"], default="last",
                         help="last layer (the paper's protocol) or learned softmax layer weights (ours)")
     parser.add_argument("--grid-size", type=int, default=8, help="HEAR configurations tried (of 16); HEAR: 8")
-    parser.add_argument("--max-epochs", type=int, default=hear_protocol.MAX_EPOCHS, help="HEAR: 500")
-    parser.add_argument("--hidden-dim", type=int, default=hear_protocol.HIDDEN_DIM, help="HEAR: 1024")
+    parser.add_argument("--max-epochs", type=int, default=mlp_grid.MAX_EPOCHS, help="HEAR: 500")
+    parser.add_argument("--hidden-dim", type=int, default=mlp_grid.HIDDEN_DIM, help="HEAR: 1024")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per upstream call while embedding")
     from encodecmae_s3prl.settings import UpstreamSettings, add_precision_flag, default_device
 
@@ -404,8 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device or default_device()
     if not 1 <= args.grid_size <= 16:
         parser.error(f"--grid-size must be in 1..16 (HEAR's grid has 16 configurations), got {args.grid_size}")
-    if args.max_epochs < hear_protocol.CHECK_VAL_EVERY or args.hidden_dim < 1 or args.batch_size < 1:
-        parser.error(f"--max-epochs must be >= {hear_protocol.CHECK_VAL_EVERY}, --hidden-dim and --batch-size "
+    if args.max_epochs < mlp_grid.CHECK_VAL_EVERY or args.hidden_dim < 1 or args.batch_size < 1:
+        parser.error(f"--max-epochs must be >= {mlp_grid.CHECK_VAL_EVERY}, --hidden-dim and --batch-size "
                      f"positive")
     columns = list(TASK_BY_COLUMN)
     if args.only:
