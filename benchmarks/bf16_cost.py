@@ -90,9 +90,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-probes", action="store_true")
     args = parser.parse_args(argv)
     import torch
-    from table1_scaled import cpu_flags
 
     from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
+    from encodecmae_s3prl.machine import cpu_flags
 
     args.work.mkdir(parents=True, exist_ok=True)
     machine = (f"{platform.processor() or platform.machine()}, flags {cpu_flags()}, {torch.get_num_threads()} torch "

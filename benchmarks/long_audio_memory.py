@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from encodecmae_s3prl.machine import cpu_flags
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -62,15 +64,6 @@ seconds = time.perf_counter() - start
 size = sum(s.numel() * s.element_size() for s in states)
 print("RESULT", size, seconds, ready)
 """
-
-
-def cpu_flags() -> str:
-    try:
-        flags = open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        return platform.processor() or "unknown"
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
-    return "+".join(f for f in wanted if f" {f}" in flags) or "none of avx2/avx512"
 
 
 def child(code_or_args: list[str], tree: str | None) -> tuple[float, str, float]:

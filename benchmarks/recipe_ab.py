@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -30,31 +29,13 @@ import torch
 
 from encodecmae_s3prl import demo
 from encodecmae_s3prl.evaluation.compare import LazyUpstream, evaluate, upstream_key
+from encodecmae_s3prl.machine import describe
 from encodecmae_s3prl.settings import UpstreamSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
 RECIPES = ("v1", "paper")
 METRICS = {"nsynth_pitch": "pitch_acc", "esc50": "acc"}  # the demo's two probes, the metric reported of each
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def machine() -> str:
-    """CPU model, the flags that decide bf16 on CPU, core count, torch version."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "unknown CPU", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    present = [f for f in CPU_FLAGS if f in flags]
-    absent = [f for f in CPU_FLAGS if f not in flags]
-    return (f"{model}, {os.cpu_count()} cores; CPU flags: {', '.join(present) or 'none'} present"
-            + (f", {', '.join(absent)} absent" if absent else "") + f"; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s)")
 
 
 def model_config(choice: demo.EncodecChoice, folder: Path, recipe: str) -> Path:
@@ -190,7 +171,7 @@ def main(argv=None) -> None:
         sys.argv[1:] if argv is None else argv))
     codec = (f"the real EnCodec ({choice.weights})" if choice.real
              else "a seeded random-init EnCodec fitted to the corpus")
-    header = (f"Machine: {machine()}. Date {time.strftime('%Y-%m-%d')}. Command: `{command}`. "
+    header = (f"Machine: {describe()}. Date {time.strftime('%Y-%m-%d')}. Command: `{command}`. "
               f"Tiny model, {args.steps} pretraining steps per run (batch 8 × 2 s crops), {codec}; HEAR protocol "
               f"(last layer, grid {args.grid_size}, ≤ {args.max_epochs} epochs); "
               f"wall time {(time.time() - start) / 60:.1f} min for this invocation.")

@@ -89,11 +89,11 @@ def main(argv=None) -> list:
     parser.add_argument("--reference", type=Path, help="the authors' v.1.0.0 checkout (adds the 'theirs' column)")
     args = parser.parse_args(argv)
     import torch
-    from long_audio_memory import cpu_flags
 
     from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
     from encodecmae_s3prl.evaluation import embedding_cache, task_table
     from encodecmae_s3prl.extract import main as extract_main
+    from encodecmae_s3prl.machine import cpu_flags
     from encodecmae_s3prl.registry import load_hub_upstream
     from encodecmae_s3prl.settings import UpstreamSettings
 

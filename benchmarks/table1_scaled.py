@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from encodecmae_s3prl.machine import cpu_flags
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # synthetic_data: the test-data writers
 
@@ -29,14 +31,6 @@ sys.path.insert(0, str(REPO / "tests"))  # synthetic_data: the test-data writers
 # (105,829 utterances of 1 s), CREMA-D 7,442 clips (HEAR: 5 s each), FSD50K 51,197 clips (108.3 h), ESC-50 2000 x 5 s
 REAL = {"NS": (45_000, 50.0), "GC": (1_000, 8.33), "SC": (105_829, 29.4), "ER": (7_442, 10.3),
         "FSD": (51_197, 108.3), "ESC": (2_000, 2.78)}
-
-
-def cpu_flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return platform.processor() or "unknown"
-    return "+".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
 
 
 def main(argv=None) -> dict:

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # synthetic_data: the test-data writers
 
-from long_audio_memory import cpu_flags  # noqa: E402
+from encodecmae_s3prl.machine import cpu_flags  # noqa: E402
 
 # benchmarks run offline: the seeded random-init EnCodec (same cost as the real one), standardised
 RANDOM_CODEC = {"encodec_source": "random", "standardise_features": True}

@@ -21,6 +21,7 @@ from typing import Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from encodecmae_s3prl import doc_blocks
 from encodecmae_s3prl.demo_data import espeak_word, harmonic_tone, sound_class, write_esc50, write_nsynth, write_wav
 from encodecmae_s3prl.errors import UserError, user_errors
 from encodecmae_s3prl.settings import ENCODEC_ENV, UpstreamSettings, add_precision_flag
@@ -165,8 +166,8 @@ def main(argv=None) -> None:
 
 
 # --- the table in the README is the one the demo printed ------------------------------------------------------
-TABLE_BEGIN = "<!-- demo table: written by `python -m encodecmae_s3prl.demo --readme README.md`; not edited by hand -->"
-TABLE_END = "<!-- end of demo table -->"
+TABLE_NAME, TABLE_COMMAND = "demo table", "python -m encodecmae_s3prl.demo --readme README.md"
+TABLE_BEGIN, TABLE_END = doc_blocks.markers(TABLE_NAME, TABLE_COMMAND)
 
 
 def settings_line(args, encodec: str, minutes: float, date: str) -> str:
@@ -188,19 +189,20 @@ def settings_line(args, encodec: str, minutes: float, date: str) -> str:
             f"{minutes:.1f} min in all:")
 
 
+def table_body(settings: str, table: str) -> str:
+    """What the README's demo-table block holds: the settings line, then the table as compare wrote it
+    (results.md)."""
+    return f"{settings}\n\n{table.strip()}"
+
+
 def table_block(settings: str, table: str) -> str:
-    """The README's demo-table block: the settings line, then the table as compare wrote it (results.md)."""
-    return f"{TABLE_BEGIN}\n{settings}\n\n{table.strip()}\n{TABLE_END}\n"
+    """The README's demo-table block, markers included."""
+    return doc_blocks.block(TABLE_NAME, TABLE_COMMAND, table_body(settings, table))
 
 
 def readme_with_table(readme: str, block: str) -> str:
     """``readme`` with its demo-table block (from TABLE_BEGIN to TABLE_END) replaced by ``block``."""
-    if readme.count(TABLE_BEGIN) != 1 or readme.count(TABLE_END) != 1:
-        raise UserError(f"the README needs exactly one demo-table block: a line {TABLE_BEGIN} and, below it, a line "
-                        f"{TABLE_END}")
-    head, rest = readme.split(TABLE_BEGIN, 1)
-    tail = rest.split(TABLE_END, 1)[1]
-    return head + block.rstrip("\n") + tail
+    return doc_blocks.replaced(readme, TABLE_NAME, TABLE_COMMAND, block, where="the README")
 
 
 def run(args, settings: UpstreamSettings) -> None:
@@ -211,9 +213,7 @@ def run(args, settings: UpstreamSettings) -> None:
     start = time.time()
     out = args.out.resolve()
     if args.readme is not None:  # a README that cannot take the table is said before the run, not after
-        if not args.readme.is_file():
-            raise UserError(f"--readme {args.readme}: no such file")
-        readme_with_table(args.readme.read_text(), "")
+        doc_blocks.check(args.readme, TABLE_NAME, TABLE_COMMAND)
     torch.set_num_threads(args.threads)
     choice = choose_encodec(settings.encodec_weights)
     # every row, here and in the pretraining process: that very file, or the random-init codec
@@ -267,13 +267,13 @@ def run(args, settings: UpstreamSettings) -> None:
     if any("error" in cell for row in results.values() for cell in row.values()):
         print("some cells failed (above): no demo_table.md" + (", README not changed" if args.readme else ""))
     else:  # compare wrote this run's complete table as results.md
-        block = table_block(settings_line(args, "the real" if codec == "real" else "a random-init", minutes,
-                                          time.strftime("%Y-%m-%d")), (out / "compare" / "results.md").read_text())
-        atomic_write_text(out / "demo_table.md", block)
+        settings = settings_line(args, "the real" if codec == "real" else "a random-init", minutes,
+                                 time.strftime("%Y-%m-%d"))
+        results = (out / "compare" / "results.md").read_text()
+        atomic_write_text(out / "demo_table.md", table_block(settings, results))
         print(f"the table with its settings: {out / 'demo_table.md'}")
         if args.readme is not None:
-            mode = args.readme.stat().st_mode
-            atomic_write_text(args.readme, readme_with_table(args.readme.read_text(), block)).chmod(mode)
+            doc_blocks.write(args.readme, TABLE_NAME, TABLE_COMMAND, table_body(settings, results))
             print(f"README table replaced: {args.readme}")
     print(f"EnCodec: {used}; total time {minutes:.1f} min")
 

@@ -31,6 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encodecmae_s3prl import doc_blocks
+from encodecmae_s3prl.errors import user_errors
+from encodecmae_s3prl.machine import describe
+
 BOUND = 1e-5  # relative error (max |ours - theirs| / max |theirs|) allowed per layer: float32, other kernels
 
 
@@ -92,13 +96,23 @@ def summary(name: str, rows: list[dict]) -> list[str]:
     return lines
 
 
+DOC_BLOCK = "v2 side-by-side table"
+DOC_COMMAND = "scripts/v2_side_by_side.py --ref REF --doc docs/fidelity.md"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", type=Path, required=True, help="the folder scripts/v2_reference.py wrote")
     parser.add_argument("--out", type=Path, help="markdown table to write (default: REF/side_by_side.md)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--doc", type=Path, help=f"also put the table, with the machine and date, into this page "
+                                                 f"between its {DOC_BLOCK} markers (docs/fidelity.md)")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     files = sorted(p for p in args.ref.glob("*.pt"))
+    if args.doc is not None:
+        with user_errors():  # a page that cannot take the table is said before the run
+            doc_blocks.check(args.doc, DOC_BLOCK, DOC_COMMAND)
     if not files:
         print(f"error: no .pt file in {args.ref}: run scripts/v2_reference.py --out {args.ref} first", file=sys.stderr)
         return 2
@@ -119,6 +133,11 @@ def main(argv=None) -> int:
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(everything, indent=1))
     print(text)
+    if args.doc is not None:
+        header = (f"Measured {time.strftime('%Y-%m-%d')} on {describe()}; float32; "
+                  f"{time.perf_counter() - start:.0f} s. Error: max |ours − theirs| / max |theirs| per layer.")
+        doc_blocks.write(args.doc, DOC_BLOCK, DOC_COMMAND, f"{header}\n\n{text}")
+        print(f"table written into {args.doc}")
     return 0 if ok else 1
 
 

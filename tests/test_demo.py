@@ -210,5 +210,5 @@ def test_the_readme_table_is_the_block_the_demo_writes(tmp_path, monkeypatch):
     replaced = demo.readme_with_table(readme, other)
     assert replaced.split(demo.TABLE_BEGIN)[0] == readme.split(demo.TABLE_BEGIN)[0]
     assert replaced.split(demo.TABLE_END)[1] == readme.split(demo.TABLE_END)[1] and "Printed by someone." in replaced
-    with pytest.raises(errors.UserError, match="exactly one demo-table block"):
+    with pytest.raises(errors.UserError, match="exactly one demo table block"):
         demo.readme_with_table("no block here", other)

@@ -37,6 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
+from encodecmae_s3prl import doc_blocks
+from encodecmae_s3prl.errors import user_errors
+from encodecmae_s3prl.machine import describe
+
 HEAR_MODULE = "encodecmae_s3prl.evaluation.hear_api"  # what the kit's runners and the validator load
 # the kit's score name -> ours
 KIT_METRIC = {"top1_acc": "acc", "mAP": "mAP", "pitch_acc": "pitch_acc", "chroma_acc": "chroma_acc"}
@@ -331,6 +335,19 @@ def check(label: str, model_args: list, entry: str, ckpt: str | None, tasks: lis
     return results
 
 
+def same_grid(r: dict) -> bool:
+    """Every grid point of the first fold: the same configuration, validation score and best epoch on both sides."""
+    kit, ours = r["kit"]["grid"], r["ours"]["grid"]
+    return len(kit) == len(ours) and all(a["params"] == b["params"] and abs(a["valid"] - b["valid"]) < 1e-6
+                                         and a["epoch"] == b["epoch"] for a, b in zip(kit, ours, strict=True))
+
+
+def agrees(r: dict) -> bool:
+    """One task of one upstream: the same grid, every fold the same (from our embeddings and from the kit's), the
+    same targets."""
+    return same_grid(r) and r["same_folds"] and r["same_folds_on_kit_embeddings"] and r["same_targets"]
+
+
 def table(results: dict) -> str:
     lines = ["| upstream | task | metric | selected (kit) | selected (ours) | every grid point: same validation score "
              "and best epoch | every fold: same validation score, best epoch and test scores (ours; ours on the "
@@ -343,13 +360,10 @@ def table(results: dict) -> str:
     for label, tasks in results.items():
         for task, r in tasks.items():
             kit, ours = r["kit"], r["ours"]
-            same_grid = len(kit["grid"]) == len(ours["grid"]) and all(
-                a["params"] == b["params"] and abs(a["valid"] - b["valid"]) < 1e-6 and a["epoch"] == b["epoch"]
-                for a, b in zip(kit["grid"], ours["grid"], strict=True))
             diff = max(abs(kit["test"][m][f] - ours["test"][m][f]) for m in kit["test"] for f in kit["test"][m])
             metric = "/".join(kit["test"])
             lines.append(f"| {label} | {task} | {metric} | {show(kit['params'])} | {show(ours['params'])} | "
-                         f"{'yes' if same_grid else 'no'} ({len(kit['grid'])} points) | "
+                         f"{'yes' if same_grid(r) else 'no'} ({len(kit['grid'])} points) | "
                          f"{'yes' if r['same_folds'] else 'no'}; {'yes' if r['same_folds_on_kit_embeddings'] else 'no'}"
                          f" ({len(kit['epoch'])} fold{'s' if len(kit['epoch']) > 1 else ''}) | {kit['mean']:.4f} ± "
                          f"{kit['std']:.4f} | {ours['mean']:.4f} ± {ours['std']:.4f} | {diff:.1e} | "
@@ -378,7 +392,11 @@ def validator(models: list, env: dict, work: Path) -> list:
     return rows
 
 
-def main(argv=None) -> dict:
+DOC_BLOCK = "HEAR kit agreement table"
+DOC_COMMAND = "python -m encodecmae_s3prl.evaluation.hear_kit_check --doc docs/evaluation.md ..."
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="a scratch folder (tasks, embeddings, logs)")
     parser.add_argument("--kit", type=Path, required=True,
@@ -395,7 +413,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="both sides' precision: hear_api's model option and compare's setting (default auto, "
                              "both sides' own default: bf16 on a CPU with native bf16)")
+    parser.add_argument("--doc", type=Path, help=f"also put the tables, with the machine, date and settings, into "
+                                                 f"this page between its {DOC_BLOCK} markers (docs/evaluation.md)")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if args.doc is not None:
+        with user_errors():  # a page that cannot take the tables is said before the run
+            doc_blocks.check(args.doc, DOC_BLOCK, DOC_COMMAND)
 
     from encodecmae_s3prl.demo_data import write_tiny_encodecmae_checkpoint
 
@@ -429,8 +453,22 @@ def main(argv=None) -> dict:
                                                     default=str))
     (work / "agreement.md").write_text(text + "\n")
     print(text)
-    return results
+    agreed = all(agrees(r) for tasks in results.values() for r in tasks.values())
+    passed = all(outcome.startswith("passes") for _, outcome in rows)
+    if args.doc is not None:
+        from encodecmae_s3prl.upstream.precision import resolved_name
+
+        header = (f"Measured {time.strftime('%Y-%m-%d')} on {describe()}; "
+                  f"{(time.perf_counter() - start) / 60:.1f} min; both sides at `--precision {args.precision}` "
+                  f"(ran as {resolved_name('cpu', args.precision)}); upstreams {args.upstreams}, tasks {args.tasks}, "
+                  f"{args.grid_points} grid points; `WORK` is the `--work` folder. "
+                  f"{'Every row agrees.' if agreed else 'Some rows DISAGREE.'}")
+        doc_blocks.write(args.doc, DOC_BLOCK, DOC_COMMAND, f"{header}\n\n{text}")
+        print(f"tables written into {args.doc}")
+    if not (agreed and passed):
+        print("the kit and ours disagree (rows marked 'no' above), or the validator failed", file=sys.stderr)
+    return 0 if agreed and passed else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
