@@ -6,10 +6,11 @@ import stat
 
 import pytest
 
-from conftest import REPO
 from encodecmae_s3prl import demo, doc_blocks
 from encodecmae_s3prl.errors import UserError
 from encodecmae_s3prl.evaluation import hear_kit_check
+
+from conftest import REPO
 
 
 def _v2_side_by_side():
