@@ -62,7 +62,14 @@ _RULES = [  # (v1 key pattern, our key template)
     *STACK_RULES,
     (r"extra_head\.layer\.(weight|bias)", r"extra_head.\1"),
 ]
-_COMPILED = [(re.compile(pattern + r"\Z"), template) for pattern, template in _RULES]
+
+
+def compile_rules(rules) -> list:
+    """(key pattern, template) rules as ``rename_keys`` takes them: each pattern matched against a whole key."""
+    return [(re.compile(pattern + r"\Z"), template) for pattern, template in rules]
+
+
+_COMPILED = compile_rules(_RULES)
 
 
 def rename_keys(state_dict: Dict[str, Tensor], compiled) -> tuple[Dict[str, Tensor], list]:

@@ -22,7 +22,6 @@ EnCodec in the file when their input is mel; their codec is then built random (i
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Union
 
@@ -38,6 +37,7 @@ from encodecmae_s3prl.upstream.import_v1 import (
     _feed_forward_is_shared,
     _few,
     _layer_count,
+    compile_rules,
     model_from_converted,
     read_gin_bindings,
     rename_keys,
@@ -59,7 +59,7 @@ _RULES = [  # (v2 key pattern, our key template)
     (r"decoder\.positional_encoder\.scale", r"decoder_positions.scale"),
     *STACK_RULES,
 ]
-_COMPILED = [(re.compile(pattern + r"\Z"), template) for pattern, template in _RULES]
+_COMPILED = compile_rules(_RULES)
 
 # the bindings of the configurables that make the network, and what each may hold; a parameter not listed here
 # (or a value other than the one allowed) is something EncodecMAE does not build. ``None`` = any value (sizes read
